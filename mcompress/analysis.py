@@ -1,0 +1,146 @@
+"""Facts about a model for `inspect` and reports: parameters, bytes by dtype and op, big tensors."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from mcompress.model_io import Model, disk_size, gzip_size, iter_graphs, read_array
+
+# Integer types that hold weights (quantized or codebook indices), as opposed to shapes/indices.
+_WEIGHT_INT_TYPES = {
+    onnx.TensorProto.INT8,
+    onnx.TensorProto.UINT8,
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+}
+PARAMETER_TYPES = {
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+    onnx.TensorProto.DOUBLE,
+    *_WEIGHT_INT_TYPES,
+}
+
+
+@dataclass
+class TensorSite:
+    """A stored tensor: an initializer or a Constant node's value, in any graph."""
+
+    tensor: onnx.TensorProto
+    name: str
+    in_constant: bool
+
+
+def tensor_sites(proto: onnx.ModelProto) -> list[TensorSite]:
+    """All stored tensors of all graphs: initializers, Constant values, sparse initializers."""
+    sites = []
+    for graph in iter_graphs(proto.graph):
+        sites.extend(TensorSite(t, t.name, False) for t in graph.initializer)
+        sites.extend(TensorSite(s.values, s.values.name, False) for s in graph.sparse_initializer)
+        for node in graph.node:
+            if node.op_type == "Constant":
+                for attr in node.attribute:
+                    if attr.type == onnx.AttributeProto.TENSOR:
+                        sites.append(TensorSite(attr.t, node.output[0], True))
+    return sites
+
+
+def _count(tensor: onnx.TensorProto) -> int:
+    return int(np.prod(tensor.dims, dtype=np.int64))
+
+
+def count_parameters(proto: onnx.ModelProto) -> int:
+    """Elements of weight-like tensors (float and 8/4-bit types), wherever they are stored."""
+    total = 0
+    for graph in iter_graphs(proto.graph):
+        for sparse in graph.sparse_initializer:
+            if sparse.values.data_type in PARAMETER_TYPES:
+                total += int(np.prod(sparse.dims, dtype=np.int64))
+    for site in tensor_sites(proto):
+        if site.tensor.data_type in PARAMETER_TYPES and not _is_sparse_part(proto, site):
+            total += _count(site.tensor)
+    return total
+
+
+def _is_sparse_part(proto: onnx.ModelProto, site: TensorSite) -> bool:
+    return any(
+        s.values is site.tensor for g in iter_graphs(proto.graph) for s in g.sparse_initializer
+    )
+
+
+def _nbytes(tensor: onnx.TensorProto) -> int:
+    dtype = helper.tensor_dtype_to_np_dtype(tensor.data_type)
+    return int(np.dtype(dtype).itemsize * _count(tensor))
+
+
+def describe(model: Model, top: int = 10) -> dict[str, Any]:
+    """The `inspect` report: structure, sizes, parameters and the largest weights."""
+    proto = model.proto
+    graph = proto.graph
+    sites = tensor_sites(proto)
+    by_dtype: Counter[str] = Counter()
+    for site in sites:
+        by_dtype[helper.tensor_dtype_to_string(site.tensor.data_type).split(".")[-1]] += _nbytes(
+            site.tensor
+        )
+    ops: Counter[str] = Counter()
+    op_bytes: Counter[str] = Counter()
+    sizes = {s.name: _nbytes(s.tensor) for s in sites}
+    for g in iter_graphs(graph):
+        for node in g.node:
+            ops[node.op_type] += 1
+            op_bytes[node.op_type] += sum(sizes.get(i, 0) for i in node.input)
+    largest = sorted(
+        (s for s in sites if s.tensor.data_type in PARAMETER_TYPES),
+        key=lambda s: _nbytes(s.tensor),
+        reverse=True,
+    )[:top]
+    return {
+        "path": str(model.path),
+        "ir_version": proto.ir_version,
+        "opsets": {(imp.domain or "ai.onnx"): imp.version for imp in proto.opset_import},
+        "producer": f"{proto.producer_name} {proto.producer_version}".strip(),
+        "inputs": [_value_info(v) for v in graph.input if v.name not in sizes],
+        "outputs": [_value_info(v) for v in graph.output],
+        "parameters": count_parameters(proto),
+        "size_bytes": disk_size(model.path),
+        "gzip_bytes": gzip_size(model.path),
+        "external_data": model.had_external_data,
+        "nodes": sum(ops.values()),
+        "weights_in_constant_nodes": sum(
+            1 for s in sites if s.in_constant and _count(s.tensor) > 1
+        ),
+        "subgraphs": sum(1 for _ in iter_graphs(graph)) - 1,
+        "bytes_by_dtype": dict(by_dtype.most_common()),
+        "ops": {op: {"count": n, "weight_bytes": op_bytes[op]} for op, n in ops.most_common()},
+        "largest_tensors": [_tensor_facts(model, s) for s in largest],
+    }
+
+
+def _value_info(vi: onnx.ValueInfoProto) -> dict[str, Any]:
+    t = vi.type.tensor_type
+    dims: list[int | str] = [
+        d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim
+    ]
+    dtype = helper.tensor_dtype_to_string(t.elem_type).split(".")[-1] if t.elem_type else "?"
+    return {"name": vi.name, "dtype": dtype, "shape": dims}
+
+
+def _tensor_facts(model: Model, site: TensorSite) -> dict[str, Any]:
+    values = np.asarray(read_array(site.tensor, model.base_dir))
+    flat = values.reshape(-1)
+    return {
+        "name": site.name,
+        "shape": list(site.tensor.dims),
+        "dtype": helper.tensor_dtype_to_string(site.tensor.data_type).split(".")[-1],
+        "bytes": _nbytes(site.tensor),
+        "sparsity": float(np.count_nonzero(flat == 0) / flat.size) if flat.size else 0.0,
+        "unique_values": int(np.unique(flat).size) if flat.size <= 50_000_000 else None,
+        "in_constant_node": site.in_constant,
+    }

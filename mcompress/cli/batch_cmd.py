@@ -1,0 +1,1 @@
+"""`mcompress batch` commands (placeholder until its issue lands)."""

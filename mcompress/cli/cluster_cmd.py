@@ -1,0 +1,1 @@
+"""`mcompress cluster` commands (placeholder until its issue lands)."""

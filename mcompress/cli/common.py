@@ -1,0 +1,280 @@
+"""The Typer app and what every command shares: write options, progress, report output."""
+
+from __future__ import annotations
+
+import inspect as pyinspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, get_type_hints
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
+from mcompress import __version__, config, model_io, pipeline
+from mcompress.errors import EXIT_GATE_FAILED, McompressError
+from mcompress.report import RunReport, summary_table, write_text_atomic
+
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success · 1 internal error (traceback saved to a log file) · "
+    "2 bad input (usage, config, unreadable model or data) · 3 a quality gate failed "
+    "(model and report still written)."
+)
+
+app = typer.Typer(
+    name="mcompress",
+    help=(
+        "Make ONNX models smaller and faster without silently breaking them.\n\n"
+        "Examples:\n\n"
+        "  mcompress quantize model.onnx            # int8, writes model.int8.onnx\n\n"
+        "  mcompress run model.onnx -c level2 --data val.npz --max-accuracy-drop 0.01\n\n"
+        "  mcompress inspect model.onnx --json\n\n" + EXIT_CODES_HELP
+    ),
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+out = Console()
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mcompress {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print version.")
+    ] = False,
+) -> None:
+    """Make ONNX models smaller and faster without silently breaking them."""
+
+
+# ---------------------------------------------------------------- shared options
+
+
+@dataclass
+class WriteOptions:
+    """Options every model-writing command takes."""
+
+    output: Path | None
+    force: bool
+    report: Path | None
+    json_out: bool
+    no_validate: bool
+    data: Path | None
+    samples: int | None
+    seed: int | None
+    input_shape: list[str]
+    max_accuracy_drop: float | None
+    min_cosine: float | None
+    min_top1_agreement: float | None
+    max_latency_ratio: float | None
+    min_compression_ratio: float | None
+
+
+def _opt(*names: str, help: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, **kw)
+
+
+_WRITE_PARAMS: list[tuple[str, Any, Any]] = [
+    (
+        "output",
+        Path | None,
+        _opt("-o", "--output", help="Output model (default: next to input)."),
+    ),
+    ("force", bool, _opt("--force", help="Overwrite an existing output file.")),
+    ("report", Path | None, _opt("--report", help="Write the JSON report to this file.")),
+    ("json_out", bool, _opt("--json", help="Print the JSON report to stdout and nothing else.")),
+    ("no_validate", bool, _opt("--no-validate", help="Skip validation against the original.")),
+    ("data", Path | None, _opt("--data", help="Validation/calibration .npz (or folder).")),
+    ("samples", int | None, _opt("--samples", help="Validation samples (default 32).")),
+    ("seed", int | None, _opt("--seed", help="Seed for random validation inputs.")),
+    (
+        "input_shape",
+        list[str],
+        _opt("--input-shape", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
+    ),
+    (
+        "max_accuracy_drop",
+        float | None,
+        _opt("--max-accuracy-drop", help="Gate: accuracy drop."),
+    ),
+    ("min_cosine", float | None, _opt("--min-cosine", help="Gate: output cosine similarity.")),
+    (
+        "min_top1_agreement",
+        float | None,
+        _opt("--min-top1-agreement", help="Gate: top-1 agreement."),
+    ),
+    (
+        "max_latency_ratio",
+        float | None,
+        _opt("--max-latency-ratio", help="Gate: latency ratio."),
+    ),
+    (
+        "min_compression_ratio",
+        float | None,
+        _opt("--min-compression-ratio", help="Gate: input size / output size."),
+    ),
+]
+_WRITE_DEFAULTS: dict[str, Any] = {"force": False, "json_out": False, "no_validate": False}
+
+
+def writes_model(what: str, pass_type: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+    """Register a model-writing command: `fn` returns pass options; shared options are added.
+
+    `what` names the default output (`model.<what>.onnx`). With `pass_type`, `fn` returns that
+    pass's options and a one-pass pipeline runs; without, `fn` returns a full PipelineConfig.
+    """
+
+    def decorate(fn: Callable[..., Any]) -> Any:
+        hints = get_type_hints(fn, include_extras=True)
+        own = [
+            p.replace(annotation=hints[p.name]) for p in pyinspect.signature(fn).parameters.values()
+        ]
+        shared = [
+            pyinspect.Parameter(
+                name,
+                pyinspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[tp, option],
+                default=_WRITE_DEFAULTS.get(name, [] if name == "input_shape" else None),
+            )
+            for name, tp, option in _WRITE_PARAMS
+        ]
+
+        def command(**kwargs: Any) -> None:
+            opts = WriteOptions(**{name: kwargs.pop(name) for name, _, _ in _WRITE_PARAMS})
+            model_path: Path = kwargs["model"]
+            produced = fn(**kwargs)
+            if pass_type is not None:
+                options = {k: v for k, v in produced.items() if v is not None}
+                cfg = config.build({"passes": [{"type": pass_type, **options}]})
+            else:
+                cfg = produced
+            cfg = _with_cli_validation(cfg, opts)
+            _execute(cfg, model_path, opts, what, fn.__name__)
+
+        command.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+        command.__doc__ = fn.__doc__
+        command.__name__ = fn.__name__
+        return app.command(name=fn.__name__.replace("_", "-"), epilog=EXIT_CODES_HELP)(command)
+
+    return decorate
+
+
+def _with_cli_validation(cfg: config.PipelineConfig, opts: WriteOptions) -> config.PipelineConfig:
+    """CLI flags override the config's `validate:` section."""
+    overrides: dict[str, Any] = {
+        key: getattr(opts, key)
+        for key in (
+            "samples",
+            "seed",
+            "max_accuracy_drop",
+            "min_cosine",
+            "min_top1_agreement",
+            "max_latency_ratio",
+            "min_compression_ratio",
+        )
+        if getattr(opts, key) is not None
+    }
+    if opts.data is not None:
+        overrides["data"] = str(opts.data)
+    if opts.no_validate:
+        overrides["enabled"] = False
+    if opts.input_shape:
+        overrides["input_shapes"] = dict(_parse_shape(s) for s in opts.input_shape)
+    if not overrides:
+        return cfg
+    merged = cfg.model_dump(by_alias=True, exclude_unset=True)
+    merged["validate"] = {**cfg.validation.model_dump(exclude_unset=True), **overrides}
+    return config.build(merged)
+
+
+def _parse_shape(text: str) -> tuple[str, list[int]]:
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, [int(d) for d in dims.lower().split("x")]
+    except ValueError:
+        raise McompressError(
+            f"--input-shape '{text}' is not of the form name=1x3x224x224"
+        ) from None
+
+
+def _execute(
+    cfg: config.PipelineConfig, model: Path, opts: WriteOptions, what: str, command: str
+) -> None:
+    output = opts.output or model_io.default_output(model, what)
+    with _progress(quiet=opts.json_out) as progress:
+        report = pipeline.run(
+            cfg,
+            pipeline.RunOptions(
+                input_path=model,
+                output=output,
+                force=opts.force,
+                command=command,
+                progress=progress,
+            ),
+        )
+    _emit(report, opts)
+
+
+def _emit(report: RunReport, opts: WriteOptions) -> None:
+    """Write the requested report files, print the summary (or JSON), exit 3 on a failed gate."""
+    if opts.report:
+        write_text_atomic(opts.report, report.to_json())
+    if opts.json_out:
+        sys.stdout.write(report.to_json() + "\n")
+    else:
+        out.print(summary_table(report))
+        for note in report.notes:
+            out.print(f"note: {note}")
+    if not report.passed:
+        failed = ", ".join(g.name for g in report.gates if not g.passed)
+        err.print(f"mcompress: quality gate failed: {failed} (model and report written)")
+        raise typer.Exit(EXIT_GATE_FAILED)
+
+
+class _progress:
+    """A rich progress display on stderr; the pipeline reports (label, done, total)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet or not err.is_terminal
+        self.bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TaskProgressColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> Callable[[str, int, int], None]:
+        if not self.quiet:
+            self.bar.start()
+        return self.update
+
+    def __exit__(self, *exc: object) -> None:
+        if not self.quiet:
+            self.bar.stop()
+
+    def update(self, label: str, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if label not in self.tasks:
+            self.tasks[label] = self.bar.add_task(label, total=total)
+        self.bar.update(self.tasks[label], completed=done, total=total)
+
+
+ModelArg = Annotated[
+    Path, typer.Argument(help="Input ONNX model.", show_default=False, metavar="MODEL")
+]

@@ -1,0 +1,1 @@
+"""`mcompress fp16` commands (placeholder until its issue lands)."""

@@ -1,0 +1,1 @@
+"""`mcompress prune` commands (placeholder until its issue lands)."""

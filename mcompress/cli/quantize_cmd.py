@@ -1,0 +1,1 @@
+"""`mcompress quantize` commands (placeholder until its issue lands)."""

@@ -1,0 +1,1 @@
+"""`mcompress validate` commands (placeholder until its issue lands)."""

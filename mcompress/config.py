@@ -1,0 +1,174 @@
+"""YAML (plus CLI overrides) -> a validated `PipelineConfig`; errors name file, line and key."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from mcompress.errors import ConfigError
+from mcompress.passes import PASSES
+
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+class ValidateConfig(BaseModel):
+    """How the compressed model is checked against the original, and the gates it must pass."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    enabled: bool = True
+    data: str | None = Field(None, description="an .npz (or folder of them) keyed by input names")
+    samples: int = Field(32, ge=1, le=100_000)
+    seed: int = 0
+    input_shapes: dict[str, list[int]] = Field(default_factory=dict)
+    latency_runs: int = Field(20, ge=1, le=10_000)
+    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
+    min_cosine: float | None = Field(None, ge=-1, le=1)
+    min_top1_agreement: float | None = Field(None, ge=0, le=1)
+    max_latency_ratio: float | None = Field(None, gt=0)
+    min_compression_ratio: float | None = Field(None, gt=0)
+
+
+def _pass_union() -> Any:
+    configs = tuple(module.Config for module in PASSES.values())
+    return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
+
+
+PassConfigs = _pass_union()
+
+
+class PipelineConfig(BaseModel):
+    """An ordered list of passes plus validation settings."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    passes: list[PassConfigs] = Field(default_factory=list)  # type: ignore[valid-type]
+    prepare: bool = Field(True, description="fold BatchNorm, Constant nodes -> initializers")
+    validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+
+    @property
+    def validation(self) -> ValidateConfig:
+        return self.validate_
+
+
+def build(data: dict[str, Any], source: str = "<command line>") -> PipelineConfig:
+    """Validate a plain dict as a pipeline config, turning errors into one-line ConfigErrors."""
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, data, source, None) from None
+
+
+def build_pass(data: dict[str, Any]) -> Any:
+    """Validate one pass config dict (used by the one-pass CLI commands)."""
+    try:
+        return TypeAdapter(PassConfigs).validate_python(data)
+    except ValidationError as exc:
+        raise _config_error(exc, data, "<command line>", None) from None
+
+
+def resolve_config_path(name_or_path: str) -> Path:
+    """A config file path, or the name of a bundled preset (`level1`, `fp16`, ...)."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    preset = PRESETS_DIR / f"{name_or_path}.yaml"
+    if preset.is_file() and not path.suffix:
+        return preset
+    names = sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+    close = difflib.get_close_matches(name_or_path, names, n=1)
+    hint = f"did you mean preset '{close[0]}'?" if close else f"presets: {', '.join(names)}"
+    raise ConfigError(f"config '{name_or_path}' is neither a file nor a bundled preset", hint)
+
+
+def load(path: str | Path) -> PipelineConfig:
+    """Read and validate a YAML pipeline config (safe loading only)."""
+    path = resolve_config_path(str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config '{path}': {exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"{where}: {problem}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}:1: a config must be a mapping with a 'passes' list")
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _config_error(exc, data, str(path), root) from None
+
+
+def _config_error(
+    exc: ValidationError, data: Any, source: str, root: yaml.Node | None
+) -> ConfigError:
+    err = exc.errors()[0]
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _PASS_TAGS)]
+    key = ".".join(str(p) for p in loc) or "(top level)"
+    line = _line_of(root, loc)
+    where = f"{source}:{line}" if line else source
+    message = err["msg"]
+    hint = None
+    if err["type"] == "extra_forbidden":
+        message = f"unknown key '{loc[-1]}'"
+        allowed = _allowed_keys(data, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"allowed keys: {', '.join(allowed)}"
+    elif err["type"] == "union_tag_invalid":
+        tag = str(err.get("ctx", {}).get("tag", err["input"]))
+        message = f"unknown pass type '{tag}'"
+        close = difflib.get_close_matches(tag, list(PASSES), n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"pass types: {', '.join(PASSES)}"
+    elif err["type"] == "union_tag_not_found":
+        message = "each pass needs a 'type'"
+        hint = f"pass types: {', '.join(PASSES)}"
+    return ConfigError(f"{where}: {key}: {message}", hint)
+
+
+_PASS_TAGS = set(PASSES)
+
+
+def _allowed_keys(data: Any, loc: list[Any]) -> list[str]:
+    if not loc:
+        return ["passes", "prepare", "validate"]
+    if loc[0] == "validate":
+        return list(ValidateConfig.model_fields)
+    if loc[0] == "passes" and len(loc) >= 2:
+        try:
+            kind = data["passes"][loc[1]]["type"]
+            return list(PASSES[kind].Config.model_fields)
+        except (KeyError, IndexError, TypeError):
+            return []
+    return []
+
+
+def _line_of(root: yaml.Node | None, loc: list[Any]) -> int | None:
+    """1-based line of the YAML node at `loc` (the key itself for unknown keys)."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next((kv for kv in node.value if kv[0].value == part), None)
+            if match is None:
+                return line
+            line = match[0].start_mark.line + 1
+            node = match[1]
+        elif (
+            isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value)
+        ):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line

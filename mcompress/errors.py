@@ -1,0 +1,45 @@
+"""Known failures, each mapped to one documented exit code (see README "Exit codes")."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
+
+
+class McompressError(Exception):
+    """A failure the user can act on: printed as one line, never as a traceback."""
+
+    exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class UsageError(McompressError):
+    """Bad command-line arguments or paths."""
+
+
+class ConfigError(McompressError):
+    """A pipeline config that is not valid (unknown key, wrong type, out of range)."""
+
+
+class ModelError(McompressError):
+    """A model file that cannot be read or used: missing, corrupt, truncated, unsafe paths."""
+
+
+class DataError(McompressError):
+    """Validation or calibration data that does not match the model."""
+
+
+class PassError(McompressError):
+    """A pass that cannot be applied to this model."""
+
+
+class GateError(McompressError):
+    """A quality gate failed; the model and report were still written."""
+
+    exit_code = EXIT_GATE_FAILED

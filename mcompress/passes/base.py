@@ -1,0 +1,56 @@
+"""The pass contract: a strict `Config`, `check` that fails early, `apply` that edits in place."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import onnx
+from pydantic import BaseModel, ConfigDict
+
+from mcompress.model_io import Model
+
+
+class PassConfig(BaseModel):
+    """Base of every pass config: immutable, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+@dataclass
+class PassContext:
+    """What a pass may need beyond its config: data for calibration and a progress hook."""
+
+    input_path: Path
+    data: Path | None = None
+    input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    seed: int = 0
+    progress: Callable[[str, int, int], None] = lambda label, done, total: None
+
+
+@dataclass
+class PassResult:
+    """Whether the model changed, and the numbers the report shows for this pass."""
+
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class Pass(Protocol):
+    """Shape of a pass module (see `mcompress.passes.PASSES`)."""
+
+    Config: type[PassConfig]
+    summary: str
+
+    def check(self, model: Model, cfg: Any) -> None: ...
+
+    def apply(self, model: Model, cfg: Any, ctx: PassContext) -> PassResult: ...
+
+
+def node_excluded(node: onnx.NodeProto, patterns: tuple[str, ...] | list[str]) -> bool:
+    """True when a node's name or op type matches one of the `exclude` patterns (globs)."""
+    return any(node.op_type == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)

@@ -1,0 +1,208 @@
+"""One `RunReport` per run, rendered as JSON, a terminal table, Markdown or HTML."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.table import Table
+
+from mcompress import __version__
+
+# Bump when a field changes meaning or is removed; adding fields keeps the version.
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class FileInfo:
+    """A model file as it is on disk."""
+
+    path: str
+    size_bytes: int
+    gzip_bytes: int
+    parameters: int
+
+
+@dataclass
+class PassRecord:
+    """What one pass did and how long it took."""
+
+    type: str
+    seconds: float
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Gate:
+    """One quality gate and its outcome."""
+
+    name: str
+    threshold: float
+    value: float | None
+    passed: bool
+
+
+@dataclass
+class RunReport:
+    """Everything a run did, measured; the JSON schema documented in the README."""
+
+    command: str
+    input: FileInfo
+    output: FileInfo | None = None
+    compression_ratio: float | None = None
+    prepare: dict[str, Any] = field(default_factory=dict)
+    passes: list[PassRecord] = field(default_factory=list)
+    packing: dict[str, Any] = field(default_factory=dict)
+    validation: dict[str, Any] | None = None
+    gates: list[Gate] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    schema_version: int = SCHEMA_VERSION
+    mcompress_version: str = __version__
+
+    @property
+    def passed(self) -> bool:
+        return all(g.passed for g in self.gates)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["passed"] = self.passed
+        return finite(data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, default=_jsonable, allow_nan=False)
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: such floats become the strings "nan", "inf", "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return finite(value.item())
+    return value
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a report file via a temporary file and rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KB' (decimal units, as file browsers show)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def summary_table(report: RunReport) -> Table:
+    """The terminal summary: sizes, ratio, passes with timings, validation and gates."""
+    table = Table(title=f"mcompress {report.command}", show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("input", justify="right")
+    table.add_column("output", justify="right")
+    out = report.output
+    table.add_row("file", Path(report.input.path).name, Path(out.path).name if out else "-")
+    table.add_row(
+        "size", human_bytes(report.input.size_bytes), human_bytes(out.size_bytes if out else None)
+    )
+    table.add_row(
+        "gzip", human_bytes(report.input.gzip_bytes), human_bytes(out.gzip_bytes if out else None)
+    )
+    table.add_row(
+        "parameters", f"{report.input.parameters:,}", f"{out.parameters:,}" if out else "-"
+    )
+    if report.compression_ratio:
+        pct = 100 / report.compression_ratio
+        table.add_row("ratio", "", f"{report.compression_ratio:.2f}x ({pct:.1f}% of input)")
+    for record in report.passes:
+        changed = "" if record.modified else " (no change)"
+        table.add_row(f"pass {record.type}", "", f"{record.seconds:.2f}s{changed}")
+    for line in validation_lines(report.validation):
+        table.add_row(*line)
+    for gate in report.gates:
+        status = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
+        value = "-" if gate.value is None else f"{gate.value:.4g}"
+        table.add_row(f"gate {gate.name}", f"{gate.threshold:g}", f"{value} {status}")
+    table.add_row("time", "", f"{report.seconds:.2f}s")
+    return table
+
+
+def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, str]]:
+    """Rows (label, original, compressed) summarising validation for the terminal table."""
+    if not validation:
+        return []
+    rows: list[tuple[str, str, str]] = []
+    for key, label in (("cosine", "cosine"), ("max_abs_error", "max abs error")):
+        value = validation.get("overall", {}).get(key)
+        if value is not None:
+            rows.append((label, "", f"{value:.4g}"))
+    return rows
+
+
+def inspect_tables(facts: dict[str, Any]) -> list[Table]:
+    """Tables for `mcompress inspect`."""
+    head = Table(title=Path(facts["path"]).name, show_header=False)
+    head.add_column("")
+    head.add_column("")
+    opsets = ", ".join(f"{d} {v}" for d, v in facts["opsets"].items())
+    for label, value in (
+        ("IR version", str(facts["ir_version"])),
+        ("opsets", opsets),
+        ("producer", facts["producer"] or "-"),
+        ("parameters", f"{facts['parameters']:,}"),
+        ("size on disk", human_bytes(facts["size_bytes"])),
+        ("gzip size", human_bytes(facts["gzip_bytes"])),
+        ("external data", "yes" if facts["external_data"] else "no"),
+        ("nodes", f"{facts['nodes']} ({facts['subgraphs']} subgraphs)"),
+        ("weights in Constant nodes", str(facts["weights_in_constant_nodes"])),
+    ):
+        head.add_row(label, value)
+    for io in ("inputs", "outputs"):
+        for vi in facts[io]:
+            shape = "x".join(str(d) for d in vi["shape"]) or "scalar"
+            head.add_row(io[:-1], f"{vi['name']}: {vi['dtype']} [{shape}]")
+    head.add_row(
+        "bytes by dtype",
+        ", ".join(f"{k} {human_bytes(v)}" for k, v in facts["bytes_by_dtype"].items()),
+    )
+    ops = Table(title="ops", show_header=True)
+    for col in ("op", "count", "weight bytes"):
+        ops.add_column(col, justify="left" if col == "op" else "right")
+    for op, row in facts["ops"].items():
+        ops.add_row(op, str(row["count"]), human_bytes(row["weight_bytes"]))
+    largest = Table(title="largest weights", show_header=True)
+    for col in ("name", "shape", "dtype", "bytes", "sparsity", "unique"):
+        largest.add_column(col)
+    for t in facts["largest_tensors"]:
+        largest.add_row(
+            t["name"],
+            "x".join(map(str, t["shape"])),
+            t["dtype"],
+            human_bytes(t["bytes"]),
+            f"{t['sparsity']:.1%}",
+            str(t["unique_values"]),
+        )
+    return [head, ops, largest]
