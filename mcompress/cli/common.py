@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect as pyinspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -68,6 +69,8 @@ class WriteOptions:
     force: bool
     report: Path | None
     json_out: bool
+    markdown: Path | None
+    html: Path | None
     no_validate: bool
     data: Path | None
     samples: int | None
@@ -93,6 +96,8 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
     ("force", bool, _opt("--force", help="Overwrite an existing output file.")),
     ("report", Path | None, _opt("--report", help="Write the JSON report to this file.")),
     ("json_out", bool, _opt("--json", help="Print the JSON report to stdout and nothing else.")),
+    ("markdown", Path | None, _opt("--markdown", help="Write a Markdown report to this file.")),
+    ("html", Path | None, _opt("--html", help="Write a self-contained HTML report.")),
     ("no_validate", bool, _opt("--no-validate", help="Skip validation against the original.")),
     ("data", Path | None, _opt("--data", help="Validation/calibration .npz (or folder).")),
     ("samples", int | None, _opt("--samples", help="Validation samples (default 32).")),
@@ -231,6 +236,7 @@ def _emit(report: RunReport, opts: WriteOptions) -> None:
     """Write the requested report files, print the summary (or JSON), exit 3 on a failed gate."""
     if opts.report:
         write_text_atomic(opts.report, report.to_json())
+    write_documents(report, opts.markdown, opts.html)
     if opts.json_out:
         sys.stdout.write(report.to_json() + "\n")
     else:
@@ -241,6 +247,20 @@ def _emit(report: RunReport, opts: WriteOptions) -> None:
         failed = ", ".join(g.name for g in report.gates if not g.passed)
         err.print(f"mcompress: quality gate failed: {failed} (model and report written)")
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def write_documents(report: RunReport, markdown: Path | None, html: Path | None) -> None:
+    """Markdown/HTML reports on request; Markdown is also appended to GITHUB_STEP_SUMMARY."""
+    from mcompress import render
+
+    if markdown:
+        write_text_atomic(markdown, render.to_markdown(report))
+    if html:
+        write_text_atomic(html, render.to_html(report))
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(render.to_markdown(report) + "\n")
 
 
 class _progress:

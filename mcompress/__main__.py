@@ -1,0 +1,5 @@
+"""`python -m mcompress` runs the CLI."""
+
+from mcompress.cli import main
+
+main()

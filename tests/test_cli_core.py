@@ -1,0 +1,114 @@
+"""End to end through the CLI: run, strip, inspect, exit codes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from tests import builders
+
+
+def mcompress(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mcompress", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_help_lists_commands_and_exit_codes() -> None:
+    result = mcompress("--help")
+    assert result.returncode == 0
+    for word in ("quantize", "prune", "cluster", "fp16", "inspect", "run", "Exit codes"):
+        assert word in result.stdout
+
+
+def test_inspect_real_models_counts_parameters(classifier: Path, vad: Path) -> None:
+    for path, params in ((classifier, 133_700), (vad, 545_671)):
+        result = mcompress("inspect", path, "--json")
+        assert result.returncode == 0, result.stderr
+        facts = json.loads(result.stdout)
+        assert facts["parameters"] == params
+        assert facts["size_bytes"] == path.stat().st_size
+    assert (
+        json.loads(mcompress("inspect", classifier, "--json").stdout)["weights_in_constant_nodes"]
+        > 100
+    )
+
+
+def test_run_strip_writes_report_with_schema(tmp_path: Path, vad: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("passes:\n  - {type: strip}\nvalidate: {enabled: false}\n")
+    out, report = tmp_path / "vad.onnx", tmp_path / "r.json"
+    result = mcompress("run", vad, "-c", cfg, "-o", out, "--report", report, "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data == json.loads(report.read_text())
+    for key in (
+        "schema_version",
+        "mcompress_version",
+        "input",
+        "output",
+        "compression_ratio",
+        "passes",
+        "validation",
+        "gates",
+        "passed",
+    ):
+        assert key in data
+    assert data["output"]["size_bytes"] == out.stat().st_size < 0.8 * vad.stat().st_size
+    assert data["passes"][0]["type"] == "strip" and data["passes"][0]["seconds"] >= 0
+    feeds = {
+        "input": np.zeros((1, 512), np.float32),
+        "sr": np.array(16000, np.int64),
+        "state": np.zeros((2, 1, 128), np.float32),
+    }
+    np.testing.assert_allclose(builders.run(out, feeds)[0], builders.run(vad, feeds)[0], atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "make_args",
+    [
+        lambda d: ["strip", d / "missing.onnx"],
+        lambda d: ["strip", d / "truncated.onnx"],
+        lambda d: ["run", d / "model.onnx", "-c", d / "typo.yaml"],
+        lambda d: ["strip", d / "model.onnx", "-o", d / "model.onnx"],
+    ],
+    ids=["missing", "truncated", "config-typo", "overwrite-input"],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path: Path, make_args) -> None:  # type: ignore[no-untyped-def]
+    model = builders.save(builders.mlp(), tmp_path / "model.onnx")
+    (tmp_path / "truncated.onnx").write_bytes(model.read_bytes()[:-40])
+    (tmp_path / "typo.yaml").write_text("passes:\n  - {type: strip, doc_string: false}\n")
+    before = model.read_bytes()
+    result = mcompress(*make_args(tmp_path))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcompress: error: "), result.stderr
+    assert "Traceback" not in result.stderr
+    assert model.read_bytes() == before
+
+
+def test_existing_output_needs_force(tmp_path: Path) -> None:
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    assert mcompress("strip", model, "--no-validate").returncode == 0
+    assert (tmp_path / "m.stripped.onnx").is_file()
+    again = mcompress("strip", model, "--no-validate")
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert mcompress("strip", model, "--no-validate", "--force").returncode == 0
+
+
+def test_constant_weights_model_is_prepared(tmp_path: Path) -> None:
+    model = builders.save(builders.conv_bn(in_constants=True), tmp_path / "c.onnx")
+    out = tmp_path / "c.out.onnx"
+    result = mcompress("strip", model, "-o", out, "--json", "--no-validate")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["prepare"]["batchnorms_folded"] == 1
+    assert not any(n.op_type == "Constant" for n in onnx.load(str(out)).graph.node)

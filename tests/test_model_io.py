@@ -1,0 +1,151 @@
+"""Model I/O: real-file shapes (Constant weights, subgraphs, external data), safety, atomicity."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import numpy_helper
+
+from mcompress import model_io
+from mcompress.errors import ModelError, UsageError
+from mcompress.prepare import prepare
+from tests import builders
+
+
+def test_weights_cover_subgraphs(tmp_path: Path) -> None:
+    path = builders.save(builders.if_subgraph(), tmp_path / "if.onnx")
+    names = {w.name for w in model_io.load_model(path).weights()}
+    assert {"w_outer", "w_inner"} <= names
+
+
+def test_external_data_round_trip_streams_untouched_tensors(tmp_path: Path) -> None:
+    src = builders.save(builders.mlp(), tmp_path / "ext.onnx", external=True)
+    model = model_io.load_model(src)
+    assert model.had_external_data
+    w1 = next(w for w in model.weights() if w.name == "w1")
+    assert isinstance(w1.array(), np.memmap)
+    expected = np.array(w1.array())
+    out = tmp_path / "out.onnx"
+    model_io.save_model(model, out)
+    assert (tmp_path / "out.onnx.data").is_file()
+    x = np.random.default_rng(0).normal(size=(2, 32)).astype(np.float32)
+    np.testing.assert_array_equal(builders.run(out, {"x": x})[0], builders.run(src, {"x": x})[0])
+    reloaded = model_io.load_model(out)
+    np.testing.assert_array_equal(
+        next(w for w in reloaded.weights() if w.name == "w1").array(), expected
+    )
+    assert (
+        model_io.disk_size(out) == out.stat().st_size + (tmp_path / "out.onnx.data").stat().st_size
+    )
+
+
+@pytest.mark.parametrize("location", ["../evil.bin", "/etc/passwd"])
+def test_external_location_outside_folder_is_refused(tmp_path: Path, location: str) -> None:
+    path = builders.save(builders.mlp(), tmp_path / "ext.onnx", external=True)
+    proto = onnx.load(str(path), load_external_data=False)
+    for entry in proto.graph.initializer[0].external_data:
+        if entry.key == "location":
+            entry.value = location
+    onnx.save(proto, str(path))
+    with pytest.raises(ModelError, match="outside the model's folder|absolute path"):
+        model_io.load_model(path)
+
+
+def test_missing_and_truncated_external_data(tmp_path: Path) -> None:
+    path = builders.save(builders.mlp(), tmp_path / "ext.onnx", external=True)
+    data = tmp_path / "ext.onnx.data"
+    data.write_bytes(data.read_bytes()[:100])
+    with pytest.raises(ModelError, match="is truncated"):
+        model_io.load_model(path)
+    data.unlink()
+    with pytest.raises(ModelError, match="is missing"):
+        model_io.load_model(path)
+
+
+def test_truncated_and_garbage_files(tmp_path: Path) -> None:
+    good = builders.save(builders.mlp(), tmp_path / "m.onnx").read_bytes()
+    for i, cut in enumerate([len(good) // 2, len(good) - 3, 10]):
+        bad = tmp_path / f"cut{i}.onnx"
+        bad.write_bytes(good[:cut])
+        with pytest.raises(ModelError, match="corrupt or truncated|not an ONNX model"):
+            model_io.load_model(bad)
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    with pytest.raises(ModelError, match="is empty"):
+        model_io.load_model(tmp_path / "empty.onnx")
+
+
+def test_output_path_rules(tmp_path: Path) -> None:
+    src = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    assert model_io.default_output(src, "int8") == tmp_path / "m.int8.onnx"
+    with pytest.raises(UsageError, match="is the input model"):
+        model_io.check_output_path(src, src, force=False)
+    other = tmp_path / "o.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(UsageError, match="already exists"):
+        model_io.check_output_path(src, other, force=False)
+    model_io.check_output_path(src, other, force=True)
+
+
+def test_save_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model = model_io.load_model(builders.save(builders.mlp(), tmp_path / "m.onnx"))
+    out = tmp_path / "out.onnx"
+
+    def boom(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(KeyboardInterrupt):
+        model_io.save_model(model, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+def test_ir_version_lowered_for_runtime(tmp_path: Path) -> None:
+    proto = builders.mlp()
+    proto.ir_version = onnx.IR_VERSION
+    path = tmp_path / "new_ir.onnx"
+    onnx.save(proto, str(path))
+    model = model_io.load_model(path)
+    out = tmp_path / "out.onnx"
+    model_io.save_model(model, out)
+    assert onnx.load(str(out)).ir_version == model_io.max_ir_version() <= onnx.IR_VERSION
+    builders.run(out, {"x": np.zeros((1, 32), np.float32)})
+
+
+def test_prepare_folds_bn_and_moves_constants(tmp_path: Path) -> None:
+    src = builders.save(builders.conv_bn(in_constants=True), tmp_path / "c.onnx")
+    model = model_io.load_model(src)
+    stats = prepare(model)
+    assert stats["constants_to_initializers"] == 9
+    assert stats["batchnorms_folded"] == 1
+    assert stats["unused_initializers_removed"] == 4
+    assert not any(n.op_type in ("Constant", "BatchNormalization") for n in model.proto.graph.node)
+    out = tmp_path / "prepared.onnx"
+    model_io.save_model(model, out)
+    x = np.random.default_rng(1).normal(size=(2, 3, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(
+        builders.run(out, {"x": x})[0], builders.run(src, {"x": x})[0], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_over_2gb_round_trips_through_external_data(tmp_path: Path) -> None:
+    """A model whose weights exceed the protobuf limit is saved with external data."""
+    proto = builders.mlp()
+    part = np.ones((3 * 2**26,), np.float32)  # 768 MiB each, 2.25 GiB in all
+    part[::1000003] = 7.0
+    for i in range(3):
+        proto.graph.initializer.append(numpy_helper.from_array(part, f"big{i}"))
+    del part
+    model = model_io.Model(proto, tmp_path / "in.onnx", tmp_path, had_external_data=False)
+    out = tmp_path / "big.onnx"
+    model_io.save_model(model, out)
+    del proto, model
+    assert out.stat().st_size < 1_000_000
+    assert model_io.disk_size(out) > 2**31
+    reloaded = model_io.load_model(out)
+    values = next(w for w in reloaded.weights() if w.name == "big2").array()
+    assert values.shape == (3 * 2**26,)
+    assert values[0] == 7.0 and values[1] == 1.0 and values[1000003] == 7.0
