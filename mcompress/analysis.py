@@ -39,7 +39,7 @@ class TensorSite:
 
 def tensor_sites(proto: onnx.ModelProto) -> list[TensorSite]:
     """All stored tensors of all graphs: initializers, Constant values, sparse initializers."""
-    sites = []
+    sites: list[TensorSite] = []
     for graph in iter_graphs(proto.graph):
         sites.extend(TensorSite(t, t.name, False) for t in graph.initializer)
         sites.extend(TensorSite(s.values, s.values.name, False) for s in graph.sparse_initializer)

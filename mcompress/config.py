@@ -38,7 +38,7 @@ def _pass_union() -> Any:
     return Annotated[Union[configs], Field(discriminator="type")]  # noqa: UP007
 
 
-PassConfigs = _pass_union()
+PassConfigs: Any = _pass_union()
 
 
 class PipelineConfig(BaseModel):
@@ -46,7 +46,7 @@ class PipelineConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    passes: list[PassConfigs] = Field(default_factory=list)  # type: ignore[valid-type]
+    passes: list[PassConfigs] = Field(default_factory=list)
     prepare: bool = Field(True, description="fold BatchNorm, Constant nodes -> initializers")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
 

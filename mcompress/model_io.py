@@ -461,7 +461,7 @@ def gzip_size(path: str | os.PathLike[str]) -> int:
             return None
 
     counter = _Counter()
-    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as gz:  # type: ignore[arg-type]
+    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as gz:
         for file in [path, *data_files(path)]:
             with open(file, "rb") as f:
                 while chunk := f.read(2**24):
