@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from mcompress import __version__
@@ -183,7 +184,7 @@ def inspect_tables(facts: dict[str, Any]) -> list[Table]:
     for io in ("inputs", "outputs"):
         for vi in facts[io]:
             shape = "x".join(str(d) for d in vi["shape"]) or "scalar"
-            head.add_row(io[:-1], f"{vi['name']}: {vi['dtype']} [{shape}]")
+            head.add_row(io[:-1], escape(f"{vi['name']}: {vi['dtype']} [{shape}]"))
     head.add_row(
         "bytes by dtype",
         ", ".join(f"{k} {human_bytes(v)}" for k, v in facts["bytes_by_dtype"].items()),

@@ -9,7 +9,7 @@ import time
 import traceback
 from pathlib import Path
 
-import click
+import typer
 
 # Importing a command module registers its commands on `app`.
 from mcompress.cli import (  # noqa: F401
@@ -29,13 +29,17 @@ def main() -> None:
     """Entry point: one line per known error, a log file for unexpected ones."""
     try:
         app(standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         err.print("mcompress: interrupted")
         sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
+    except typer.TyperException as exc:
+        show = getattr(exc, "show", None)
+        if show:
+            show()
+        else:
+            err.print(f"mcompress: error: {exc}", markup=False)
         sys.exit(EXIT_BAD_INPUT)
     except McompressError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
