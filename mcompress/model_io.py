@@ -164,11 +164,42 @@ def read_array(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
     dtype = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type))
     shape = tuple(int(d) for d in tensor.dims)
     count = int(np.prod(shape, dtype=np.int64))
+    if tensor.data_type in _PACKED_4BIT:
+        packed = onnx.TensorProto()
+        packed.CopyFrom(tensor)
+        del packed.external_data[:]
+        packed.data_location = onnx.TensorProto.DEFAULT
+        packed.raw_data = external_bytes(tensor, base_dir).tobytes()
+        return numpy_helper.to_array(packed)
     if tensor.data_type in (onnx.TensorProto.BFLOAT16,) or dtype == np.dtype(object):
         raise ModelError(f"external tensor '{tensor.name}' has a dtype that cannot be mapped")
     if count == 0:
         return np.zeros(shape, dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+
+
+def external_bytes(tensor: onnx.TensorProto, base_dir: Path) -> np.ndarray:
+    """The stored bytes of an external tensor, memory-mapped as uint8."""
+    nbytes = stored_nbytes(tensor)
+    if nbytes == 0:
+        return np.zeros(0, np.uint8)
+    offset = int(_external_info(tensor).get("offset", 0))
+    return np.memmap(external_file(tensor, base_dir), np.uint8, "r", offset, (nbytes,))
+
+
+_PACKED_4BIT = {
+    onnx.TensorProto.INT4,
+    onnx.TensorProto.UINT4,
+    *([onnx.TensorProto.FLOAT4E2M1] if hasattr(onnx.TensorProto, "FLOAT4E2M1") else []),
+}
+
+
+def stored_nbytes(tensor: onnx.TensorProto) -> int:
+    """Bytes the tensor's data takes in raw form (4-bit types pack two values per byte)."""
+    count = int(np.prod(tensor.dims, dtype=np.int64))
+    if tensor.data_type in _PACKED_4BIT:
+        return (count + 1) // 2
+    return np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize * count
 
 
 def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> bool:
@@ -190,8 +221,7 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> bool:
                 sizes[path] = path.stat().st_size
             info = _external_info(tensor)
             offset = int(info.get("offset", 0))
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-            length = int(info.get("length", itemsize * int(np.prod(tensor.dims, dtype=np.int64))))
+            length = int(info.get("length", stored_nbytes(tensor)))
             if offset + length > sizes[path]:
                 raise ModelError(
                     f"external data file '{path.name}' is truncated: tensor '{tensor.name}' needs "
@@ -332,9 +362,7 @@ def tensor_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of tensor data in the model, wherever stored (for deciding on external data)."""
     total = 0
     for graph in iter_graphs(proto.graph):
-        for tensor in graph.initializer:
-            itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-            total += itemsize * int(np.prod(tensor.dims, dtype=np.int64))
+        total += sum(stored_nbytes(tensor) for tensor in graph.initializer)
     return total
 
 
@@ -362,6 +390,7 @@ def save_model(model: Model, output: Path, *, external: bool | None = None) -> l
             _internalize(model)
         with open(tmp_onnx, "wb") as f:
             f.write(proto.SerializeToString())
+        os.chmod(tmp_onnx, 0o666 & ~_umask())
         if external:
             os.replace(tmp_data, out_dir / data_name)
         os.replace(tmp_onnx, output)
@@ -373,6 +402,13 @@ def save_model(model: Model, output: Path, *, external: bool | None = None) -> l
     model.path = output
     model.had_external_data = external
     return notes
+
+
+def _umask() -> int:
+    """The process umask (mkstemp creates files 0600; outputs get the usual permissions)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _internalize(model: Model) -> None:
@@ -390,7 +426,7 @@ def _write_external(model: Model, data_path: Path, location: str) -> None:
     with open(data_path, "wb") as out:
         for graph in model.graphs():
             for tensor in graph.initializer:
-                nbytes = _nbytes(tensor)
+                nbytes = stored_nbytes(tensor)
                 if nbytes < EXTERNAL_THRESHOLD:
                     if is_external(tensor):
                         values = np.array(read_array(tensor, model.base_dir))
@@ -400,18 +436,18 @@ def _write_external(model: Model, data_path: Path, location: str) -> None:
                 out.write(b"\0" * pad)
                 offset += pad
                 if is_external(tensor):
-                    src = read_array(tensor, model.base_dir).reshape(-1).view(np.uint8)
+                    src = external_bytes(tensor, model.base_dir)
                     for start in range(0, src.size, 2**26):
                         out.write(src[start : start + 2**26].tobytes())
                 else:
-                    out.write(tensor.raw_data or numpy_helper.to_array(tensor).tobytes())
+                    out.write(tensor.raw_data or _raw_bytes(tensor))
                 _point_external(tensor, location, offset, nbytes)
                 offset += nbytes
 
 
-def _nbytes(tensor: onnx.TensorProto) -> int:
-    itemsize = np.dtype(helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    return itemsize * int(np.prod(tensor.dims, dtype=np.int64))
+def _raw_bytes(tensor: onnx.TensorProto) -> bytes:
+    """Raw little-endian bytes of a tensor stored in typed fields (packing 4-bit types)."""
+    return numpy_helper.from_array(numpy_helper.to_array(tensor)).raw_data
 
 
 def _point_external(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
