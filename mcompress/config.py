@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from mcompress.errors import ConfigError
 from mcompress.passes import PASSES
@@ -31,6 +31,19 @@ class ValidateConfig(BaseModel):
     min_top1_agreement: float | None = Field(None, ge=0, le=1)
     max_latency_ratio: float | None = Field(None, gt=0)
     min_compression_ratio: float | None = Field(None, gt=0)
+    optional_gates: list[str] = Field(
+        default_factory=list,
+        description="gates skipped with a note (not failed) when their metric is unavailable",
+    )
+
+    @field_validator("optional_gates")
+    @classmethod
+    def _known_gates(cls, names: list[str]) -> list[str]:
+        gates = [n for n in cls.model_fields if n.startswith(("max_", "min_"))]
+        unknown = [n for n in names if n not in gates]
+        if unknown:
+            raise ValueError(f"unknown gate {unknown[0]!r}; gates: {', '.join(gates)}")
+        return names
 
 
 def _pass_union() -> Any:
@@ -114,7 +127,9 @@ def _config_error(
     exc: ValidationError, data: Any, source: str, root: yaml.Node | None
 ) -> ConfigError:
     err = exc.errors()[0]
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in _PASS_TAGS)]
+    loc = list(err["loc"])
+    if len(loc) > 2 and loc[0] == "passes" and loc[2] in _PASS_TAGS:
+        del loc[2]
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_of(root, loc)
     where = f"{source}:{line}" if line else source

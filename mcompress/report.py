@@ -15,6 +15,8 @@ from mcompress import __version__
 
 # Bump when a field changes meaning or is removed; adding fields keeps the version.
 SCHEMA_VERSION = 1
+# A compressed model slower than this ratio of the original is called out in the summary.
+SLOWER_RATIO = 1.05
 
 
 @dataclass
@@ -141,6 +143,8 @@ def summary_table(report: RunReport) -> Table:
     for record in report.passes:
         changed = "" if record.modified else " (no change)"
         table.add_row(f"pass {record.type}", "", f"{record.seconds:.2f}s{changed}")
+        for line in pass_lines(record):
+            table.add_row(*line)
     for line in validation_lines(report.validation):
         table.add_row(*line)
     for gate in report.gates:
@@ -156,10 +160,66 @@ def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, 
     if not validation:
         return []
     rows: list[tuple[str, str, str]] = []
-    for key, label in (("cosine", "cosine"), ("max_abs_error", "max abs error")):
-        value = validation.get("overall", {}).get(key)
+    inputs = validation.get("inputs") or {}
+    source = (
+        "random (synthetic)" if inputs.get("synthetic") else Path(inputs.get("path", "data")).name
+    )
+    rows.append(("validated on", "", f"{validation.get('samples', 0)} samples, {source}"))
+    overall = validation.get("overall") or {}
+    for key, label, fmt in (
+        ("cosine", "cosine", "{:.6f}"),
+        ("max_abs_error", "max abs error", "{:.4g}"),
+        ("sqnr_db", "SQNR", "{:.1f} dB"),
+        ("top1_agreement", "top-1 agreement", "{:.2%}"),
+    ):
+        value = overall.get(key)
         if value is not None:
-            rows.append((label, "", f"{value:.4g}"))
+            rows.append((label, "", fmt.format(value)))
+    bad = (overall.get("nan_count") or 0) + (overall.get("inf_count") or 0)
+    if bad:
+        rows.append(("NaN/inf values", "0", f"[red]{bad}[/red]"))
+    task = validation.get("task")
+    if task:
+        before, after = task["original"]["accuracy"], task["compressed"]["accuracy"]
+        rows.append(
+            ("accuracy", f"{before:.2%}", f"{after:.2%} (drop {task['accuracy_drop']:+.2%})")
+        )
+    latency = validation.get("latency") or {}
+    if latency.get("ratio"):
+        ratio = latency["ratio"]
+        verdict = (
+            f" [red]SLOWER ({ratio:.2f}x)[/red]" if ratio > SLOWER_RATIO else f" ({ratio:.2f}x)"
+        )
+        rows.append(
+            (
+                "latency (median)",
+                f"{latency['original']['median_ms']:.3f} ms",
+                f"{latency['compressed']['median_ms']:.3f} ms{verdict}",
+            )
+        )
+    memory = validation.get("memory") or {}
+    if memory.get("original_peak_bytes"):
+        rows.append(
+            (
+                "peak memory",
+                human_bytes(memory["original_peak_bytes"]),
+                human_bytes(memory["compressed_peak_bytes"]),
+            )
+        )
+    return rows
+
+
+def pass_lines(record: PassRecord) -> list[tuple[str, str, str]]:
+    """Rows of a pass's headline figures: worst quantized tensors, sparsity, clusters."""
+    stats = record.stats
+    rows: list[tuple[str, str, str]] = []
+    for worst in stats.get("worst", [])[:3]:
+        rows.append(("  worst SQNR", "", f"{worst['sqnr_db']:.1f} dB {escape(worst['name'])}"))
+    totals = stats.get("totals") or {}
+    if "sparsity" in totals:
+        rows.append(("  sparsity", "", f"{totals['sparsity']:.1%} of pruned weights"))
+    if record.type == "cluster" and stats.get("tensors"):
+        rows.append(("  clustered", "", f"{len(stats['tensors'])} tensors, K={stats['clusters']}"))
     return rows
 
 

@@ -1,36 +1,461 @@
-"""Validation of a compressed model against its original (stub: filled in by #7)."""
+"""Validation of a compressed model against its original: both run in onnxruntime on the same
+inputs; fidelity per output and overall, task accuracy with labels, latency and peak memory.
+
+"Overall" is the worst output (largest error, lowest cosine/SQNR/agreement), so a gate on it
+holds for every output. Gates whose metric could not be measured fail, with a note saying why:
+a CI gate that silently passes is worse than one that asks for data.
+"""
 
 from __future__ import annotations
 
+import json
+import math
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mcompress.config import ValidateConfig
+from mcompress.errors import DataError, ModelError
+from mcompress.inputs import InputSet, make_feeds
 from mcompress.report import Gate, RunReport
+
+Progress = Callable[[str, int, int], None]
+CONFIDENT_MARGIN = 0.2
+WARMUP_RUNS = 3
+# Samples stacked into one batch for the second latency measurement, with --data.
+DATA_BATCH = 32
+_ALL_SAMPLES = 10**9
 
 
 def validate_pair(
     original: Path,
     compressed: Path,
     cfg: ValidateConfig,
-    progress: Callable[[str, int, int], None],
+    progress: Progress,
 ) -> dict[str, Any] | None:
     """Run both models on the same inputs and measure how far apart they are."""
+    if not cfg.enabled:
+        return None
+    # With a data file, all of it is used unless `samples` was set explicitly.
+    samples = cfg.samples if (cfg.data is None or "samples" in cfg.model_fields_set) else None
+    inputs = make_feeds(
+        Path(original),
+        data=Path(cfg.data) if cfg.data else None,
+        samples=samples or _ALL_SAMPLES,
+        seed=cfg.seed,
+        input_shapes={k: tuple(v) for k, v in cfg.input_shapes.items()},
+    )
+    sessions = [_session(Path(original), "original"), _session(Path(compressed), "compressed")]
+    names, pairs, notes = _outputs(sessions)
+    total = len(inputs.feeds) + cfg.latency_runs
+    results = _run_all(sessions, pairs, inputs.feeds, lambda i: progress("validating", i, total))
+    outputs = {name: output_metrics(results[0][k], results[1][k]) for k, name in enumerate(names)}
+    latency = _latency(
+        sessions, inputs.feeds[0], cfg.latency_runs,
+        lambda i: progress("validating", len(inputs.feeds) + i, total),
+    )  # fmt: skip
+    if not inputs.synthetic:
+        latency["data_batch"] = _batch_latency(sessions, inputs.feeds, cfg.latency_runs, notes)
+    task = None
+    if inputs.labels is not None:
+        task = _task(names, results, inputs.labels)
+        if task is None:
+            notes.append("labels given, but no output looks like class scores; no accuracy")
+    return {
+        "inputs": inputs.description,
+        "samples": len(inputs.feeds),
+        "outputs": outputs,
+        "overall": overall(outputs),
+        "task": task,
+        "latency": latency,
+        "memory": _memory(Path(original), Path(compressed), inputs),
+        "notes": notes,
+    }
+
+
+# ---------------------------------------------------------------- onnxruntime
+
+
+def _session(path: Path, role: str) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            str(path), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
+        raise ModelError(
+            f"{role} model '{path}' does not load in onnxruntime: {_one_line(exc)}"
+        ) from None
+
+
+def _outputs(sessions: list[Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Output names to compare, each model's names in that order, and notes."""
+    first = [o.name for o in sessions[0].get_outputs()]
+    second = [o.name for o in sessions[1].get_outputs()]
+    if len(first) != len(second):
+        raise ModelError(
+            f"the models have different outputs: original {first}, compressed {second}"
+        )
+    if set(first) == set(second):
+        return first, [first, first], []
+    return first, [first, second], [f"output names differ; compared by position: {second}"]
+
+
+def _run_all(
+    sessions: list[Any],
+    pairs: list[list[str]],
+    feeds: list[dict[str, np.ndarray]],
+    tick: Callable[[int], None],
+) -> list[list[list[np.ndarray]]]:
+    """results[model][output][sample] for both models over every feed."""
+    results: list[list[list[np.ndarray]]] = [[[] for _ in pairs[0]] for _ in sessions]
+    for i, feed in enumerate(feeds):
+        for which, session in enumerate(sessions):
+            role = ("original", "compressed")[which]
+            for k, value in enumerate(_run(session, role, feed, i, pairs[which])):
+                results[which][k].append(np.asarray(value))
+        tick(i + 1)
+    return results
+
+
+def _run(
+    session: Any, role: str, feed: dict[str, np.ndarray], index: int, names: list[str]
+) -> list[Any]:
+    try:
+        return list(session.run(names, feed))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        raise DataError(
+            f"the {role} model failed on sample {index}: {_one_line(exc)}",
+            "pin dynamic shapes with --input-shape or pass real inputs with --data",
+        ) from None
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.rsplit("Status Message:", 1)[-1].strip().splitlines()[0][:300]
+
+
+# ---------------------------------------------------------------- fidelity
+
+
+def output_metrics(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict[str, Any]:
+    """Errors of one output over all samples; top-1 agreement when it looks like class scores."""
+    a = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in original])
+    b = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in compressed])
+    if a.shape != b.shape:
+        raise ModelError(
+            f"an output has {b.size} values in the compressed model but {a.size} in the original"
+        )
+    finite = np.isfinite(a) & np.isfinite(b)
+    diff = np.abs(a[finite] - b[finite])
+    # Non-finite values the original does not have make the outputs incomparable.
+    broken = bool((np.isfinite(a) & ~np.isfinite(b)).any())
+    metrics: dict[str, Any] = {
+        "shape": list(np.shape(original[0])),
+        "max_abs_error": math.inf if broken else (float(diff.max()) if diff.size else 0.0),
+        "mean_abs_error": math.inf if broken else (float(diff.mean()) if diff.size else 0.0),
+        "cosine": math.nan if broken else cosine(a[finite], b[finite]),
+        "sqnr_db": -math.inf if broken else sqnr_db(a[finite], b[finite]),
+        "nan_count": int(np.isnan(b).sum()),
+        "inf_count": int(np.isinf(b).sum()),
+        "original_nan_count": int(np.isnan(a).sum()),
+        "original_inf_count": int(np.isinf(a).sum()),
+    }
+    if is_class_scores(original[0]):
+        metrics.update(agreement(original, compressed))
+    return metrics
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine similarity of two flat vectors; 1 when both are all zeros."""
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 and nb == 0:
+        return 1.0
+    if na == 0 or nb == 0:
+        return 0.0
+    return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
+
+
+def sqnr_db(a: np.ndarray, b: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio in dB (infinite when the outputs are identical)."""
+    noise = float(np.sum((a - b) ** 2))
+    signal = float(np.sum(a**2))
+    if noise == 0:
+        return math.inf
+    if signal == 0:
+        return -math.inf
+    return 10 * math.log10(signal / noise)
+
+
+def is_class_scores(value: np.ndarray) -> bool:
+    """A [batch, classes] (or [classes]) float output with at least two classes."""
+    return value.dtype.kind == "f" and value.ndim in (1, 2) and value.shape[-1] >= 2
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """Rows of `scores` as probabilities: kept if they already are, else softmax."""
+    rows = np.asarray(scores, np.float64)
+    if rows.min() >= 0 and rows.max() <= 1 and np.allclose(rows.sum(axis=1), 1, atol=1e-3):
+        return rows
+    shifted = np.exp(rows - rows.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def agreement(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict[str, Any]:
+    """Top-1 agreement over all rows, and over rows where the original is confident
+    (top-1 minus top-2 probability above CONFIDENT_MARGIN)."""
+    classes = int(np.shape(original[0])[-1])
+    a = np.concatenate([np.asarray(x).reshape(-1, classes) for x in original])
+    b = np.concatenate([np.asarray(x).reshape(-1, classes) for x in compressed])
+    same = a.argmax(axis=1) == b.argmax(axis=1)
+    top2 = np.sort(probabilities(a), axis=1)[:, -2:]
+    confident = (top2[:, 1] - top2[:, 0]) > CONFIDENT_MARGIN
+    return {
+        "classes": classes,
+        "top1_agreement": float(same.mean()),
+        "top1_agreement_confident": float(same[confident].mean()) if confident.any() else None,
+        "confident_rows": int(confident.sum()),
+    }
+
+
+def overall(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The worst value of each metric over all outputs."""
+
+    def pick(key: str, worst: Callable[..., Any]) -> Any:
+        values = [m[key] for m in outputs.values() if m.get(key) is not None]
+        if any(math.isnan(v) for v in values):
+            return math.nan
+        return worst(values) if values else None
+
+    return {
+        "max_abs_error": pick("max_abs_error", max),
+        "mean_abs_error": pick("mean_abs_error", max),
+        "cosine": pick("cosine", min),
+        "sqnr_db": pick("sqnr_db", min),
+        "nan_count": sum(m["nan_count"] for m in outputs.values()),
+        "inf_count": sum(m["inf_count"] for m in outputs.values()),
+        "top1_agreement": pick("top1_agreement", min),
+        "top1_agreement_confident": pick("top1_agreement_confident", min),
+    }
+
+
+# ---------------------------------------------------------------- task accuracy
+
+
+def _task(
+    names: list[str], results: list[list[list[np.ndarray]]], labels: np.ndarray
+) -> dict[str, Any] | None:
+    """Accuracy and macro precision/recall/F1 of both models on the first class-score output."""
+    for k, name in enumerate(names):
+        first = results[0][k][0]
+        if not is_class_scores(first) or int(labels.max()) >= first.shape[-1]:
+            continue
+        preds = [
+            np.concatenate(
+                [np.asarray(x).reshape(-1, first.shape[-1]) for x in results[m][k]]
+            ).argmax(axis=1)
+            for m in (0, 1)
+        ]
+        if preds[0].size != labels.size:
+            continue
+        original, compressed = (classification_metrics(labels, p) for p in preds)
+        return {
+            "output": name,
+            "samples": int(labels.size),
+            "original": original,
+            "compressed": compressed,
+            "accuracy_drop": original["accuracy"] - compressed["accuracy"],
+        }
     return None
 
 
+def classification_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """Accuracy and macro-averaged precision, recall and F1 over every class that occurs in
+    the labels or the predictions (a class never predicted has precision 0)."""
+    labels = np.asarray(labels).reshape(-1)
+    predicted = np.asarray(predicted).reshape(-1)
+    precisions, recalls, f1s = [], [], []
+    for c in np.union1d(labels, predicted):
+        tp = int(np.sum((predicted == c) & (labels == c)))
+        predicted_c = int(np.sum(predicted == c))
+        actual_c = int(np.sum(labels == c))
+        p = tp / predicted_c if predicted_c else 0.0
+        r = tp / actual_c if actual_c else 0.0
+        precisions.append(p)
+        recalls.append(r)
+        f1s.append(2 * p * r / (p + r) if p + r else 0.0)
+    return {
+        "accuracy": float(np.mean(labels == predicted)),
+        "precision": float(np.mean(precisions)),
+        "recall": float(np.mean(recalls)),
+        "f1": float(np.mean(f1s)),
+    }
+
+
+# ---------------------------------------------------------------- latency and memory
+
+
+def _latency(
+    sessions: list[Any],
+    feed: dict[str, np.ndarray],
+    runs: int,
+    tick: Callable[[int], None] = lambda i: None,
+) -> dict[str, Any]:
+    """Median and p90 milliseconds of `runs` runs of one feed, the two models interleaved."""
+    for _ in range(WARMUP_RUNS):
+        for session in sessions:
+            session.run(None, feed)
+    times: list[list[float]] = [[], []]
+    for i in range(runs):
+        for which, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feed)
+            times[which].append((time.perf_counter() - start) * 1000)
+        tick(i + 1)
+    stats = [
+        {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))} for t in times
+    ]
+    return {
+        "input_shapes": {k: list(v.shape) for k, v in feed.items()},
+        "warmup_runs": WARMUP_RUNS,
+        "runs": runs,
+        "original": stats[0],
+        "compressed": stats[1],
+        "ratio": stats[1]["median_ms"] / stats[0]["median_ms"] if stats[0]["median_ms"] else None,
+    }
+
+
+def _batch_latency(
+    sessions: list[Any], feeds: list[dict[str, np.ndarray]], runs: int, notes: list[str]
+) -> dict[str, Any] | None:
+    """Latency with up to DATA_BATCH data samples stacked on the batch axis, when every input
+    has a dynamic first dimension and each feed holds one sample; else None."""
+    inputs = sessions[0].get_inputs()
+    if len(feeds) < 2 or any(not i.shape or isinstance(i.shape[0], int) for i in inputs):
+        return None
+    if any(v.ndim == 0 or v.shape[0] != 1 for v in feeds[0].values()):
+        return None
+    chosen = feeds[:DATA_BATCH]
+    batch = {name: np.concatenate([f[name] for f in chosen]) for name in chosen[0]}
+    try:
+        return _latency(sessions, batch, runs)
+    except Exception as exc:  # noqa: BLE001 - a model may accept only batch 1
+        notes.append(f"no latency at batch {len(chosen)}: {_one_line(exc)}")
+        return None
+
+
+_MEMORY_SCRIPT = """
+import json, sys
+import numpy as np
+import onnxruntime as ort
+
+def vm(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+
+names = json.loads(sys.argv[3])
+npz = np.load(sys.argv[2], allow_pickle=False)
+feed = {name: npz[f"arr_{i}"] for i, name in enumerate(names)}
+options = ort.SessionOptions()
+options.log_severity_level = 3
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")
+before = vm("VmRSS")
+session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
+session.run(None, feed)
+print(json.dumps(vm("VmHWM") - before))
+"""
+
+
+def _memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any] | None:
+    """Peak resident memory added by loading and running each model once, measured in a fresh
+    process (Linux peak-RSS counters); None where that cannot be measured."""
+    if not Path("/proc/self/clear_refs").exists():
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        feed_path = Path(tmp) / "feed.npz"
+        np.savez(feed_path, *inputs.feeds[0].values())
+        names = json.dumps(list(inputs.feeds[0]))
+        peaks = []
+        for path in (original, compressed):
+            try:
+                done = subprocess.run(
+                    [sys.executable, "-c", _MEMORY_SCRIPT, str(path), str(feed_path), names],
+                    capture_output=True,
+                    text=True,
+                    timeout=600,
+                    check=True,
+                )
+                peaks.append(max(int(json.loads(done.stdout.strip().splitlines()[-1])), 0))
+            except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+                return None
+    return {
+        "method": "peak RSS growth of a fresh process loading and running the model once",
+        "original_peak_bytes": peaks[0],
+        "compressed_peak_bytes": peaks[1],
+        "ratio": peaks[1] / peaks[0] if peaks[0] else None,
+    }
+
+
+# ---------------------------------------------------------------- gates
+
+
+_GATES: dict[str, tuple[str, str, Callable[[RunReport], Any]]] = {
+    # name: (direction, what is measured, how to read it from the report)
+    "max_accuracy_drop": (
+        "max",
+        "accuracy drop (needs --data with labels)",
+        lambda r: ((r.validation or {}).get("task") or {}).get("accuracy_drop"),
+    ),
+    "min_cosine": (
+        "min",
+        "cosine similarity of the outputs",
+        lambda r: ((r.validation or {}).get("overall") or {}).get("cosine"),
+    ),
+    "min_top1_agreement": (
+        "min",
+        "top-1 agreement (needs an output of class scores)",
+        lambda r: ((r.validation or {}).get("overall") or {}).get("top1_agreement"),
+    ),
+    "max_latency_ratio": (
+        "max",
+        "latency ratio compressed/original",
+        lambda r: ((r.validation or {}).get("latency") or {}).get("ratio"),
+    ),
+    "min_compression_ratio": ("min", "compression ratio", lambda r: r.compression_ratio),
+}
+
+
 def evaluate_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
-    """Compare the report's measurements to the configured thresholds."""
+    """Compare the report's measurements to the configured thresholds. A gate whose metric is
+    unavailable fails, and a note on the report says why, unless it is listed as optional."""
     gates = []
-    if cfg.min_compression_ratio is not None:
-        value = report.compression_ratio
-        gates.append(
-            Gate(
-                "min_compression_ratio",
-                cfg.min_compression_ratio,
-                value,
-                value is not None and value >= cfg.min_compression_ratio,
-            )
-        )
+    for name, (direction, what, read) in _GATES.items():
+        threshold = getattr(cfg, name)
+        if threshold is None:
+            continue
+        value = read(report)
+        if value is None and name in cfg.optional_gates:
+            report.notes.append(f"gate {name} skipped: {what} is unavailable (optional gate)")
+            continue
+        if value is None:
+            reason = "validation was skipped" if report.validation is None else "not measured"
+            report.notes.append(f"gate {name} fails: {what} is unavailable ({reason})")
+            gates.append(Gate(name, threshold, None, False))
+            continue
+        value = float(value)
+        passed = value <= threshold if direction == "max" else value >= threshold
+        gates.append(Gate(name, threshold, value, passed))
     return gates

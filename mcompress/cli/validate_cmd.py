@@ -1,1 +1,102 @@
-"""`mcompress validate` commands (placeholder until its issue lands)."""
+"""`mcompress validate ORIGINAL COMPRESSED`: compare any two models, whoever made them."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mcompress import config, pipeline, validate
+from mcompress.cli.common import (
+    EXIT_CODES_HELP,
+    ProgressDisplay,
+    WriteOptions,
+    app,
+    emit,
+    with_cli_validation,
+)
+from mcompress.report import RunReport
+
+
+def _opt(*names: str, help: str) -> Any:
+    return typer.Option(*names, help=help, show_default=False)
+
+
+@app.command(name="validate", epilog=EXIT_CODES_HELP)
+def validate_command(
+    original: Annotated[Path, typer.Argument(help="The reference model.", show_default=False)],
+    compressed: Annotated[Path, typer.Argument(help="The model to check.", show_default=False)],
+    data: Annotated[
+        Path | None, _opt("--data", help=".npz keyed by input names (+ 'labels'), or a folder.")
+    ] = None,
+    samples: Annotated[
+        int | None, _opt("--samples", help="Samples (default: 32 random, or all data).")
+    ] = None,
+    seed: Annotated[int | None, _opt("--seed", help="Seed for random inputs (default 0).")] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        _opt("--input-shape", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, _opt("--max-accuracy-drop", help="Gate: accuracy drop (needs labels).")
+    ] = None,
+    min_cosine: Annotated[
+        float | None, _opt("--min-cosine", help="Gate: cosine similarity of every output.")
+    ] = None,
+    min_top1_agreement: Annotated[
+        float | None, _opt("--min-top1-agreement", help="Gate: top-1 agreement.")
+    ] = None,
+    max_latency_ratio: Annotated[
+        float | None, _opt("--max-latency-ratio", help="Gate: latency compressed/original.")
+    ] = None,
+    min_compression_ratio: Annotated[
+        float | None, _opt("--min-compression-ratio", help="Gate: original size / compressed.")
+    ] = None,
+    report: Annotated[Path | None, _opt("--report", help="Write the JSON report here.")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report to stdout and nothing else.")
+    ] = False,
+    markdown: Annotated[Path | None, _opt("--markdown", help="Write a Markdown report.")] = None,
+    html: Annotated[Path | None, _opt("--html", help="Write a self-contained HTML report.")] = None,
+) -> None:
+    """Compare COMPRESSED against ORIGINAL on the same inputs; gate on the differences.
+
+    Example: mcompress validate model.onnx model.int8.onnx --data val.npz --min-cosine 0.99
+    """
+    opts = WriteOptions(
+        output=None,
+        force=False,
+        report=report,
+        json_out=json_out,
+        no_validate=False,
+        data=data,
+        samples=samples,
+        seed=seed,
+        input_shape=input_shape or [],
+        max_accuracy_drop=max_accuracy_drop,
+        min_cosine=min_cosine,
+        min_top1_agreement=min_top1_agreement,
+        max_latency_ratio=max_latency_ratio,
+        min_compression_ratio=min_compression_ratio,
+        markdown=markdown,
+        html=html,
+    )
+    cfg = with_cli_validation(config.build({}), opts).validation
+    emit(compare(original, compressed, cfg, quiet=json_out), opts)
+
+
+def compare(
+    original: Path, compressed: Path, cfg: config.ValidateConfig, quiet: bool = False
+) -> RunReport:
+    """Validate `compressed` against `original` and evaluate the gates; a RunReport."""
+    started = time.perf_counter()
+    before, after = pipeline.file_info(original), pipeline.file_info(compressed)
+    report = RunReport(command="validate", input=before, output=after)
+    report.compression_ratio = before.size_bytes / max(after.size_bytes, 1)
+    with ProgressDisplay(quiet=quiet) as progress:
+        report.validation = validate.validate_pair(original, compressed, cfg, progress)
+    report.gates = validate.evaluate_gates(cfg, report)
+    report.seconds = time.perf_counter() - started
+    return report
