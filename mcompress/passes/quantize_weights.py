@@ -1,0 +1,293 @@
+"""Weight-only int8 storage, written by mcompress where onnxruntime.quantization falls short.
+
+onnxruntime's quantizers skip weights they cannot reach or do not speed up: initializers of an
+outer graph read inside If/Loop/Scan bodies ("Expected ... to be an initializer"), Gemm and LSTM
+weights in dynamic mode, Conv weights whose ConvInteger kernel is 3-13x slower than the float
+Conv on CPU (measured with onnxruntime 1.31 on the shared classifier), and per-row embedding
+tables. Each such weight becomes int8 (or uint8 with a zero point) plus float scales:
+
+- dense: `Cast -> [Sub zero point] -> Mul scale` rebuilds the float tensor under its original
+  name, so every consumer in every subgraph keeps working. onnxruntime constant-folds these
+  nodes when it creates a session, so inference runs at float speed. (A DequantizeLinear
+  would not be folded: onnxruntime keeps it for QDQ fusion and dequantizes on every run.)
+- gather rows: an embedding table read only by `Gather(axis=0)` is gathered as int8 and only
+  the gathered rows are scaled (per-row scales), so the table stays int8 in memory too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mcompress.model_io import iter_graphs, read_array
+from mcompress.passes.base import node_excluded
+from mcompress.passes.quantize_math import Quantized, error_stats, quantize
+
+# Smaller tensors stay float: their scales and nodes would cost about what int8 saves.
+MIN_ELEMENTS = 64
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def weight_axis(node: onnx.NodeProto, slot: int, dims: list[int]) -> int | None:
+    """The output-channel axis of the weight read by `node` at input `slot`; None: not a weight.
+
+    Only these (op, input) pairs are weights; biases, norms and other constants stay float.
+    A Gather table is an embedding only with rows of several values (so per-row scale tables,
+    shaped [rows, 1], are never quantized again).
+    """
+    rank = len(dims)
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if op == "Conv" and slot == 1:
+        return 0
+    if op == "ConvTranspose" and slot == 1:
+        return 1 if _attr(node, "group", 1) == 1 else 0
+    if op == "Gemm" and slot == 1:
+        return 0 if _attr(node, "transB", 0) else 1
+    if op == "MatMul" and slot == 1:
+        return rank - 1
+    if op == "Gather" and slot == 0:
+        return 0 if rank >= 2 and dims[-1] > 1 else None
+    if op in ("LSTM", "GRU", "RNN") and slot in (1, 2):
+        return 1
+    return None
+
+
+@dataclass
+class Use:
+    """One node input that reads a weight."""
+
+    node: onnx.NodeProto
+    slot: int
+    in_main: bool
+
+
+@dataclass
+class Target:
+    """A float initializer to quantize and every node input that reads it."""
+
+    tensor: onnx.TensorProto
+    uses: list[Use] = field(default_factory=list)
+    axis: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.tensor.name
+
+    @property
+    def gathered_rows(self) -> bool:
+        """Read only as a Gather(axis=0) table of rank >= 2: quantize rows, gather int8."""
+        return len(self.tensor.dims) >= 2 and all(
+            u.node.op_type == "Gather" and u.slot == 0 and _attr(u.node, "axis", 0) == 0
+            for u in self.uses
+        )
+
+
+def find_targets(proto: onnx.ModelProto, exclude: Iterable[str]) -> list[Target]:
+    """Float32 initializers (any graph) read as a weight by a node that is not excluded.
+
+    A tensor also read by an excluded node stays float, as do tensors that are graph outputs.
+    """
+    patterns = tuple(exclude)
+    owners: dict[str, onnx.TensorProto] = {}
+    outputs: set[str] = set()
+    for graph in iter_graphs(proto.graph):
+        outputs.update(o.name for o in graph.output)
+        for tensor in graph.initializer:
+            owners.setdefault(tensor.name, tensor)
+    found: dict[str, Target] = {}
+    blocked: set[str] = set(outputs)
+    for depth, graph in enumerate(iter_graphs(proto.graph)):
+        for node in graph.node:
+            for slot, name in enumerate(node.input):
+                if name not in owners:
+                    continue
+                tensor = owners[name]
+                if node_excluded(node, patterns):
+                    blocked.add(name)
+                    continue
+                target = found.setdefault(name, Target(tensor))
+                target.uses.append(Use(node, slot, depth == 0))
+                axis = weight_axis(node, slot, list(tensor.dims))
+                if axis is not None and target.axis is None:
+                    target.axis = axis
+    return [
+        t
+        for name, t in found.items()
+        if name not in blocked
+        and t.axis is not None
+        and t.tensor.data_type == TensorProto.FLOAT
+        and int(np.prod(t.tensor.dims, dtype=np.int64)) >= MIN_ELEMENTS
+    ]
+
+
+class Names:
+    """Fresh value names, unique across the whole model."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.taken: set[str] = set()
+        for graph in iter_graphs(proto.graph):
+            self.taken.update(t.name for t in graph.initializer)
+            self.taken.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
+            for node in graph.node:
+                self.taken.update(node.input)
+                self.taken.update(node.output)
+                if node.name:
+                    self.taken.add(node.name)
+
+    def fresh(self, base: str) -> str:
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
+
+
+@dataclass
+class _Plan:
+    """A quantized target and the names of the initializers that will hold it."""
+
+    q: Quantized
+    gathered_rows: bool
+    values: str
+    scale: str
+    zero_point: str | None
+
+
+def rewrite_all(
+    proto: onnx.ModelProto,
+    targets: list[Target],
+    base_dir: Any,
+    *,
+    per_channel: bool,
+    symmetric: bool,
+) -> list[dict[str, Any]]:
+    """Store every target as int8 plus dequantizing nodes; return per-tensor error stats.
+
+    All tensors are quantized first; graphs are then edited innermost first, by value names,
+    because rebuilding a graph's node list copies its nodes and with them their subgraphs.
+    """
+    names = Names(proto)
+    plans: dict[str, _Plan] = {}
+    rows: list[dict[str, Any]] = []
+    for target in targets:
+        weight = np.asarray(read_array(target.tensor, base_dir), dtype=np.float32)
+        q = quantize(weight, axis=target.axis if per_channel else None, symmetric=symmetric)
+        mse, sqnr = error_stats(weight, q.dequantize())
+        name = target.name
+        plans[name] = _Plan(
+            q=q,
+            gathered_rows=target.gathered_rows,
+            values=names.fresh(f"{name}_quantized"),
+            scale=names.fresh(f"{name}_scale"),
+            zero_point=None if q.zero_point is None else names.fresh(f"{name}_zero_point"),
+        )
+        rows.append(
+            {
+                "name": name,
+                "shape": list(weight.shape),
+                "bits": 8,
+                "method": "weight-only gather" if target.gathered_rows else "weight-only",
+                "mse": mse,
+                "sqnr_db": sqnr,
+                "bytes_before": int(weight.nbytes),
+                "bytes_after": q.nbytes,
+            }
+        )
+    for graph in reversed(list(iter_graphs(proto.graph))):
+        _edit_graph(graph, plans, names)
+    return rows
+
+
+def _edit_graph(graph: onnx.GraphProto, plans: dict[str, _Plan], names: Names) -> None:
+    owned = [t.name for t in graph.initializer if t.name in plans]
+    prepend: list[onnx.NodeProto] = []
+    for name in owned:
+        plan = plans[name]
+        graph.initializer.extend(_initializers(plan))
+        if not plan.gathered_rows:
+            prepend.extend(_dense_nodes(name, plan, names))
+    body: list[onnx.NodeProto] = []
+    replaced = False
+    for node in graph.node:
+        table = node.input[0] if node.op_type == "Gather" and node.input else ""
+        if table in plans and plans[table].gathered_rows:
+            body.extend(_gather_nodes(node, plans[table], names))
+            replaced = True
+        else:
+            body.append(node)
+    if prepend or replaced:
+        del graph.node[:]
+        graph.node.extend([*prepend, *body])
+    if owned:
+        gone = set(owned)
+        kept = [t for t in graph.initializer if t.name not in gone]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+        inputs = [i for i in graph.input if i.name not in gone]
+        if len(inputs) != len(graph.input):
+            del graph.input[:]
+            graph.input.extend(inputs)
+
+
+def _compact(array: np.ndarray) -> np.ndarray:
+    """A per-tensor scale as a scalar; a per-channel one keeps its broadcasting shape."""
+    return array.reshape(()) if array.size == 1 else array
+
+
+def _initializers(plan: _Plan) -> list[onnx.TensorProto]:
+    found = [
+        numpy_helper.from_array(np.ascontiguousarray(plan.q.values), plan.values),
+        numpy_helper.from_array(_compact(plan.q.scale), plan.scale),
+    ]
+    if plan.zero_point is not None and plan.q.zero_point is not None:
+        zp = _compact(plan.q.zero_point).astype(np.float32)
+        found.append(numpy_helper.from_array(zp, plan.zero_point))
+    return found
+
+
+def _dense_nodes(name: str, plan: _Plan, names: Names) -> list[onnx.NodeProto]:
+    """Cast -> [Sub zero point] -> Mul scale, producing the original name (folded at load)."""
+    current = names.fresh(f"{name}_cast")
+    nodes = [helper.make_node("Cast", [plan.values], [current], to=1)]
+    if plan.zero_point is not None:
+        centred = names.fresh(f"{name}_centred")
+        nodes.append(helper.make_node("Sub", [current, plan.zero_point], [centred]))
+        current = centred
+    nodes.append(helper.make_node("Mul", [current, plan.scale], [name]))
+    return nodes
+
+
+def _gather_nodes(node: onnx.NodeProto, plan: _Plan, names: Names) -> list[onnx.NodeProto]:
+    """Gather int8 rows, then scale only those rows: the table stays int8 at run time too."""
+    out = node.output[0]
+    indices = node.input[1]
+    per_row = plan.q.scale.size > 1
+    nodes: list[onnx.NodeProto] = []
+
+    def add(op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+        result = output or names.fresh(f"{out}_{op.lower()}")
+        nodes.append(helper.make_node(op, inputs, [result], **attrs))
+        return result
+
+    current = add("Cast", [add("Gather", [plan.values, indices], axis=0)], to=1)
+    if plan.zero_point is not None:
+        zp = add("Gather", [plan.zero_point, indices], axis=0) if per_row else plan.zero_point
+        current = add("Sub", [current, zp])
+    scale = add("Gather", [plan.scale, indices], axis=0) if per_row else plan.scale
+    add("Mul", [current, scale], output=out)
+    nodes[0].name = node.name
+    return nodes
