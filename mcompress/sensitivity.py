@@ -1,0 +1,260 @@
+"""Per-layer sensitivity: prune (or fake-quantize) one layer at a time and measure the damage.
+
+Tells a user which layers to exclude or treat gently before compressing the whole model. The
+model is loaded and prepared once and kept in memory; one onnxruntime session (built from its
+bytes) serves every trial, with the altered weight fed in place of its initializer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from mcompress import model_io
+from mcompress.errors import ModelError, UsageError
+from mcompress.inputs import InputSet, make_feeds
+from mcompress.passes.prune import Candidate, find_candidates, zero_smallest
+from mcompress.prepare import prepare
+
+DEFAULT_LEVELS = {"prune": (0.3, 0.5, 0.7, 0.9), "quantize": (8.0, 4.0)}
+# Models whose tensors exceed this are refused: every trial keeps the whole model in memory.
+MAX_MODEL_BYTES = 1 << 30
+
+Progress = Callable[[str, int, int], None]
+
+
+def parse_levels(text: str | None, pass_type: str) -> list[float]:
+    """`"0.3,0.5"` -> [0.3, 0.5], checked: sparsities in (0, 1), or bit widths 2..8."""
+    if not text:
+        return list(DEFAULT_LEVELS[pass_type])
+    try:
+        levels = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise UsageError(f"--levels '{text}' is not a comma-separated list of numbers") from None
+    if not levels:
+        raise UsageError("--levels is empty")
+    for level in levels:
+        if pass_type == "prune" and not 0 < level < 1:
+            raise UsageError(f"--levels: sparsity {level:g} is not between 0 and 1")
+        if pass_type == "quantize" and (level != int(level) or not 2 <= level <= 8):
+            raise UsageError(f"--levels: {level:g} is not a bit width from 2 to 8")
+    return levels
+
+
+def analyze(
+    model_path: Path,
+    *,
+    pass_type: str,
+    levels: list[float],
+    data: Path | None,
+    samples: int,
+    seed: int,
+    input_shapes: dict[str, tuple[int, ...]],
+    max_layers: int,
+    progress: Progress = lambda label, done, total: None,
+) -> dict[str, Any]:
+    """Probe each prunable layer alone at each level; rows sorted most sensitive first."""
+    started = time.perf_counter()
+    model = model_io.load_model(model_path)
+    prepare(model)
+    _internalize(model)
+    candidates, _ = find_candidates(model, min_elements=0)
+    if not candidates:
+        raise ModelError(
+            "nothing to probe: the model has no Conv, ConvTranspose, Gemm, MatMul or Gather weight"
+        )
+    candidates.sort(key=lambda c: -c.weight.size)
+    probed = candidates[:max_layers] if max_layers > 0 else candidates
+    inputs = make_feeds(
+        model_path, data=data, samples=samples, seed=seed, input_shapes=input_shapes
+    )
+    runner = _Runner(model, probed, inputs)
+    judge = _Judge(inputs, runner.run())
+    rows: list[dict[str, Any]] = []
+    total = len(probed) * len(levels)
+    for i, cand in enumerate(probed):
+        results = []
+        for j, level in enumerate(levels):
+            progress("sensitivity", i * len(levels) + j, total)
+            values = _altered(np.asarray(cand.weight.array()), pass_type, level)
+            results.append({"level": level, **judge.score(runner.run(cand, values))})
+        deltas = [r["delta"] for r in results]
+        rows.append(
+            {
+                "name": cand.weight.name,
+                "ops": cand.ops,
+                "shape": list(cand.weight.shape),
+                "elements": cand.weight.size,
+                "results": results,
+                "score": float(np.mean(deltas)),
+            }
+        )
+    progress("sensitivity", total, total)
+    rows.sort(key=lambda r: -r["score"])
+    notes = []
+    if len(probed) < len(candidates):
+        notes.append(
+            f"probed the {len(probed)} largest of {len(candidates)} layers; "
+            "raise --max-layers (0 = all) to probe more"
+        )
+    if inputs.synthetic:
+        notes.append("random inputs: the metric compares outputs with the original model's")
+    return {
+        "model": str(model_path),
+        "pass": pass_type,
+        "metric": judge.metric,
+        "baseline": judge.baseline,
+        "levels": levels,
+        "layers_total": len(candidates),
+        "layers_probed": len(probed),
+        "layers": rows,
+        "inputs": inputs.description,
+        "notes": notes,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def fake_quantize(values: np.ndarray, bits: int) -> np.ndarray:
+    """Symmetric per-tensor weight-only quantize-dequantize to `bits` bits."""
+    qmax = 2 ** (bits - 1) - 1
+    peak = float(np.max(np.abs(values))) if values.size else 0.0
+    if peak == 0:
+        return np.array(values, copy=True)
+    scale = peak / qmax
+    return (np.clip(np.round(values / scale), -qmax, qmax) * scale).astype(values.dtype)
+
+
+class _Judge:
+    """Scores outputs: accuracy drop with labels, else 1 - cosine vs the original outputs."""
+
+    def __init__(self, inputs: InputSet, reference: list[list[np.ndarray]]) -> None:
+        self.labels = inputs.labels
+        self.reference = reference
+        self.metric = "accuracy" if self.labels is not None else "cosine"
+        self.baseline = self._value(reference)
+        self.classes = _classes(reference)
+
+    def _value(self, outputs: list[list[np.ndarray]]) -> float:
+        if self.labels is not None:
+            predicted = np.array([int(np.argmax(run[0])) for run in outputs])
+            return float(np.mean(predicted == self.labels[: len(predicted)]))
+        return _cosine(_flat(self.reference), _flat(outputs))
+
+    def score(self, outputs: list[list[np.ndarray]]) -> dict[str, float]:
+        value = self._value(outputs)
+        result = {"metric": value, "delta": self.baseline - value}
+        if self.classes:
+            agree = [
+                int(np.argmax(a[0])) == int(np.argmax(b[0]))
+                for a, b in zip(self.reference, outputs, strict=True)
+            ]
+            result["top1_agreement"] = float(np.mean(agree))
+        return result
+
+
+def _classes(outputs: list[list[np.ndarray]]) -> bool:
+    """True when the first output looks like class scores (one row of several values)."""
+    first = outputs[0][0] if outputs and outputs[0] else None
+    return first is not None and first.dtype.kind == "f" and first.size > 1 and first.ndim >= 1
+
+
+def _flat(outputs: list[list[np.ndarray]]) -> np.ndarray:
+    parts = [np.asarray(o, np.float64).reshape(-1) for run in outputs for o in run]
+    return np.concatenate([p for p in parts if p.dtype.kind == "f"])
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        return float("nan")
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0 or nb == 0:
+        return 1.0 if na == nb else 0.0
+    return float(np.dot(a, b) / (na * nb))
+
+
+def _altered(values: np.ndarray, pass_type: str, level: float) -> np.ndarray:
+    """`values` pruned to sparsity `level`, or fake-quantized to `level` bits."""
+    if pass_type == "prune":
+        return zero_smallest(values, int(round(level * values.size)))
+    return fake_quantize(values, int(level))
+
+
+class _Runner:
+    """Runs every feed with at most one weight replaced.
+
+    Probed main-graph weights become graph inputs whose initializer is only a default, so one
+    session serves every trial (the replaced weight is fed); weights inside subgraphs are
+    swapped in the proto and a session is built from its bytes for the trial.
+    """
+
+    def __init__(self, model: model_io.Model, probed: list[Candidate], inputs: InputSet) -> None:
+        self.model = model
+        self.inputs = inputs
+        graph = model.proto.graph
+        existing = {vi.name for vi in graph.input}
+        self.fed = {c.weight.name for c in probed if c.key[0] == 0}
+        for cand in probed:
+            name = cand.weight.name
+            if name in self.fed and name not in existing:
+                tensor = cand.weight.tensor
+                graph.input.append(
+                    helper.make_tensor_value_info(name, tensor.data_type, list(tensor.dims))
+                )
+        self.session = _session(model.proto)
+
+    def run(
+        self, cand: Candidate | None = None, values: np.ndarray | None = None
+    ) -> list[list[np.ndarray]]:
+        if cand is None or values is None:
+            return _outputs(self.session, self.inputs.feeds)
+        weight = cand.weight
+        if weight.name in self.fed:
+            feeds = [{**feed, weight.name: values} for feed in self.inputs.feeds]
+            return _outputs(self.session, feeds)
+        saved = onnx.TensorProto()
+        saved.CopyFrom(weight.tensor)
+        weight.replace(values)
+        try:
+            return _outputs(_session(self.model.proto), self.inputs.feeds)
+        finally:
+            weight.tensor.CopyFrom(saved)
+
+
+def _session(proto: onnx.ModelProto) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(
+            proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+        )
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; report one line
+        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+
+
+def _outputs(session: Any, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
+    try:
+        return [list(session.run(None, feed)) for feed in feeds]
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; report one line
+        raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[-1][:200] if text else type(exc).__name__
+
+
+def _internalize(model: model_io.Model) -> None:
+    """Bring external tensors into memory so the model can be serialized for each trial."""
+    if model_io.tensor_bytes(model.proto) > MAX_MODEL_BYTES:
+        raise UsageError("sensitivity analysis keeps the model in memory and needs it under 1 GB")
+    for weight in model.weights(float_only=False):
+        if model_io.is_external(weight.tensor):
+            weight.replace(np.array(weight.array()))
