@@ -47,6 +47,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     started = time.perf_counter()
     model_io.check_output_path(opts.input_path, opts.output, opts.force)
     model = model_io.load_model(opts.input_path)
+    restored = encoding.unpack(model) if cfg.passes else 0
+    if restored:
+        model.notes.append(f"expanded {restored} packed weights of the input before compressing")
     report = RunReport(
         command=opts.command,
         input=file_info(opts.input_path, count_parameters(model.proto)),
@@ -67,6 +70,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     parameters = count_parameters(model.proto)
     report.packing = encoding.pack(model)
     report.notes.extend(model.notes)
+    report.notes.extend(note for record in report.passes for note in record.notes)
     report.notes.extend(model_io.save_model(model, opts.output))
     report.output = file_info(opts.output, parameters)
     report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)

@@ -28,7 +28,7 @@ from mcompress.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, McompressError
 def main() -> None:
     """Entry point: one line per known error, a log file for unexpected ones."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -58,3 +58,6 @@ def main() -> None:
             highlight=False,
         )
         sys.exit(EXIT_INTERNAL)
+    # Without standalone mode click returns (not raises) the exit code of `typer.Exit`.
+    if isinstance(code, int) and code:
+        sys.exit(code)

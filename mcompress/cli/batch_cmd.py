@@ -1,1 +1,387 @@
-"""`mcompress batch` commands (placeholder until its issue lands)."""
+"""`mcompress batch` (many models, one config, parallel), `configs` (bundled presets) and
+`doctor` (pre-flight checks)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from mcompress import batch as batch_mod
+from mcompress import config
+from mcompress import doctor as doctor_mod
+from mcompress.cli.common import (
+    EXIT_CODES_HELP,
+    ModelArg,
+    app,
+    err,
+    out,
+    override_validation,
+    parse_shape,
+)
+from mcompress.errors import ConfigError
+from mcompress.report import human_bytes
+
+EXIT_INTERRUPTED = 130
+
+
+# ---------------------------------------------------------------- batch
+
+
+@app.command(
+    epilog=EXIT_CODES_HELP + " batch exits with the most severe code of all models (1 > 2 > 3 "
+    "> 0), or 130 when interrupted."
+)
+def batch(
+    paths: Annotated[
+        list[str],
+        typer.Argument(
+            help="Model files, folders (searched for *.onnx) or quoted globs.",
+            metavar="PATHS...",
+            show_default=False,
+        ),
+    ],
+    config_path: Annotated[
+        str,
+        typer.Option("-c", "--config", help="YAML pipeline file, or a preset name (level1...)."),
+    ],
+    out_dir: Annotated[
+        Path, typer.Option("-o", "--out-dir", help="Folder for outputs, reports, summary.json.")
+    ],
+    jobs: Annotated[
+        int | None,
+        typer.Option(
+            "-j", "--jobs", min=1, help="Worker processes (default: CPUs, bounded by memory)."
+        ),
+    ] = None,
+    data_map: Annotated[
+        Path | None,
+        typer.Option("--data-map", help="YAML/JSON: model name or glob -> validation .npz."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print summary JSON to stdout and nothing else.")
+    ] = False,
+    html: Annotated[
+        bool, typer.Option("--html", help="Also write OUT_DIR/<model>.report.html.")
+    ] = False,
+    markdown: Annotated[
+        bool, typer.Option("--markdown", help="Also write OUT_DIR/<model>.report.md.")
+    ] = False,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="Skip validation against the originals.")
+    ] = False,
+    samples: Annotated[
+        int | None, typer.Option("--samples", help="Validation samples per model.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed for random inputs.")] = None,
+    max_accuracy_drop: Annotated[
+        float | None, typer.Option("--max-accuracy-drop", help="Gate: accuracy drop.")
+    ] = None,
+    min_cosine: Annotated[
+        float | None, typer.Option("--min-cosine", help="Gate: output cosine similarity.")
+    ] = None,
+    min_top1_agreement: Annotated[
+        float | None, typer.Option("--min-top1-agreement", help="Gate: top-1 agreement.")
+    ] = None,
+    min_compression_ratio: Annotated[
+        float | None,
+        typer.Option("--min-compression-ratio", help="Gate: input size / output size."),
+    ] = None,
+) -> None:
+    """Compress many models with one config, in parallel worker processes.
+
+    Writes OUT_DIR/<model>.<config>.onnx, OUT_DIR/<model>.report.json and
+    OUT_DIR/summary.json; a model that fails does not stop the others.
+
+    Example: mcompress batch models/ extra/*.onnx -c level1 -o compressed/ --jobs 2
+    """
+    cfg = _override_validation(
+        config.load(config_path),
+        enabled=False if no_validate else None,
+        samples=samples,
+        seed=seed,
+        max_accuracy_drop=max_accuracy_drop,
+        min_cosine=min_cosine,
+        min_top1_agreement=min_top1_agreement,
+        min_compression_ratio=min_compression_ratio,
+    )
+    what = config.resolve_config_path(config_path).stem
+    entries = batch_mod.load_data_map(data_map) if data_map else []
+    models = batch_mod.discover(paths, skip_dir=out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    planned = batch_mod.plan(
+        models,
+        cfg,
+        out_dir,
+        what,
+        force=force,
+        data_map=entries,
+        documents=tuple(kind for kind, wanted in (("html", html), ("md", markdown)) if wanted),
+    )
+    n_jobs = batch_mod.default_jobs(models, jobs)
+    with _BatchDisplay(planned, quiet=json_out) as display:
+        display.log(
+            f"mcompress batch: {len(planned)} model(s), {n_jobs} job(s), "
+            f"config {config_path} -> {out_dir}"
+        )
+        outcome = batch_mod.run_batch(planned, n_jobs, display.event)
+    data = batch_mod.summary(outcome, config_path, out_dir)
+    summary_path = batch_mod.write_summary(data, out_dir)
+    if json_out:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        _wide().print(summary_table(outcome))
+        out.print(f"summary: {summary_path}")
+    if outcome.interrupted:
+        err.print("mcompress: interrupted; unfinished models were removed, summary written")
+        raise typer.Exit(EXIT_INTERRUPTED)
+    raise typer.Exit(outcome.exit_code)
+
+
+def _wide() -> Console:
+    """stdout for tables: off a terminal (CI logs) rich would assume 80 columns and wrap."""
+    return out if out.is_terminal else Console(width=200)
+
+
+def _override_validation(cfg: config.PipelineConfig, **values: Any) -> config.PipelineConfig:
+    """Command-line values (those not None) replace the config's `validate:` settings; a gate
+    given on the command line is required, never skipped as optional."""
+    return override_validation(cfg, {k: v for k, v in values.items() if v is not None})
+
+
+class _BatchDisplay:
+    """Live progress on a terminal (overall bar plus one line per running model), plain log
+    lines on stderr otherwise."""
+
+    def __init__(self, jobs: list[batch_mod.Job], quiet: bool) -> None:
+        self.jobs = {job.index: job for job in jobs}
+        self.quiet = quiet
+        self.live = not quiet and err.is_terminal
+        self.finished = 0
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        self.overall: TaskID | None = None
+        self.running: dict[int, TaskID] = {}
+
+    def __enter__(self) -> _BatchDisplay:
+        if self.live:
+            self.progress.start()
+            self.overall = self.progress.add_task("all models", total=len(self.jobs))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.live:
+            self.progress.stop()
+
+    def log(self, text: str) -> None:
+        if not self.quiet:
+            err.print(text, markup=False, highlight=False)
+
+    def event(self, kind: str, index: int, payload: Any) -> None:
+        """Listener for `batch.run_batch`: start / progress / done of one model, interrupted."""
+        if kind == "interrupted":
+            self.log("interrupted: stopping workers and removing unfinished outputs")
+            return
+        job = self.jobs[index]
+        label = job.input_path.name
+        if kind == "start":
+            if self.live:
+                self.running[index] = self.progress.add_task(f"  {label}", total=None)
+            else:
+                self.log(f"[start] {job.input_path}")
+        elif kind == "progress" and self.live and index in self.running:
+            stage, done, total = payload
+            self.progress.update(
+                self.running[index],
+                description=f"  {label}: {stage}",
+                completed=done,
+                total=total,
+            )
+        elif kind == "done":
+            self.finished += 1
+            if index in self.running:
+                self.progress.remove_task(self.running.pop(index))
+            if self.overall is not None:
+                self.progress.update(self.overall, completed=self.finished)
+            self.log(f"[{self.finished}/{len(self.jobs)}] {_row_line(payload)}")
+
+
+def _row_line(row: batch_mod.Row) -> str:
+    if row.error:
+        return f"FAILED {row.model}: {row.error['message']} (exit {row.exit_code})"
+    status = "ok" if row.status == "ok" else "GATE FAILED"
+    metric = f", {_metric_text(row.metric)}" if row.metric else ""
+    return (
+        f"{status} {row.model}: {human_bytes(row.input_bytes)} -> "
+        f"{human_bytes(row.output_bytes)} ({_ratio(row.ratio)}{metric}) in {row.seconds:.1f}s"
+    )
+
+
+def _ratio(value: Any) -> str:
+    return f"{value:.2f}x" if isinstance(value, (int, float)) else "-"
+
+
+def _metric_text(metric: dict[str, Any] | None) -> str:
+    if not metric:
+        return "-"
+    value = metric["value"]
+    shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
+    return f"{metric['name']} {shown}"
+
+
+def summary_table(outcome: batch_mod.Outcome) -> Table:
+    """One row per model: sizes, ratio, key metric, gates, status, seconds."""
+    table = Table(title="mcompress batch", header_style="bold")
+    for column, justify in (
+        ("model", "left"),
+        ("input", "right"),
+        ("output", "right"),
+        ("ratio", "right"),
+        ("key metric", "left"),
+        ("gates", "left"),
+        ("status", "left"),
+        ("seconds", "right"),
+    ):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    styles = {"ok": "green", "gate_failed": "yellow", "failed": "red", "interrupted": "red"}
+    for row in outcome.rows:
+        failed = [g["name"] for g in row.gates if not g["passed"]]
+        gates = "-" if not row.gates else ("pass" if not failed else "FAIL " + ", ".join(failed))
+        status = row.status if not row.error else f"{row.status} (exit {row.exit_code})"
+        table.add_row(
+            row.name,
+            human_bytes(row.input_bytes),
+            human_bytes(row.output_bytes),
+            _ratio(row.ratio),
+            _metric_text(row.metric),
+            gates,
+            f"[{styles.get(row.status, 'white')}]{status}[/]",
+            f"{row.seconds:.1f}",
+        )
+    return table
+
+
+# ---------------------------------------------------------------- configs
+
+configs_app = typer.Typer(
+    help="List the bundled presets, or show one (mcompress configs show level2).",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(configs_app, name="configs")
+
+
+def preset_paths() -> list[Path]:
+    """Every bundled preset file, sorted by name."""
+    return sorted(config.PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_description(path: Path) -> str:
+    """A preset's one-line description: its first `# ` comment line."""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return ""
+
+
+@configs_app.callback()
+def configs(ctx: typer.Context) -> None:
+    """List the bundled presets with one-line descriptions.
+
+    Use one with --config NAME; print one with: mcompress configs show NAME
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    table = Table(show_header=True, header_style="bold", box=None)
+    table.add_column("preset")
+    table.add_column("description")
+    for path in preset_paths():
+        table.add_row(path.stem, preset_description(path))
+    _wide().print(table)
+
+
+@configs_app.command("show")
+def configs_show(
+    name: Annotated[str, typer.Argument(help="Preset name, e.g. level2.", show_default=False)],
+) -> None:
+    """Print a bundled preset (copy it to make your own config)."""
+    path = config.PRESETS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in preset_paths())
+        raise ConfigError(f"no bundled preset '{name}'", f"presets: {names}")
+    sys.stdout.write(path.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- doctor
+
+
+@app.command(epilog="Exit codes: 0 only notes or warnings · 2 a problem would make the run fail.")
+def doctor(
+    model: ModelArg,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="Validation/calibration .npz (or folder).")
+    ] = None,
+    config_path: Annotated[
+        str | None,
+        typer.Option("-c", "--config", help="The config you plan to run (file or preset)."),
+    ] = None,
+    input_shape: Annotated[
+        list[str] | None,
+        typer.Option("--input-shape", help="Pin a dynamic input shape: name=1x3x48x192."),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
+) -> None:
+    """Pre-flight checks before a long run; each finding has a severity and a fix.
+
+    Example: mcompress doctor model.onnx --config level2 --data val.npz
+    """
+    cfg = config.load(config_path) if config_path else None
+    shapes = {name: tuple(dims) for name, dims in map(parse_shape, input_shape or [])}
+    findings = doctor_mod.diagnose(model, cfg=cfg, data=data, input_shapes=shapes)
+    code = doctor_mod.exit_code(findings)
+    if json_out:
+        document = doctor_mod.to_dict(findings, model, config_path)
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+    else:
+        _print_findings(model, config_path, findings)
+    raise typer.Exit(code)
+
+
+def _print_findings(
+    model: Path, config_path: str | None, findings: list[doctor_mod.Finding]
+) -> None:
+    styles = {"problem": "bold red", "warning": "yellow", "note": "cyan"}
+    against = f" (config {config_path})" if config_path else ""
+    out.print(f"mcompress doctor: {model}{against}", markup=False, highlight=False)
+    for finding in findings:
+        out.print(f"[{styles[finding.severity]}]{finding.severity:<8}[/] ", end="", highlight=False)
+        out.print(finding.message, markup=False, highlight=False, soft_wrap=True)
+        out.print(f"         fix: {finding.fix}", markup=False, highlight=False, soft_wrap=True)
+    counts = {s: sum(f.severity == s for f in findings) for s in doctor_mod.SEVERITIES}
+    verdict = "the run would fail" if counts["problem"] else "ready to run"
+    out.print(
+        f"{counts['problem']} problem(s), {counts['warning']} warning(s), "
+        f"{counts['note']} note(s): {verdict}",
+        markup=False,
+        highlight=False,
+    )

@@ -132,11 +132,14 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
 _WRITE_DEFAULTS: dict[str, Any] = {"force": False, "json_out": False, "no_validate": False}
 
 
-def writes_model(what: str, pass_type: str | None = None) -> Callable[[Callable[..., Any]], Any]:
+def writes_model(
+    what: str | Callable[[dict[str, Any]], str], pass_type: str | None = None
+) -> Callable[[Callable[..., Any]], Any]:
     """Register a model-writing command: `fn` returns pass options; shared options are added.
 
-    `what` names the default output (`model.<what>.onnx`). With `pass_type`, `fn` returns that
-    pass's options and a one-pass pipeline runs; without, `fn` returns a full PipelineConfig.
+    `what` names the default output (`model.<what>.onnx`) or computes it from the pass options.
+    With `pass_type`, `fn` returns that pass's options and a one-pass pipeline runs; without,
+    `fn` returns a full PipelineConfig.
     """
 
     def decorate(fn: Callable[..., Any]) -> Any:
@@ -161,10 +164,12 @@ def writes_model(what: str, pass_type: str | None = None) -> Callable[[Callable[
             if pass_type is not None:
                 options = {k: v for k, v in produced.items() if v is not None}
                 cfg = config.build({"passes": [{"type": pass_type, **options}]})
+                name = what(options) if callable(what) else what
             else:
                 cfg = produced
-            cfg = _with_cli_validation(cfg, opts)
-            _execute(cfg, model_path, opts, what, fn.__name__)
+                name = what if isinstance(what, str) else what({})
+            cfg = with_cli_validation(cfg, opts)
+            _execute(cfg, model_path, opts, name, fn.__name__)
 
         command.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
         command.__doc__ = fn.__doc__
@@ -174,7 +179,7 @@ def writes_model(what: str, pass_type: str | None = None) -> Callable[[Callable[
     return decorate
 
 
-def _with_cli_validation(cfg: config.PipelineConfig, opts: WriteOptions) -> config.PipelineConfig:
+def with_cli_validation(cfg: config.PipelineConfig, opts: WriteOptions) -> config.PipelineConfig:
     """CLI flags override the config's `validate:` section."""
     overrides: dict[str, Any] = {
         key: getattr(opts, key)
@@ -194,15 +199,25 @@ def _with_cli_validation(cfg: config.PipelineConfig, opts: WriteOptions) -> conf
     if opts.no_validate:
         overrides["enabled"] = False
     if opts.input_shape:
-        overrides["input_shapes"] = dict(_parse_shape(s) for s in opts.input_shape)
+        overrides["input_shapes"] = dict(parse_shape(s) for s in opts.input_shape)
+    return override_validation(cfg, overrides)
+
+
+def override_validation(
+    cfg: config.PipelineConfig, overrides: dict[str, Any]
+) -> config.PipelineConfig:
+    """`overrides` replace the config's `validate:` settings; a gate given on the command line
+    is required, never skipped as optional."""
     if not overrides:
         return cfg
+    validate = {**cfg.validation.model_dump(exclude_unset=True), **overrides}
+    validate["optional_gates"] = [g for g in cfg.validation.optional_gates if g not in overrides]
     merged = cfg.model_dump(by_alias=True, exclude_unset=True)
-    merged["validate"] = {**cfg.validation.model_dump(exclude_unset=True), **overrides}
+    merged["validate"] = validate
     return config.build(merged)
 
 
-def _parse_shape(text: str) -> tuple[str, list[int]]:
+def parse_shape(text: str) -> tuple[str, list[int]]:
     name, sep, dims = text.partition("=")
     try:
         if not sep or not name:
@@ -218,7 +233,7 @@ def _execute(
     cfg: config.PipelineConfig, model: Path, opts: WriteOptions, what: str, command: str
 ) -> None:
     output = opts.output or model_io.default_output(model, what)
-    with _progress(quiet=opts.json_out) as progress:
+    with ProgressDisplay(quiet=opts.json_out) as progress:
         report = pipeline.run(
             cfg,
             pipeline.RunOptions(
@@ -229,10 +244,10 @@ def _execute(
                 progress=progress,
             ),
         )
-    _emit(report, opts)
+    emit(report, opts)
 
 
-def _emit(report: RunReport, opts: WriteOptions) -> None:
+def emit(report: RunReport, opts: WriteOptions) -> None:
     """Write the requested report files, print the summary (or JSON), exit 3 on a failed gate."""
     if opts.report:
         write_text_atomic(opts.report, report.to_json())
@@ -263,7 +278,7 @@ def write_documents(report: RunReport, markdown: Path | None, html: Path | None)
             f.write(render.to_markdown(report) + "\n")
 
 
-class _progress:
+class ProgressDisplay:
     """A rich progress display on stderr; the pipeline reports (label, done, total)."""
 
     def __init__(self, quiet: bool) -> None:

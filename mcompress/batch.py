@@ -1,0 +1,628 @@
+"""Compress many models with one pipeline config in parallel worker processes.
+
+The parent plans the jobs (discovery, unique output names, per-model data), runs them in a
+process pool and collects one row per model; a model that fails never stops the others.
+Interrupting stops the workers and removes every output of a model that did not finish.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import json
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager, suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mcompress import __version__, config, model_io, pipeline, render
+from mcompress.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_GATE_FAILED,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    McompressError,
+    UsageError,
+)
+from mcompress.report import finite, write_text_atomic
+
+SUMMARY_SCHEMA_VERSION = 1
+# Estimated peak memory of one worker: this many times the model's bytes on disk (the loaded
+# proto, the compressed copy and two onnxruntime sessions during validation), plus a base cost.
+MEMORY_PER_MODEL_BYTE = 3
+WORKER_BASE_MEMORY = 150 * 2**20
+# Exit codes from most to least severe: the batch exits with the most severe one of its rows.
+_SEVERITY = [EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK]
+_GLOB_CHARS = set("*?[")
+_STOP_GRACE_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model to compress: where it is read and written, and its pipeline config."""
+
+    index: int
+    input_path: Path
+    name: str
+    output: Path
+    report: Path
+    config: dict[str, Any]
+    force: bool
+    documents: tuple[str, ...] = ()  # extra report formats beside the JSON: "html", "md"
+
+    @property
+    def error_log(self) -> Path:
+        """Where the traceback of an internal error in this model goes."""
+        return self.output.with_name(f"{self.name}.error.log")
+
+
+@dataclass
+class Row:
+    """The outcome of one job, as listed in summary.json and the summary table."""
+
+    model: str
+    name: str
+    status: str  # ok | gate_failed | failed | interrupted
+    exit_code: int
+    output: str | None = None
+    report: str | None = None
+    input_bytes: int | None = None
+    output_bytes: int | None = None
+    ratio: float | None = None
+    metric: dict[str, Any] | None = None
+    gates: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    error: dict[str, Any] | None = None
+
+
+@dataclass
+class Outcome:
+    """All rows of a batch, in input order, and whether it was interrupted."""
+
+    rows: list[Row]
+    jobs: int
+    seconds: float
+    interrupted: bool = False
+
+    @property
+    def exit_code(self) -> int:
+        """The most severe exit code of any row (internal > bad input > gate failed > ok)."""
+        codes = {row.exit_code for row in self.rows}
+        return next((code for code in _SEVERITY if code in codes), EXIT_OK)
+
+
+# Events the parent receives while jobs run: (kind, job index, payload).
+Listener = Callable[[str, int, Any], None]
+
+
+# ---------------------------------------------------------------- planning
+
+
+def discover(paths: list[str], skip_dir: Path | None = None) -> list[Path]:
+    """Model files named by `paths`: files, folders (searched recursively for *.onnx), globs.
+
+    Each path must yield at least one model; a file named twice is compressed once.
+    """
+    found: list[Path] = []
+    seen: set[Path] = set()
+    skip = skip_dir.resolve() if skip_dir else None
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            matches = [path]
+        elif path.is_dir():
+            matches = _search_folder(path, skip)
+        elif _GLOB_CHARS & set(raw):
+            matches = [Path(p) for p in sorted(glob.glob(raw, recursive=True)) if Path(p).is_file()]
+        else:
+            raise UsageError(f"'{raw}' is not a file, a folder or a glob pattern that matches")
+        if not matches:
+            raise UsageError(f"'{raw}' contains no .onnx model files")
+        for match in matches:
+            key = match.resolve()
+            if key not in seen:
+                seen.add(key)
+                found.append(match)
+    return found
+
+
+def _search_folder(folder: Path, skip: Path | None) -> list[Path]:
+    """*.onnx files under `folder`, sorted, leaving out hidden folders and the output folder."""
+    matches = []
+    for path in sorted(folder.rglob("*.onnx")):
+        parts = path.relative_to(folder).parts[:-1]
+        if any(p.startswith(".") for p in parts) or not path.is_file():
+            continue
+        if skip is not None and (skip == path.resolve().parent or skip in path.resolve().parents):
+            continue
+        matches.append(path)
+    return matches
+
+
+def unique_names(models: list[Path]) -> list[str]:
+    """Output stems for `models`: the file stem, suffixed `-2`, `-3`... when stems collide."""
+    names: list[str] = []
+    taken: set[str] = set()
+    for model in models:
+        stem = model.name[:-5] if model.name.endswith(".onnx") else model.stem
+        name, n = stem, 1
+        while name in taken:
+            n += 1
+            name = f"{stem}-{n}"
+        taken.add(name)
+        names.append(name)
+    return names
+
+
+def load_data_map(path: Path) -> list[tuple[str, Path]]:
+    """A YAML/JSON mapping of model file name (or glob) -> data .npz, relative to its file."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read data map '{path}': {exc.strerror}") from None
+    except yaml.YAMLError:
+        raise UsageError(f"data map '{path}' is not valid YAML or JSON") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+    ):
+        raise UsageError(
+            f"data map '{path}' must map model names or globs to data files, "
+            'e.g. {"digits_*.onnx": "digits_val.npz"}'
+        )
+    entries = []
+    for pattern, target in data.items():
+        data_path = Path(target) if Path(target).is_absolute() else path.parent / target
+        if not data_path.exists():
+            raise UsageError(f"data map '{path}': data '{target}' for '{pattern}' does not exist")
+        entries.append((pattern, data_path))
+    return entries
+
+
+def data_for(model: Path, data_map: list[tuple[str, Path]]) -> Path | None:
+    """The data file of the first data-map entry whose pattern matches the model's name or path."""
+    for pattern, data_path in data_map:
+        if fnmatch.fnmatch(model.name, pattern) or fnmatch.fnmatch(model.as_posix(), pattern):
+            return data_path
+    return None
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no /proc)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def default_jobs(models: list[Path], requested: int | None) -> int:
+    """`requested`, else the CPU count bounded by memory (see MEMORY_PER_MODEL_BYTE)."""
+    if requested is not None:
+        return max(1, min(requested, len(models)))
+    jobs = os.cpu_count() or 1
+    memory = available_memory()
+    if memory is not None and models:
+        per_job = MEMORY_PER_MODEL_BYTE * max(map(_model_bytes, models)) + WORKER_BASE_MEMORY
+        jobs = min(jobs, max(1, memory // per_job))
+    return max(1, min(jobs, len(models)))
+
+
+def _model_bytes(model: Path) -> int:
+    """Size on disk with external data; just the file when it cannot be parsed (the worker
+    reports why)."""
+    try:
+        return model_io.disk_size(model)
+    except Exception:  # noqa: BLE001 - a corrupt model is the worker's to report
+        return model.stat().st_size
+
+
+def plan(
+    models: list[Path],
+    cfg: config.PipelineConfig,
+    out_dir: Path,
+    what: str,
+    *,
+    force: bool = False,
+    data_map: list[tuple[str, Path]] | None = None,
+    documents: tuple[str, ...] = (),
+) -> list[Job]:
+    """One job per model; refuses to overwrite existing outputs unless `force`."""
+    base = cfg.model_dump(by_alias=True, exclude_unset=True)
+    jobs = []
+    for index, (model, name) in enumerate(zip(models, unique_names(models), strict=True)):
+        job_cfg = dict(base)
+        data = data_for(model, data_map or [])
+        if data is not None:
+            job_cfg["validate"] = {
+                **cfg.validation.model_dump(exclude_unset=True),
+                "data": str(data),
+            }
+        jobs.append(
+            Job(
+                index=index,
+                input_path=model,
+                name=name,
+                output=out_dir / f"{name}.{what}.onnx",
+                report=out_dir / f"{name}.report.json",
+                config=job_cfg,
+                force=force,
+                documents=documents,
+            )
+        )
+    if not force:
+        existing = [j.output for j in jobs if j.output.exists()]
+        if existing:
+            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
+            raise UsageError(
+                f"output '{existing[0]}' already exists{more}; pass --force to overwrite"
+            )
+    return jobs
+
+
+# ---------------------------------------------------------------- running
+
+
+def run_batch(jobs: list[Job], n_jobs: int, listener: Listener) -> Outcome:
+    """Run `jobs` in `n_jobs` worker processes; `listener` hears start/progress/done events.
+
+    When a worker dies (killed for memory, a crash in native code) the pool stops every
+    worker, so the models that were running are retried one at a time to find the one that
+    kills its worker; only that one fails. On KeyboardInterrupt (or SIGTERM) the workers are
+    stopped, outputs of unfinished models are removed and the outcome is marked interrupted.
+    """
+    started = time.perf_counter()
+    context = _context()
+    state = _State(context.Queue(), context.Event(), listener)
+    remaining: list[Job] = list(jobs)
+    suspects: list[Job] = []
+    interrupted = False
+    try:
+        with _sigterm_as_interrupt():
+            while remaining or suspects:
+                if suspects:
+                    never_ran, crashed = _run_pool([suspects.pop(0)], 1, context, state)
+                    for job in never_ran + crashed:
+                        state.finish(job, _died(job))
+                    continue
+                remaining, crashed = _run_pool(remaining, n_jobs, context, state)
+                # a job caught in a second pool failure is isolated too (its "start" may have
+                # been lost with the worker), so every job runs in a bounded number of pools
+                suspects = crashed + [j for j in remaining if state.failures[j.index] > 1]
+                remaining = [j for j in remaining if state.failures[j.index] <= 1]
+    except KeyboardInterrupt:
+        interrupted = True
+        for job in jobs:
+            if job.index not in state.rows:
+                _remove_outputs(job)
+                state.rows[job.index] = Row(
+                    model=str(job.input_path), name=job.name, status="interrupted", exit_code=130
+                )
+    ordered = [state.rows[j.index] for j in jobs]
+    return Outcome(ordered, n_jobs, time.perf_counter() - started, interrupted)
+
+
+@dataclass
+class _State:
+    """What the parent tracks while workers run."""
+
+    events: Any  # multiprocessing queue of (kind, job index, payload) from the workers
+    stop: Any  # multiprocessing event: set on interrupt, workers then start nothing new
+    listener: Listener
+    rows: dict[int, Row] = field(default_factory=dict)
+    pids: set[int] = field(default_factory=set)
+    running: dict[int, int] = field(default_factory=dict)  # job index -> worker pid
+    failures: Counter[int] = field(default_factory=Counter)  # pool failures seen per job
+
+    def drain(self) -> None:
+        """Handle every event the workers have sent so far."""
+        while True:
+            try:
+                kind, index, payload = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "worker":
+                self.pids.add(payload)
+                continue
+            if kind == "start":
+                self.running[index] = payload
+            self.listener(kind, index, payload)
+
+    def finish(self, job: Job, row: Row) -> None:
+        self.running.pop(job.index, None)
+        self.rows[job.index] = row
+        self.listener("done", job.index, row)
+
+
+def _run_pool(
+    jobs: list[Job], n_jobs: int, context: Any, state: _State
+) -> tuple[list[Job], list[Job]]:
+    """Run `jobs` in one process pool. When a worker dies, return the jobs not started yet
+    and the jobs that were running (one of them killed its worker)."""
+    executor = ProcessPoolExecutor(
+        max_workers=min(n_jobs, len(jobs)),
+        mp_context=context,
+        initializer=_worker_init,
+        initargs=(state.events, state.stop),
+    )
+    not_started: list[Job] = []
+    running: list[Job] = []
+    try:
+        futures = {executor.submit(_run_job, job): job for job in jobs}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+            state.drain()
+            for future in done:
+                job = futures[future]
+                try:
+                    state.finish(job, Row(**future.result()))
+                except BrokenProcessPool:
+                    was_running = state.running.pop(job.index, None) is not None
+                    state.failures[job.index] += 1
+                    (running if was_running else not_started).append(job)
+    except KeyboardInterrupt:
+        state.listener("interrupted", -1, None)
+        state.stop.set()
+        state.drain()
+        _stop_workers(state.pids)
+        raise
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    for job in not_started + running:  # only now are their workers gone
+        _remove_outputs(job)
+    return not_started, running
+
+
+def _died(job: Job) -> Row:
+    """The row of a model whose worker process died while compressing it alone."""
+    return Row(
+        model=str(job.input_path),
+        name=job.name,
+        status="failed",
+        exit_code=EXIT_INTERNAL,
+        error={
+            "type": "WorkerDied",
+            "message": "the worker process died while compressing this model "
+            "(out of memory, or a crash in native code); try --jobs 1",
+        },
+    )
+
+
+def _context() -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (CI cancellation) like Ctrl-C while the batch runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pids: set[int]) -> None:
+    """SIGTERM every worker (each cleans up its temporary files), SIGKILL stragglers."""
+    for pid in pids:
+        _signal(pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_GRACE_SECONDS
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            _signal(pid, signal.SIGKILL)
+
+
+def _signal(pid: int, signum: int) -> None:
+    with suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signum)
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+def _remove_outputs(job: Job) -> None:
+    """Delete whatever an unfinished job may have written: model, data file, report, temps."""
+    out_dir = job.output.parent
+    candidates = [job.output, job.output.with_name(job.output.name + ".data"), job.report]
+    candidates.append(job.error_log)
+    candidates += [job.report.with_suffix(f".{kind}") for kind in job.documents]
+    candidates += list(out_dir.glob(f".{glob.escape(job.output.name)}.*"))
+    candidates += list(out_dir.glob(f".{glob.escape(job.name)}.report.*"))
+    for path in candidates:
+        path.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------- worker side
+
+_events: Any = None
+_stop: Any = None
+_busy = False
+_terminating = False
+
+
+def _worker_init(events: Any, stop: Any) -> None:
+    """Runs once per worker: Ctrl-C is the parent's business; SIGTERM cleans up and exits."""
+    global _events, _stop
+    _events = events
+    _stop = stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    events.put(("worker", -1, os.getpid()))
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _terminating
+    _terminating = True
+    if _busy:
+        raise KeyboardInterrupt  # unwinds the pipeline: save_model removes its temp files
+    os._exit(130)
+
+
+def _run_job(job: Job) -> dict[str, Any]:
+    """Compress one model (in a worker); return its row as a dict, never raise for its errors."""
+    global _busy
+    if _stop.is_set():
+        os._exit(130)
+    _busy = True
+    started = time.perf_counter()
+    _events.put(("start", job.index, os.getpid()))
+    row: dict[str, Any] = {"model": str(job.input_path), "name": job.name}
+    # A failed model leaves no output behind, but never deletes a file it was not allowed
+    # to replace.
+    ours = job.force or not job.output.exists()
+    try:
+        cfg = config.build(job.config)
+        report = pipeline.run(
+            cfg,
+            pipeline.RunOptions(
+                input_path=job.input_path,
+                output=job.output,
+                force=job.force,
+                command="batch",
+                progress=_Throttled(job.index),
+            ),
+        )
+        write_text_atomic(job.report, report.to_json())
+        for kind in job.documents:
+            render_to = render.to_html if kind == "html" else render.to_markdown
+            write_text_atomic(job.report.with_suffix(f".{kind}"), render_to(report))
+        row.update(_report_fields(report.to_dict()))
+        row["output"] = str(job.output)
+        row["report"] = str(job.report)
+        row["status"] = "ok" if report.passed else "gate_failed"
+        row["exit_code"] = EXIT_OK if report.passed else EXIT_GATE_FAILED
+    except KeyboardInterrupt:
+        os._exit(130)
+    except McompressError as exc:
+        if ours:
+            _remove_outputs(job)
+        row["status"] = "failed"
+        row["exit_code"] = exc.exit_code
+        row["error"] = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+    except Exception as exc:
+        if _terminating:  # SIGTERM inside native code (e.g. an import) surfaces as an error
+            os._exit(130)
+        if ours:
+            _remove_outputs(job)
+        write_text_atomic(job.error_log, "".join(traceback.format_exception(exc)))
+        row["status"] = "failed"
+        row["exit_code"] = EXIT_INTERNAL
+        row["error"] = {
+            "type": type(exc).__name__,
+            "message": str(exc),
+            "log": str(job.error_log),
+        }
+    finally:
+        _busy = False
+    row["seconds"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+class _Throttled:
+    """Pipeline progress forwarded to the parent, at most ~10 updates a second per label."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.last: dict[str, float] = {}
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self.last.get(label, 0.0) < 0.1:
+            return
+        self.last[label] = now
+        _events.put(("progress", self.index, (label, done, total)))
+
+
+def _report_fields(report: dict[str, Any]) -> dict[str, Any]:
+    output = report.get("output") or {}
+    return {
+        "input_bytes": report["input"]["size_bytes"],
+        "output_bytes": output.get("size_bytes"),
+        "ratio": report.get("compression_ratio"),
+        "metric": key_metric(report.get("validation")),
+        "gates": [
+            {k: g.get(k) for k in ("name", "threshold", "value", "passed")}
+            for g in report.get("gates", [])
+        ],
+    }
+
+
+def key_metric(validation: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The one number a summary row shows: accuracy drop with labels, else agreement/cosine."""
+    if not validation:
+        return None
+    task = validation.get("task")
+    if isinstance(task, dict) and task.get("accuracy_drop") is not None:
+        return {"name": "accuracy drop", "value": task["accuracy_drop"]}
+    overall = validation.get("overall") or {}
+    for key, label in (("top1_agreement", "top-1 agreement"), ("cosine", "cosine")):
+        if overall.get(key) is not None:
+            return {"name": label, "value": overall[key]}
+    return None
+
+
+# ---------------------------------------------------------------- summary
+
+
+def summary(outcome: Outcome, config_name: str, out_dir: Path) -> dict[str, Any]:
+    """summary.json: the batch's settings, counts and one row per model."""
+    counts: dict[str, int] = {}
+    for row in outcome.rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    return {
+        "schema_version": SUMMARY_SCHEMA_VERSION,
+        "mcompress_version": __version__,
+        "config": config_name,
+        "out_dir": str(out_dir),
+        "jobs": outcome.jobs,
+        "seconds": round(outcome.seconds, 3),
+        "interrupted": outcome.interrupted,
+        "exit_code": 130 if outcome.interrupted else outcome.exit_code,
+        "counts": counts,
+        "models": [asdict(row) for row in outcome.rows],
+    }
+
+
+def write_summary(data: dict[str, Any], out_dir: Path) -> Path:
+    """Write summary.json atomically into the output folder."""
+    path = out_dir / "summary.json"
+    write_text_atomic(path, json.dumps(finite(data), indent=2, allow_nan=False, default=str))
+    return path
