@@ -29,7 +29,8 @@ from onnx import TensorProto, helper, numpy_helper
 from mcompress.errors import ModelError
 from mcompress.model_io import Model, iter_graphs, load_model, names_used, read_array
 
-PREFIX = "mcompress_pack/"
+# Short, because every node and tensor of an expansion carries it: bytes in the file.
+PREFIX = "mcp/"
 # Opset that has every op the node encodings use (BitShift and CumSum arrived in 11).
 MIN_OPSET = 11
 # IR version from which initializers need not also be graph inputs.
@@ -260,7 +261,7 @@ def _tensor_cost(stub: TensorProto, payload: int) -> int:
 
 
 class _Names:
-    """Fresh `mcompress_pack/<n>` prefixes that no name in the model uses yet."""
+    """Fresh `mcp/<n>` prefixes that no name in the model uses yet."""
 
     def __init__(self, proto: onnx.ModelProto) -> None:
         self.taken = {n.split("/")[1] for n in _all_names(proto) if n.startswith(PREFIX)}
