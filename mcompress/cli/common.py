@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
@@ -24,8 +25,22 @@ EXIT_CODES_HELP = (
     "(model and report still written)."
 )
 
+# The order `--help` lists commands in: everyday passes first, tooling last.
+COMMAND_ORDER = (
+    "quantize", "prune", "cluster", "fp16", "strip", "run", "validate", "inspect",
+    "sensitivity", "doctor", "batch", "configs",
+)  # fmt: skip
+
+
+class _OrderedGroup(TyperGroup):
+    def list_commands(self, ctx: Any) -> list[str]:
+        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
+        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
+
+
 app = typer.Typer(
     name="mcompress",
+    cls=_OrderedGroup,
     help=(
         "Make ONNX models smaller and faster without silently breaking them.\n\n"
         "Examples:\n\n"
@@ -105,7 +120,7 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
     (
         "input_shape",
         list[str],
-        _opt("--input-shape", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
+        _opt("--input-shape", metavar="NAME=SHAPE", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
     ),
     (
         "max_accuracy_drop",

@@ -40,13 +40,14 @@ def fp16(
         list[str] | None,
         typer.Option(
             "--block-op",
+            metavar="OP",
             help="Op type kept in float32 (repeatable; replaces the default list of fragile "
             "ops such as Range, CumSum, TopK).",
         ),
     ] = None,
     block_node: Annotated[
         list[str] | None,
-        typer.Option("--block-node", help="Node name or glob kept in float32 (repeatable)."),
+        typer.Option("--block-node", metavar="PATTERN", help="Node name or glob kept in float32 (repeatable)."),
     ] = None,
     auto: Annotated[
         bool | None,

@@ -20,8 +20,8 @@ from mcompress.cli.common import (
 from mcompress.report import RunReport
 
 
-def _opt(*names: str, help: str) -> Any:
-    return typer.Option(*names, help=help, show_default=False)
+def _opt(*names: str, help: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, show_default=False, **kw)
 
 
 @app.command(name="validate", epilog=EXIT_CODES_HELP)
@@ -37,7 +37,7 @@ def validate_command(
     seed: Annotated[int | None, _opt("--seed", help="Seed for random inputs (default 0).")] = None,
     input_shape: Annotated[
         list[str] | None,
-        _opt("--input-shape", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
+        _opt("--input-shape", metavar="NAME=SHAPE", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
     ] = None,
     max_accuracy_drop: Annotated[
         float | None, _opt("--max-accuracy-drop", help="Gate: accuracy drop (needs labels).")
