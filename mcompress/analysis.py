@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.model_io import Model, disk_size, gzip_size, iter_graphs, read_array
+from mcompress.model_io import Model, disk_size, external_files, gzip_size, iter_graphs, read_array
 
 # Integer types that hold weights (quantized or codebook indices), as opposed to shapes/indices.
 _WEIGHT_INT_TYPES = {
@@ -37,12 +38,16 @@ class TensorSite:
     in_constant: bool
 
 
-def tensor_sites(proto: onnx.ModelProto) -> list[TensorSite]:
-    """All stored tensors of all graphs: initializers, Constant values, sparse initializers."""
+def tensor_sites(proto: onnx.ModelProto, sparse_values: bool = True) -> list[TensorSite]:
+    """All stored tensors of all graphs: initializers, Constant values and (unless
+    `sparse_values` is false) the value tensors of sparse initializers."""
     sites: list[TensorSite] = []
     for graph in iter_graphs(proto.graph):
         sites.extend(TensorSite(t, t.name, False) for t in graph.initializer)
-        sites.extend(TensorSite(s.values, s.values.name, False) for s in graph.sparse_initializer)
+        if sparse_values:
+            sites.extend(
+                TensorSite(s.values, s.values.name, False) for s in graph.sparse_initializer
+            )
         for node in graph.node:
             if node.op_type == "Constant":
                 for attr in node.attribute:
@@ -52,26 +57,23 @@ def tensor_sites(proto: onnx.ModelProto) -> list[TensorSite]:
 
 
 def _count(tensor: onnx.TensorProto) -> int:
-    return int(np.prod(tensor.dims, dtype=np.int64))
+    return math.prod(tensor.dims)
 
 
 def count_parameters(proto: onnx.ModelProto) -> int:
-    """Elements of weight-like tensors (float and 8/4-bit types), wherever they are stored."""
+    """Elements of weight-like tensors (float and 8/4-bit types), wherever they are stored.
+
+    A sparse initializer counts its dense shape, not its stored values.
+    """
     total = 0
     for graph in iter_graphs(proto.graph):
         for sparse in graph.sparse_initializer:
             if sparse.values.data_type in PARAMETER_TYPES:
-                total += int(np.prod(sparse.dims, dtype=np.int64))
-    for site in tensor_sites(proto):
-        if site.tensor.data_type in PARAMETER_TYPES and not _is_sparse_part(proto, site):
+                total += math.prod(sparse.dims)
+    for site in tensor_sites(proto, sparse_values=False):
+        if site.tensor.data_type in PARAMETER_TYPES:
             total += _count(site.tensor)
     return total
-
-
-def _is_sparse_part(proto: onnx.ModelProto, site: TensorSite) -> bool:
-    return any(
-        s.values is site.tensor for g in iter_graphs(proto.graph) for s in g.sparse_initializer
-    )
 
 
 def _nbytes(tensor: onnx.TensorProto) -> int:
@@ -84,6 +86,7 @@ def describe(model: Model, top: int = 10) -> dict[str, Any]:
     proto = model.proto
     graph = proto.graph
     sites = tensor_sites(proto)
+    files = external_files(proto, model.base_dir)
     by_dtype: Counter[str] = Counter()
     for site in sites:
         by_dtype[helper.tensor_dtype_to_string(site.tensor.data_type).split(".")[-1]] += _nbytes(
@@ -109,8 +112,8 @@ def describe(model: Model, top: int = 10) -> dict[str, Any]:
         "inputs": [_value_info(v) for v in graph.input if v.name not in sizes],
         "outputs": [_value_info(v) for v in graph.output],
         "parameters": count_parameters(proto),
-        "size_bytes": disk_size(model.path),
-        "gzip_bytes": gzip_size(model.path),
+        "size_bytes": disk_size(model.path, files),
+        "gzip_bytes": gzip_size(model.path, files),
         "external_data": model.had_external_data,
         "nodes": sum(ops.values()),
         "weights_in_constant_nodes": sum(

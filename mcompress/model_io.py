@@ -6,13 +6,17 @@ Weights are read lazily (external data is memory-mapped) and presented to passes
 
 from __future__ import annotations
 
-import gzip
+import contextlib
 import os
 import tempfile
-from collections.abc import Iterator
+import threading
+import zlib
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -25,6 +29,8 @@ PROTOBUF_LIMIT = 2**31 - 1
 # Tensors at least this large go to the external data file when a model is saved externally.
 EXTERNAL_THRESHOLD = 1024
 _ALIGN = 64
+# Bytes gzip_size reads at a time (about 0.2 s of level-6 work: how soon a stop is noticed).
+_GZIP_CHUNK = 2**22
 
 
 @dataclass
@@ -87,6 +93,30 @@ class Weight:
     def replace(self, values: np.ndarray) -> None:
         """Store new values (dtype and shape may change) under the same name, in memory."""
         self.tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), self.name))
+
+
+class FreshNames:
+    """Value and node names unique across the whole model, for nodes and tensors a pass adds."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.taken: set[str] = set()
+        for graph in iter_graphs(proto.graph):
+            self.taken.update(t.name for t in graph.initializer)
+            self.taken.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
+            for node in graph.node:
+                self.taken.update(node.input)
+                self.taken.update(node.output)
+                if node.name:
+                    self.taken.add(node.name)
+
+    def fresh(self, base: str) -> str:
+        """`base`, or `base_1`, `base_2`, ... : the first not yet used."""
+        name, i = base, 0
+        while name in self.taken:
+            i += 1
+            name = f"{base}_{i}"
+        self.taken.add(name)
+        return name
 
 
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
@@ -464,42 +494,68 @@ def _point_external(tensor: onnx.TensorProto, location: str, offset: int, length
 # ---------------------------------------------------------------- sizes
 
 
-def data_files(path: Path) -> list[Path]:
-    """External data files referenced by the model at `path` (read without tensor data)."""
-    proto = onnx.load(str(path), load_external_data=False)
-    base = path.resolve().parent
-    files: set[Path] = set()
-    for graph in iter_graphs(proto.graph):
-        for tensor in graph.initializer:
-            if is_external(tensor):
-                files.add(external_file(tensor, base))
+def external_files(proto: onnx.ModelProto, base_dir: Path) -> list[Path]:
+    """External data files that `proto`'s initializers point to, resolved against `base_dir`."""
+    files = {
+        external_file(tensor, base_dir)
+        for graph in iter_graphs(proto.graph)
+        for tensor in graph.initializer
+        if is_external(tensor)
+    }
     return sorted(files)
 
 
-def disk_size(path: str | os.PathLike[str]) -> int:
-    """Bytes on disk of the model file plus its external data files."""
+def data_files(path: Path) -> list[Path]:
+    """External data files referenced by the model at `path` (read without tensor data)."""
+    proto = onnx.load(str(path), load_external_data=False)
+    return external_files(proto, path.resolve().parent)
+
+
+def disk_size(path: str | os.PathLike[str], files: list[Path] | None = None) -> int:
+    """Bytes on disk of the model file plus its external data files.
+
+    `files` are those data files when the caller already has the proto (`external_files`);
+    finding them otherwise parses the whole model file again.
+    """
     path = Path(path)
-    return path.stat().st_size + sum(f.stat().st_size for f in data_files(path))
+    files = data_files(path) if files is None else files
+    return path.stat().st_size + sum(f.stat().st_size for f in files)
 
 
-def gzip_size(path: str | os.PathLike[str]) -> int:
-    """Bytes of the model (and its data files) after gzip level 6, streamed."""
+def gzip_size(path: str | os.PathLike[str], files: list[Path] | None = None) -> int:
+    """Bytes of the model (and its data files, `files` as for `disk_size`) after gzip level 6."""
     path = Path(path)
+    with gzip_size_started(path, data_files(path) if files is None else files) as size:
+        return size.result()
 
-    class _Counter:
-        count = 0
 
-        def write(self, chunk: bytes) -> int:
-            self.count += len(chunk)
-            return len(chunk)
+@contextlib.contextmanager
+def gzip_size_started(path: Path, files: list[Path]) -> Iterator[Future[int]]:
+    """`gzip_size(path, files)`, computed on a thread while the block runs.
 
-        def flush(self) -> None:
-            return None
+    zlib releases the GIL, so the seconds it takes on a large model overlap the caller's own
+    work instead of adding to it. The files are opened at once: replacing them meanwhile (an
+    output saved over its input) does not change what is measured. Read the result inside the
+    block; leaving it stops the thread.
+    """
+    stop = threading.Event()
+    with contextlib.ExitStack() as stack:
+        streams = [stack.enter_context(open(f, "rb")) for f in [path, *files]]
+        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mcompress-gzip"))
+        try:
+            yield pool.submit(_gzip_count, streams, stop)
+        finally:
+            stop.set()
 
-    counter = _Counter()
-    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6, mtime=0) as gz:
-        for file in [path, *data_files(path)]:
-            with open(file, "rb") as f:
-                while chunk := f.read(2**24):
-                    gz.write(chunk)
-    return counter.count
+
+def _gzip_count(streams: Sequence[BinaryIO], stop: threading.Event) -> int:
+    """Bytes of the streams concatenated into one gzip stream at level 6 (zlib, as Python's
+    `gzip` module writes it); -1 once `stop` is set, which only an abandoned caller sees."""
+    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip header and trailer
+    count = 0
+    for stream in streams:
+        while chunk := stream.read(_GZIP_CHUNK):
+            if stop.is_set():
+                return -1
+            count += len(gz.compress(chunk))
+    return count + len(gz.flush())

@@ -13,7 +13,7 @@ from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext
-from mcompress.prepare import prepare
+from mcompress.prepare import prepare, reject_nan_weights
 from mcompress.report import FileInfo, PassRecord, RunReport
 
 Progress = Callable[[str, int, int], None]
@@ -30,30 +30,58 @@ class RunOptions:
     progress: Progress = lambda label, done, total: None
 
 
-def file_info(path: Path, parameters: int | None = None) -> FileInfo:
-    """Size, gzip size and parameter count of a model file."""
-    if parameters is None:
-        parameters = count_parameters(model_io.load_model(path).proto)
+def file_info(path: Path) -> FileInfo:
+    """Size, gzip size and parameter count of a model file (parsed once for all three)."""
+    model = model_io.load_model(path)
+    files = model_io.external_files(model.proto, model.base_dir)
     return FileInfo(
         path=str(path),
-        size_bytes=model_io.disk_size(path),
-        gzip_bytes=model_io.gzip_size(path),
-        parameters=parameters,
+        size_bytes=model_io.disk_size(path, files),
+        gzip_bytes=model_io.gzip_size(path, files),
+        parameters=count_parameters(model.proto),
     )
 
 
 def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
-    """Compress `opts.input_path` with `cfg`; the report records every step and measurement."""
+    """Compress `opts.input_path` with `cfg`; the report records every step and measurement.
+
+    The input's gzip size (seconds of CPU on a large model) is computed on a thread while the
+    passes run, and is finished before validation so that it cannot skew latency.
+    """
     started = time.perf_counter()
     model_io.check_output_path(opts.input_path, opts.output, opts.force)
     model = model_io.load_model(opts.input_path)
-    restored = encoding.unpack(model) if cfg.passes else 0
-    if restored:
-        model.notes.append(f"expanded {restored} packed weights of the input before compressing")
-    report = RunReport(
-        command=opts.command,
-        input=file_info(opts.input_path, count_parameters(model.proto)),
-    )
+    input_files = model_io.external_files(model.proto, model.base_dir)
+    with model_io.gzip_size_started(opts.input_path, input_files) as input_gzip:
+        restored = encoding.unpack(model) if cfg.passes else 0
+        if restored:
+            model.notes.append(
+                f"expanded {restored} packed weights of the input before compressing"
+            )
+        report = RunReport(
+            command=opts.command,
+            input=FileInfo(
+                path=str(opts.input_path),
+                size_bytes=model_io.disk_size(opts.input_path, input_files),
+                gzip_bytes=0,  # set below, once the thread is done
+                parameters=count_parameters(model.proto),
+            ),
+        )
+        _compress(cfg, opts, model, report)
+        report.input.gzip_bytes = input_gzip.result()
+    if cfg.validation.enabled:
+        report.validation = validate.validate_pair(
+            opts.input_path, opts.output, cfg.validation, opts.progress
+        )
+    report.gates = validate.evaluate_gates(cfg.validation, report)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _compress(
+    cfg: PipelineConfig, opts: RunOptions, model: model_io.Model, report: RunReport
+) -> None:
+    """Check, prepare, apply the passes, pack and save; record each step in `report`."""
     ctx = PassContext(
         input_path=opts.input_path,
         data=Path(cfg.validation.data) if cfg.validation.data else None,
@@ -65,6 +93,8 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
         PASSES[pass_cfg.type].check(model, pass_cfg)
     if cfg.prepare and cfg.passes:
         report.prepare = prepare(model)
+    if cfg.passes:
+        reject_nan_weights(model)
     for pass_cfg in cfg.passes:
         report.passes.append(_apply(model, pass_cfg, ctx))
     parameters = count_parameters(model.proto)
@@ -72,15 +102,15 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     report.notes.extend(model.notes)
     report.notes.extend(note for record in report.passes for note in record.notes)
     report.notes.extend(model_io.save_model(model, opts.output))
-    report.output = file_info(opts.output, parameters)
+    # Once saved, the proto points at exactly the data files written next to the output.
+    files = model_io.external_files(model.proto, model.base_dir)
+    report.output = FileInfo(
+        path=str(opts.output),
+        size_bytes=model_io.disk_size(opts.output, files),
+        gzip_bytes=model_io.gzip_size(opts.output, files),
+        parameters=parameters,
+    )
     report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)
-    if cfg.validation.enabled:
-        report.validation = validate.validate_pair(
-            opts.input_path, opts.output, cfg.validation, opts.progress
-        )
-    report.gates = validate.evaluate_gates(cfg.validation, report)
-    report.seconds = time.perf_counter() - started
-    return report
 
 
 def _apply(model: model_io.Model, pass_cfg: Any, ctx: PassContext) -> PassRecord:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pytest
 from onnx import numpy_helper
 
 from mcompress import model_io
+from mcompress.analysis import count_parameters
 from mcompress.errors import ModelError, UsageError
 from mcompress.prepare import prepare
 from tests import builders
@@ -149,3 +151,52 @@ def test_over_2gb_round_trips_through_external_data(tmp_path: Path) -> None:
     values = next(w for w in reloaded.weights() if w.name == "big2").array()
     assert values.shape == (3 * 2**26,)
     assert values[0] == 7.0 and values[1] == 1.0 and values[1000003] == 7.0
+
+
+def test_gzip_size_is_gzip_level_6_of_the_model_and_its_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same number as Python's gzip at level 6 over the file and its data file, whether
+    the data files are given or found, and however the files are split into chunks."""
+    path = builders.save(builders.mlp(), tmp_path / "ext.onnx", external=True)
+    data = path.read_bytes() + (tmp_path / "ext.onnx.data").read_bytes()
+    expected = len(gzip.compress(data, compresslevel=6, mtime=0))
+    model = model_io.load_model(path)
+    files = model_io.external_files(model.proto, model.base_dir)
+    assert files == [(tmp_path / "ext.onnx.data").resolve()]
+    assert model_io.gzip_size(path) == expected
+    monkeypatch.setattr(model_io, "_GZIP_CHUNK", 1000)
+    assert model_io.gzip_size(path, files) == expected
+    assert model_io.disk_size(path, files) == model_io.disk_size(path) == len(data)
+
+
+def test_gzip_size_started_stops_when_the_block_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    monkeypatch.setattr(model_io, "_GZIP_CHUNK", 16)
+    with model_io.gzip_size_started(path, []) as size:
+        assert size.result() == model_io.gzip_size(path)
+    with (
+        pytest.raises(RuntimeError, match="pass failed"),
+        model_io.gzip_size_started(path, []) as size,
+    ):
+        raise RuntimeError("pass failed")
+    assert size.done()
+
+
+def test_count_parameters_everywhere_and_sparse_by_dense_shape() -> None:
+    """Initializers of every graph and Constant tensors count; a sparse initializer counts its
+    dense shape once, not also its stored values."""
+    proto = builders.if_subgraph()
+    assert count_parameters(proto) == 16 * 16 * 2 + 1
+    sparse = proto.graph.sparse_initializer.add()
+    sparse.values.CopyFrom(numpy_helper.from_array(np.ones(3, np.float32), "s"))
+    sparse.indices.CopyFrom(numpy_helper.from_array(np.array([0, 5, 9], np.int64), "s_i"))
+    sparse.dims.extend([4, 5])
+    proto.graph.node.append(
+        onnx.helper.make_node(
+            "Constant", [], ["c"], value=numpy_helper.from_array(np.ones((2, 3), np.float32))
+        )
+    )
+    assert count_parameters(proto) == 16 * 16 * 2 + 1 + 20 + 6
