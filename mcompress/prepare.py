@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mcompress.errors import ModelError
 from mcompress.model_io import Model, iter_graphs, names_used
 
 
@@ -192,3 +193,23 @@ def _fresh_name(graph: onnx.GraphProto, base: str) -> str:
         i += 1
         name = f"{base}_{i}"
     return name
+
+
+def reject_nan_weights(model: Model) -> None:
+    """Fail before any work when a float weight holds NaN: every statistic a pass computes
+    (thresholds, scales, centroids) would be meaningless, and so would the output."""
+    for weight in model.weights():
+        values = weight.array()
+        if values.dtype.kind != "f":
+            continue
+        flat = values.reshape(-1)
+        chunks = (flat[start : start + _CHUNK] for start in range(0, flat.size, _CHUNK))
+        nans = sum(int(np.isnan(chunk).sum()) for chunk in chunks)
+        if nans:
+            raise ModelError(
+                f"weight '{weight.name}' has {nans} NaN value(s); the model is broken",
+                "re-export or fix the model before compressing it",
+            )
+
+
+_CHUNK = 1 << 24

@@ -112,3 +112,17 @@ def test_constant_weights_model_is_prepared(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["prepare"]["batchnorms_folded"] == 1
     assert not any(n.op_type == "Constant" for n in onnx.load(str(out)).graph.node)
+
+
+def test_nan_weight_is_one_line_exit_2_naming_the_weight(tmp_path: Path) -> None:
+    model = builders.mlp()
+    weight = next(t for t in model.graph.initializer if len(t.dims) == 2)
+    values = onnx.numpy_helper.to_array(weight).copy()
+    values[0, :3] = np.nan
+    weight.CopyFrom(onnx.numpy_helper.from_array(values, weight.name))
+    path = builders.save(model, tmp_path / "nan.onnx")
+    result = mcompress("quantize", path)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert f"weight '{weight.name}' has 3 NaN value(s)" in result.stderr
+    assert not (tmp_path / "nan.int8.onnx").exists()
