@@ -347,7 +347,11 @@ def doctor(
     ] = None,
     input_shape: Annotated[
         list[str] | None,
-        typer.Option("--input-shape", metavar="NAME=SHAPE", help="Pin a dynamic input shape: name=1x3x48x192."),
+        typer.Option(
+            "--input-shape",
+            metavar="NAME=SHAPE",
+            help="Pin a dynamic input shape: name=1x3x48x192.",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:

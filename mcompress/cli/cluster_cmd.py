@@ -32,7 +32,11 @@ def cluster(
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", metavar="PATTERN", help="Node name glob, op type or weight name (repeatable)."),
+        typer.Option(
+            "--exclude",
+            metavar="PATTERN",
+            help="Node name glob, op type or weight name (repeatable).",
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """Share weights: replace each weight by the nearest of K values, stored as a codebook.

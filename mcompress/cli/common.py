@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Annotated, Any, get_type_hints
 
 import typer
-from typer.core import TyperGroup
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+from typer.core import TyperGroup
 
 from mcompress import __version__, config, model_io, pipeline
 from mcompress.errors import EXIT_GATE_FAILED, McompressError
@@ -120,7 +120,11 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
     (
         "input_shape",
         list[str],
-        _opt("--input-shape", metavar="NAME=SHAPE", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
+        _opt(
+            "--input-shape",
+            metavar="NAME=SHAPE",
+            help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
+        ),
     ),
     (
         "max_accuracy_drop",

@@ -47,7 +47,11 @@ def fp16(
     ] = None,
     block_node: Annotated[
         list[str] | None,
-        typer.Option("--block-node", metavar="PATTERN", help="Node name or glob kept in float32 (repeatable)."),
+        typer.Option(
+            "--block-node",
+            metavar="PATTERN",
+            help="Node name or glob kept in float32 (repeatable).",
+        ),
     ] = None,
     auto: Annotated[
         bool | None,

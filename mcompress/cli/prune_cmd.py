@@ -33,7 +33,11 @@ def prune(
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", metavar="PATTERN", help="Node name glob, op type or weight name (repeatable)."),
+        typer.Option(
+            "--exclude",
+            metavar="PATTERN",
+            help="Node name glob, op type or weight name (repeatable).",
+        ),
     ] = None,
     structured: Annotated[
         bool | None,
@@ -89,7 +93,11 @@ def sensitivity(
     seed: Annotated[int, typer.Option("--seed", help="Seed for random inputs.")] = 0,
     input_shape: Annotated[
         list[str] | None,
-        typer.Option("--input-shape", metavar="NAME=SHAPE", help="Pin a dynamic input shape: name=1x3x48x192."),
+        typer.Option(
+            "--input-shape",
+            metavar="NAME=SHAPE",
+            help="Pin a dynamic input shape: name=1x3x48x192.",
+        ),
     ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write JSON here.")] = None,

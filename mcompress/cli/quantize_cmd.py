@@ -57,7 +57,11 @@ def quantize(
     ] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option("--exclude", metavar="PATTERN", help="Keep in float: node name, glob or op type (repeatable)."),
+        typer.Option(
+            "--exclude",
+            metavar="PATTERN",
+            help="Keep in float: node name, glob or op type (repeatable).",
+        ),
     ] = None,
 ) -> dict[str, Any]:
     """Quantize weights to int8 (or 4-bit) so the model is ~4x smaller and runs in onnxruntime.

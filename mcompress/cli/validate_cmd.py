@@ -37,7 +37,11 @@ def validate_command(
     seed: Annotated[int | None, _opt("--seed", help="Seed for random inputs (default 0).")] = None,
     input_shape: Annotated[
         list[str] | None,
-        _opt("--input-shape", metavar="NAME=SHAPE", help="Pin a dynamic input shape: name=1x3x48x192 (repeatable)."),
+        _opt(
+            "--input-shape",
+            metavar="NAME=SHAPE",
+            help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
+        ),
     ] = None,
     max_accuracy_drop: Annotated[
         float | None, _opt("--max-accuracy-drop", help="Gate: accuracy drop (needs labels).")

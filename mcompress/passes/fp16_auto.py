@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.model_io import Model, make_runtime_compatible
+from mcompress.model_io import FreshNames, Model, make_runtime_compatible
 from mcompress.passes.fp16_ops import FLOAT, FLOAT16
 from mcompress.passes.fp16_plan import Flag
 
@@ -177,7 +177,7 @@ def _expose(
     proto: onnx.ModelProto, float_values: dict[int, list[str]], branches: bool
 ) -> list[tuple[str, Key]]:
     """Add model outputs for every float value (and If-branch values when `branches`)."""
-    taken = _names(proto)
+    taken = FreshNames(proto)
     exposed = _visit(proto.graph, float_values, itertools.count(), branches, taken)
     outputs = {o.name for o in proto.graph.output}
     inputs = {i.name for i in proto.graph.input}
@@ -197,7 +197,7 @@ def _visit(
     float_values: dict[int, list[str]],
     counter: Iterator[int],
     branches: bool,
-    taken: set[str],
+    taken: FreshNames,
 ) -> list[tuple[str, Key]]:
     """Number graphs in the planner's order; expose nested If values through new If outputs."""
     gidx = next(counter)
@@ -219,14 +219,14 @@ def _expose_if(
     node: onnx.NodeProto,
     then: tuple[onnx.GraphProto, list[tuple[str, Key]]],
     other: tuple[onnx.GraphProto, list[tuple[str, Key]]],
-    taken: set[str],
+    taken: FreshNames,
 ) -> list[tuple[str, Key]]:
     slots = then[1] + other[1]
     owned = ((then[0], 0, len(then[1])), (other[0], len(then[1]), len(slots)))
     empty = helper.make_tensor("empty", FLOAT, [0], [])
     for branch, start, stop in owned:
         for k, (name, _) in enumerate(slots):
-            out = _fresh(taken, "mcompress_probe")
+            out = taken.fresh("mcompress_probe")
             if start <= k < stop:
                 branch.node.append(helper.make_node("Identity", [name], [out]))
             else:
@@ -234,27 +234,7 @@ def _expose_if(
             branch.output.append(helper.make_tensor_value_info(out, FLOAT, None))
     result = []
     for _, key in slots:
-        out = _fresh(taken, "mcompress_probe")
+        out = taken.fresh("mcompress_probe")
         node.output.append(out)
         result.append((out, key))
     return result
-
-
-def _fresh(taken: set[str], base: str) -> str:
-    name = f"{base}_{len(taken)}"
-    while name in taken:
-        name += "_"
-    taken.add(name)
-    return name
-
-
-def _names(proto: onnx.ModelProto) -> set[str]:
-    from mcompress.model_io import iter_graphs
-
-    taken: set[str] = set()
-    for graph in iter_graphs(proto.graph):
-        taken.update(i.name for i in graph.input)
-        taken.update(t.name for t in graph.initializer)
-        for node in graph.node:
-            taken.update(node.output)
-    return taken

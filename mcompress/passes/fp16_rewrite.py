@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import onnx
 
-from mcompress.model_io import names_used
+from mcompress.model_io import FreshNames, names_used
 from mcompress.passes.fp16_ops import FLOAT
 from mcompress.passes.fp16_plan import Decision, GraphState, Plan, Val, make_cast
 
@@ -25,7 +25,7 @@ class Rewriter:
         self.proto = proto
         self.plan = plan
         self.half_type = plan.s.half_type
-        self.taken = _all_names(plan)
+        self.names = FreshNames(proto)
         self.added: dict[int, dict[int, list[onnx.NodeProto]]] = {}
         self.by_producer = {(d.gidx, d.index): d for d in plan.decisions}
         self.bypassed: set[tuple[int, int]] = set()
@@ -57,7 +57,7 @@ class Rewriter:
             val.names[val.half] = val.name
             return
         suffix = _SUFFIX[self.half_type] if val.half else "_fp32"
-        primary = self._fresh(val.name + suffix)
+        primary = self.names.fresh(val.name + suffix)
         val.names[val.half] = primary
         if val.weight is not None:
             val.weight.name = primary
@@ -85,17 +85,9 @@ class Rewriter:
                 if target is None and origin is not None and origin.elem == to:
                     return source
         suffix = _SUFFIX[self.half_type] if half else "_fp32"
-        name = target or self._fresh(val.name + suffix)
+        name = target or self.names.fresh(val.name + suffix)
         self.added.setdefault(gidx, {}).setdefault(where, []).append(make_cast(source, name, to))
         self.casts += 1
-        return name
-
-    def _fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
         return name
 
     # ---------------------------------------------------------------- edits
@@ -166,16 +158,3 @@ class Rewriter:
         self.casts -= len(dead)
         del graph.node[:]
         graph.node.extend(nodes)
-
-
-def _all_names(plan: Plan) -> set[str]:
-    taken: set[str] = set()
-    for state in plan.graphs:
-        graph = state.graph
-        taken.update(vi.name for vi in graph.input)
-        taken.update(vi.name for vi in graph.output)
-        taken.update(t.name for t in graph.initializer)
-        for node in graph.node:
-            taken.update(node.output)
-            taken.update(node.input)
-    return taken

@@ -35,7 +35,7 @@ from mcompress.errors import McompressError, PassError
 from mcompress.model_io import Model, iter_graphs
 from mcompress.passes import quantize_ort, quantize_static
 from mcompress.passes.base import PassConfig, PassContext, PassResult
-from mcompress.passes.quantize_weights import Names, Target, find_targets, rewrite_all
+from mcompress.passes.quantize_weights import Target, find_targets, rewrite_all
 
 summary = "int8 dynamic/static or 4-bit block-wise weight quantization (onnxruntime.quantization)."
 
@@ -188,7 +188,7 @@ def _working_copy(model: Model, cfg: Config, work: Path) -> _Step | None:
     weights from that temporary folder; a failing pass stops the pipeline, so nothing else
     sees it in between.
     """
-    names = Names(model.proto)
+    names = model_io.FreshNames(model.proto)
     for graph in iter_graphs(model.proto.graph):
         for node in graph.node:
             if not node.name:

@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcompress.model_io import iter_graphs, read_array
+from mcompress.model_io import FreshNames, iter_graphs, read_array
 from mcompress.passes.base import node_excluded
 from mcompress.passes.quantize_math import Quantized, error_stats, quantize
 
@@ -133,29 +133,6 @@ def find_targets(proto: onnx.ModelProto, exclude: Iterable[str]) -> list[Target]
     ]
 
 
-class Names:
-    """Fresh value names, unique across the whole model."""
-
-    def __init__(self, proto: onnx.ModelProto) -> None:
-        self.taken: set[str] = set()
-        for graph in iter_graphs(proto.graph):
-            self.taken.update(t.name for t in graph.initializer)
-            self.taken.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
-            for node in graph.node:
-                self.taken.update(node.input)
-                self.taken.update(node.output)
-                if node.name:
-                    self.taken.add(node.name)
-
-    def fresh(self, base: str) -> str:
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
-
-
 @dataclass
 class _Plan:
     """A quantized target and the names of the initializers that will hold it."""
@@ -180,7 +157,7 @@ def rewrite_all(
     All tensors are quantized first; graphs are then edited innermost first, by value names,
     because rebuilding a graph's node list copies its nodes and with them their subgraphs.
     """
-    names = Names(proto)
+    names = FreshNames(proto)
     plans: dict[str, _Plan] = {}
     rows: list[dict[str, Any]] = []
     for target in targets:
@@ -212,7 +189,7 @@ def rewrite_all(
     return rows
 
 
-def _edit_graph(graph: onnx.GraphProto, plans: dict[str, _Plan], names: Names) -> None:
+def _edit_graph(graph: onnx.GraphProto, plans: dict[str, _Plan], names: FreshNames) -> None:
     owned = [t.name for t in graph.initializer if t.name in plans]
     prepend: list[onnx.NodeProto] = []
     for name in owned:
@@ -259,7 +236,7 @@ def _initializers(plan: _Plan) -> list[onnx.TensorProto]:
     return found
 
 
-def _dense_nodes(name: str, plan: _Plan, names: Names) -> list[onnx.NodeProto]:
+def _dense_nodes(name: str, plan: _Plan, names: FreshNames) -> list[onnx.NodeProto]:
     """Cast -> [Sub zero point] -> Mul scale, producing the original name (folded at load)."""
     current = names.fresh(f"{name}_cast")
     nodes = [helper.make_node("Cast", [plan.values], [current], to=1)]
@@ -271,7 +248,7 @@ def _dense_nodes(name: str, plan: _Plan, names: Names) -> list[onnx.NodeProto]:
     return nodes
 
 
-def _gather_nodes(node: onnx.NodeProto, plan: _Plan, names: Names) -> list[onnx.NodeProto]:
+def _gather_nodes(node: onnx.NodeProto, plan: _Plan, names: FreshNames) -> list[onnx.NodeProto]:
     """Gather int8 rows, then scale only those rows: the table stays int8 at run time too."""
     out = node.output[0]
     indices = node.input[1]
