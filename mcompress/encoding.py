@@ -137,7 +137,8 @@ class _Facts:
         )
         if facts.zeros * bits.itemsize > bits.size / 8:
             facts.nonzero = bits != 0
-        found = _codebook(bits, 256)
+        # Codes of at most 8 bits pay only when they are narrower than the elements themselves.
+        found = _codebook(bits, 256 if bits.itemsize > 1 else 16)
         if found is not None:
             facts.table, facts.codes = found
         return facts
