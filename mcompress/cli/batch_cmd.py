@@ -25,6 +25,7 @@ from mcompress import config
 from mcompress import doctor as doctor_mod
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
+    InputShapeOpt,
     ModelArg,
     app,
     err,
@@ -345,14 +346,7 @@ def doctor(
         str | None,
         typer.Option("-c", "--config", help="The config you plan to run (file or preset)."),
     ] = None,
-    input_shape: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input-shape",
-            metavar="NAME=SHAPE",
-            help="Pin a dynamic input shape: name=1x3x48x192.",
-        ),
-    ] = None,
+    input_shape: InputShapeOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
 ) -> None:
     """Pre-flight checks before a long run; each finding has a severity and a fix.

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mcompress.cli.common import ModelArg, writes_model
+from mcompress.cli.common import ExcludeOpt, ModelArg, writes_model
 
 
 @writes_model("clustered", pass_type="cluster")
@@ -30,14 +30,7 @@ def cluster(
     min_elements: Annotated[
         int | None, typer.Option("--min-elements", help="Leave smaller tensors alone.")
     ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude",
-            metavar="PATTERN",
-            help="Node name glob, op type or weight name (repeatable).",
-        ),
-    ] = None,
+    exclude: ExcludeOpt = None,
 ) -> dict[str, Any]:
     """Share weights: replace each weight by the nearest of K values, stored as a codebook.
 

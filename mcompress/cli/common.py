@@ -329,6 +329,22 @@ class ProgressDisplay:
         self.bar.update(self.tasks[label], completed=done, total=total)
 
 
+ExcludeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--exclude",
+        metavar="PATTERN",
+        help="Node name glob, op type or weight name (repeatable).",
+    ),
+]
+InputShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--input-shape",
+        metavar="NAME=SHAPE",
+        help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
+    ),
+]
 ModelArg = Annotated[
     Path, typer.Argument(help="Input ONNX model.", show_default=False, metavar="MODEL")
 ]

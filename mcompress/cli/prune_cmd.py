@@ -10,7 +10,15 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from mcompress.cli.common import EXIT_CODES_HELP, ModelArg, app, out, writes_model
+from mcompress.cli.common import (
+    EXIT_CODES_HELP,
+    ExcludeOpt,
+    InputShapeOpt,
+    ModelArg,
+    app,
+    out,
+    writes_model,
+)
 from mcompress.errors import UsageError
 from mcompress.report import finite, write_text_atomic
 
@@ -31,14 +39,7 @@ def prune(
     include_biases: Annotated[
         bool | None, typer.Option("--include-biases", help="Also prune biases.")
     ] = None,
-    exclude: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--exclude",
-            metavar="PATTERN",
-            help="Node name glob, op type or weight name (repeatable).",
-        ),
-    ] = None,
+    exclude: ExcludeOpt = None,
     structured: Annotated[
         bool | None,
         typer.Option("--structured", help="Remove whole channels: smaller dense model."),
@@ -91,14 +92,7 @@ def sensitivity(
         typer.Option("--samples", help="Inputs per trial (default: 256 from --data, else 32)."),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for random inputs.")] = 0,
-    input_shape: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--input-shape",
-            metavar="NAME=SHAPE",
-            help="Pin a dynamic input shape: name=1x3x48x192.",
-        ),
-    ] = None,
+    input_shape: InputShapeOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write JSON here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write an HTML chart here.")] = None,

@@ -11,6 +11,7 @@ import typer
 from mcompress import config, pipeline, validate
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
+    InputShapeOpt,
     ProgressDisplay,
     WriteOptions,
     app,
@@ -35,14 +36,7 @@ def validate_command(
         int | None, _opt("--samples", help="Samples (default: 32 random, or all data).")
     ] = None,
     seed: Annotated[int | None, _opt("--seed", help="Seed for random inputs (default 0).")] = None,
-    input_shape: Annotated[
-        list[str] | None,
-        _opt(
-            "--input-shape",
-            metavar="NAME=SHAPE",
-            help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
-        ),
-    ] = None,
+    input_shape: InputShapeOpt = None,
     max_accuracy_drop: Annotated[
         float | None, _opt("--max-accuracy-drop", help="Gate: accuracy drop (needs labels).")
     ] = None,
