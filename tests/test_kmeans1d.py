@@ -62,6 +62,26 @@ def test_auto_is_within_one_percent_of_the_optimum(name: str, k: int) -> None:
     assert result.inertia == pytest.approx(float(np.sum((values - reconstructed) ** 2)), rel=1e-9)
 
 
+def test_isolated_outliers_do_not_take_the_dense_values_clusters() -> None:
+    # Most of the start's candidate cuts land in the gaps between the outliers; they must be
+    # spent elsewhere, or the dense core gets too few clusters.
+    rng = np.random.default_rng(8)
+    outliers = [-2.0, -0.7, 0.5, 0.9, 1.3, 5.0, 7.5, 11.0, 20.0, 40.0]
+    values = np.concatenate([rng.normal(0, 0.01, 290), outliers]).astype(np.float32)
+    result = kmeans1d(values, 16)
+    assert result.centroids.size == 16
+    assert result.inertia <= 1.01 * optimal_inertia(values, 16)
+
+
+@pytest.mark.parametrize("k", [16, 100])
+def test_large_tensors_are_labelled_at_their_nearest_centroid(k: int) -> None:
+    # Above SEARCH_VALUES values, few cuts are applied by comparisons and many by binary search.
+    values = np.random.default_rng(9).laplace(0, 0.05, 6000).astype(np.float32)
+    result = kmeans1d(values, k, tol=0, max_iter=10_000)
+    assert result.centroids.size == k
+    lloyd_fixed_point(values, result.centroids, result.labels)
+
+
 @pytest.mark.parametrize("init", INITS)
 def test_every_init_converges_to_a_lloyd_fixed_point(init: str) -> None:
     values = SAMPLES["laplace"].astype(np.float32)
