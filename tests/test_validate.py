@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from mcompress.cli import app
 from mcompress.config import ValidateConfig
 from mcompress.errors import DataError, ModelError
-from mcompress.report import FileInfo, RunReport
+from mcompress.report import FileInfo, RunReport, validation_lines
 from mcompress.validate import (
     classification_metrics,
     evaluate_gates,
@@ -289,3 +289,19 @@ def test_mismatched_data_and_models_are_bad_input(tmp_path: Path) -> None:
         result = runner.invoke(app, ["validate", *map(str, args)])
         assert isinstance(result.exception, error), result.output
         assert message in result.exception.message and result.exception.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("compressed_ms", "slower"),
+    [(1.30, True), (1.08, False), (0.80, False)],
+)
+def test_summary_says_slower_only_beyond_timer_noise(compressed_ms: float, slower: bool) -> None:
+    latency = {
+        "original": {"median_ms": 1.0, "p90_ms": 1.1},
+        "compressed": {"median_ms": compressed_ms, "p90_ms": compressed_ms * 1.1},
+        "ratio": compressed_ms,
+    }
+    rows = validation_lines({"samples": 1, "inputs": {"synthetic": True}, "latency": latency})
+    (row,) = [r for r in rows if r[0] == "latency (median)"]
+    assert ("SLOWER" in row[2]) is slower
+    assert f"({compressed_ms:.2f}x)" in row[2]
