@@ -11,7 +11,15 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.model_io import Model, disk_size, external_files, gzip_size, iter_graphs, read_array
+from mcompress.model_io import (
+    Model,
+    disk_size,
+    external_files,
+    gzip_estimated,
+    gzip_size,
+    iter_graphs,
+    read_array,
+)
 
 # Integer types that hold weights (quantized or codebook indices), as opposed to shapes/indices.
 _WEIGHT_INT_TYPES = {
@@ -114,6 +122,7 @@ def describe(model: Model, top: int = 10) -> dict[str, Any]:
         "parameters": count_parameters(proto),
         "size_bytes": disk_size(model.path, files),
         "gzip_bytes": gzip_size(model.path, files),
+        "gzip_estimated": gzip_estimated(disk_size(model.path, files)),
         "external_data": model.had_external_data,
         "nodes": sum(ops.values()),
         "weights_in_constant_nodes": sum(

@@ -34,11 +34,20 @@ def file_info(path: Path) -> FileInfo:
     """Size, gzip size and parameter count of a model file (parsed once for all three)."""
     model = model_io.load_model(path)
     files = model_io.external_files(model.proto, model.base_dir)
+    return _measure(path, files, count_parameters(model.proto))
+
+
+def _measure(
+    path: Path, files: list[Path], parameters: int, gzip_bytes: int | None = None
+) -> FileInfo:
+    """A model file's sizes on disk; its gzip size is computed unless given."""
+    size = model_io.disk_size(path, files)
     return FileInfo(
         path=str(path),
-        size_bytes=model_io.disk_size(path, files),
-        gzip_bytes=model_io.gzip_size(path, files),
-        parameters=count_parameters(model.proto),
+        size_bytes=size,
+        gzip_bytes=model_io.gzip_size(path, files) if gzip_bytes is None else gzip_bytes,
+        parameters=parameters,
+        gzip_estimated=model_io.gzip_estimated(size),
     )
 
 
@@ -60,12 +69,8 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
             )
         report = RunReport(
             command=opts.command,
-            input=FileInfo(
-                path=str(opts.input_path),
-                size_bytes=model_io.disk_size(opts.input_path, input_files),
-                gzip_bytes=0,  # set below, once the thread is done
-                parameters=count_parameters(model.proto),
-            ),
+            # gzip_bytes is set below, once the thread is done
+            input=_measure(opts.input_path, input_files, count_parameters(model.proto), 0),
         )
         _compress(cfg, opts, model, report)
         report.input.gzip_bytes = input_gzip.result()
@@ -104,12 +109,7 @@ def _compress(
     report.notes.extend(model_io.save_model(model, opts.output))
     # Once saved, the proto points at exactly the data files written next to the output.
     files = model_io.external_files(model.proto, model.base_dir)
-    report.output = FileInfo(
-        path=str(opts.output),
-        size_bytes=model_io.disk_size(opts.output, files),
-        gzip_bytes=model_io.gzip_size(opts.output, files),
-        parameters=parameters,
-    )
+    report.output = _measure(opts.output, files, parameters)
     report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)
 
 

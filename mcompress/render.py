@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcompress.report import RunReport, human_bytes
+from mcompress.report import RunReport, gzip_text, human_bytes
 
 MAX_BARS = 15
 _BEFORE = "#9aa5b1"
@@ -75,7 +75,11 @@ def _size_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows = [
         ("file", Path(inp["path"]).name, Path(out["path"]).name if out else "-"),
         ("size on disk", human_bytes(inp["size_bytes"]), human_bytes(out.get("size_bytes"))),
-        ("gzip size", human_bytes(inp["gzip_bytes"]), human_bytes(out.get("gzip_bytes"))),
+        (
+            "gzip size",
+            gzip_text(inp["gzip_bytes"], inp.get("gzip_estimated")),
+            gzip_text(out.get("gzip_bytes"), out.get("gzip_estimated")),
+        ),
         ("parameters", _num(inp["parameters"]), _num(out.get("parameters"))),
     ]
     ratio = _as_float(data.get("compression_ratio"))

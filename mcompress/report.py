@@ -28,6 +28,7 @@ class FileInfo:
     size_bytes: int
     gzip_bytes: int
     parameters: int
+    gzip_estimated: bool = False  # sampled, for large files (model_io.GZIP_EXACT_LIMIT)
 
 
 @dataclass
@@ -110,6 +111,11 @@ def write_text_atomic(path: Path, text: str) -> None:
     tmp.replace(path)
 
 
+def gzip_text(n: int | None, estimated: bool | None) -> str:
+    """A gzip size, marked '~' when it was estimated from samples."""
+    return ("~" if estimated and n is not None else "") + human_bytes(n)
+
+
 def human_bytes(n: float | None) -> str:
     """1536 -> '1.5 KB' (decimal units, as file browsers show)."""
     if n is None:
@@ -133,7 +139,9 @@ def summary_table(report: RunReport) -> Table:
         "size", human_bytes(report.input.size_bytes), human_bytes(out.size_bytes if out else None)
     )
     table.add_row(
-        "gzip", human_bytes(report.input.gzip_bytes), human_bytes(out.gzip_bytes if out else None)
+        "gzip",
+        gzip_text(report.input.gzip_bytes, report.input.gzip_estimated),
+        gzip_text(out.gzip_bytes if out else None, out.gzip_estimated if out else None),
     )
     table.add_row(
         "parameters", f"{report.input.parameters:,}", f"{out.parameters:,}" if out else "-"
@@ -239,7 +247,7 @@ def inspect_tables(facts: dict[str, Any]) -> list[Table]:
         ("producer", facts["producer"] or "-"),
         ("parameters", f"{facts['parameters']:,}"),
         ("size on disk", human_bytes(facts["size_bytes"])),
-        ("gzip size", human_bytes(facts["gzip_bytes"])),
+        ("gzip size", gzip_text(facts["gzip_bytes"], facts["gzip_estimated"])),
         ("external data", "yes" if facts["external_data"] else "no"),
         ("nodes", f"{facts['nodes']} ({facts['subgraphs']} subgraphs)"),
         ("weights in Constant nodes", str(facts["weights_in_constant_nodes"])),
