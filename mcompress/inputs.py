@@ -60,19 +60,25 @@ class _Input:
 
 
 def make_feeds(
-    model_path: Path,
+    model_path: Path | model_io.Model,
     *,
     data: Path | None,
     samples: int,
     seed: int,
     input_shapes: dict[str, tuple[int, ...]],
+    session: Any = None,
 ) -> InputSet:
-    """Inputs for `model_path`: read from `data` (.npz or folder of them), else seeded random."""
-    model = model_io.load_model(model_path)
+    """Inputs for a model (a file, or one already loaded): read from `data` (.npz or folder of
+    them), else seeded random. Guessed dimensions are tried in onnxruntime: in `session` when
+    the caller has one for this model, else in a session on the model's file."""
+    if isinstance(model_path, model_io.Model):
+        model = model_path
+    else:
+        model = model_io.load_model(model_path)
     inputs = _graph_inputs(model.proto)
     if data is not None:
         return _from_data(model, inputs, Path(data), samples)
-    return _random(model, Path(model_path), inputs, samples, seed, input_shapes)
+    return _random(model, session or model.path, inputs, samples, seed, input_shapes)
 
 
 # ---------------------------------------------------------------- model facts
@@ -173,7 +179,7 @@ def _is_state(inp: _Input, output_names: list[str]) -> bool:
 
 def _random(
     model: model_io.Model,
-    path: Path,
+    runner: Any,
     inputs: list[_Input],
     samples: int,
     seed: int,
@@ -197,7 +203,7 @@ def _random(
                 "pass --data with an .npz of real inputs",
             )
     if guessed:
-        shapes, probe_note = _probe(path, inputs, shapes, guessed, rules)
+        shapes, probe_note = _probe(runner, inputs, shapes, guessed, rules)
         dim_notes.append(probe_note)
     rng = np.random.default_rng(seed)
     feeds = [
@@ -269,24 +275,27 @@ def _resolve_shapes(
 
 
 def _probe(
-    path: Path,
+    runner: Any,
     inputs: list[_Input],
     shapes: dict[str, list[int]],
     guessed: dict[str, list[int]],
     rules: dict[str, Any],
 ) -> tuple[dict[str, list[int]], str]:
-    """Run guessed shapes once in onnxruntime; if the model rejects them, try `SIZE_LADDER`."""
+    """Run guessed shapes once in onnxruntime (`runner`: a session, or the model's file); if
+    the model rejects them, try `SIZE_LADDER`."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
     where = ", ".join(f"{n}{guessed[n]}" for n in guessed)
-    try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as exc:  # noqa: BLE001 - the validation step reports load failures
-        return shapes, f"dynamic dims {where}: defaults, not tried ({_first_line(exc)})"
+    session = runner
+    if isinstance(runner, Path):
+        options = ort.SessionOptions()
+        options.log_severity_level = 4
+        try:
+            session = ort.InferenceSession(
+                str(runner), sess_options=options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # noqa: BLE001 - the validation step reports load failures
+            return shapes, f"dynamic dims {where}: defaults, not tried ({_first_line(exc)})"
     rng = np.random.default_rng(0)
     first_error = ""
     candidates: list[int | None] = [None, *SIZE_LADDER]

@@ -2,8 +2,11 @@
 
 Per op it writes what stock onnxruntime runs correctly and fast on CPU (measured, onnxruntime
 1.31, 2-core x86):
-- MatMul with a constant 2-D weight in the main graph: onnxruntime `quantize_dynamic` (int8
-  MatMulInteger, fused to DynamicQuantizeMatMul at load; 5-8x faster than float at 20M params).
+- MatMul with a constant 2-D weight in the main graph: dynamic int8, the graph onnxruntime's
+  `quantize_dynamic` writes (MatMulInteger, fused to DynamicQuantizeMatMul at load; 5-8x faster
+  than float at 20M params), written by `quantize_matmul` because `quantize_dynamic` quantizes
+  per-channel weights one column at a time in Python (4-8x slower end to end, see
+  benchmarks/bench_quantize.py).
 - everything else with a weight (Conv, ConvTranspose, Gemm, LSTM/GRU/RNN, embedding `Gather`,
   weights read inside If/Loop/Scan bodies): int8 weight-only storage (`quantize_weights`),
   because ConvInteger runs 3-13x slower than float Conv and onnxruntime's quantizers do not
@@ -14,9 +17,10 @@ Per op it writes what stock onnxruntime runs correctly and fast on CPU (measured
 - `bits: 4`: onnxruntime's MatMulNBits quantizer (MatMul -> MatMulNBits, Gather ->
   GatherBlockQuantized, both com.microsoft ops in stock onnxruntime); other weights stay int8.
 
-onnxruntime's quantizers work on files, so the pass runs them on a temporary copy. Before the
-result replaces the model, onnxruntime must load it and run it once on random inputs; when it
-cannot, dynamic and 4-bit results fall back to weight-only int8 (noted), static ones fail.
+Dynamic and weight-only int8 are rewritten in memory. onnxruntime's static and 4-bit quantizers
+work on files, so the pass runs them on a temporary copy. Before a result is kept, onnxruntime
+must load it and run it once on random inputs; when it cannot, dynamic and 4-bit results fall
+back to weight-only int8 (noted), static ones fail.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from pydantic import Field, field_validator
 from mcompress import model_io
 from mcompress.errors import McompressError, PassError
 from mcompress.model_io import Model, iter_graphs
-from mcompress.passes import quantize_ort, quantize_static
+from mcompress.passes import quantize_matmul, quantize_ort, quantize_static
 from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.quantize_weights import Target, find_targets, rewrite_all
 
@@ -44,6 +48,7 @@ IN_MEMORY_LIMIT = model_io.PROTOBUF_LIMIT - 2**26
 WORST = 5
 # Prefix of the names given to unnamed nodes (onnxruntime selects nodes by name); removed after.
 _ADDED = "mcompress_quantize/"
+_CANDIDATE = "candidate.onnx"
 
 
 class Config(PassConfig):
@@ -114,9 +119,8 @@ class _Step:
 
 @dataclass
 class _Outcome:
-    path: Path
-    rows: list[dict[str, Any]]
-    notes: list[str]
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     calibration: dict[str, Any] | None = None
     opset: dict[str, int] | None = None
 
@@ -126,36 +130,114 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     calibration = quantize_static.calibration_source(cfg, ctx)
     if cfg.mode != "static" and not find_targets(model.proto, cfg.exclude):
         return PassResult(False, {"weights_quantized": 0}, ["no float32 weights to quantize"])
+    ctx.progress("quantize", 0, 3)
+    names = model_io.FreshNames(model.proto)
+    for graph in iter_graphs(model.proto.graph):
+        for node in graph.node:
+            if not node.name:
+                node.name = names.fresh(f"{_ADDED}{node.op_type}")
+    step, notes = _plan(model, cfg)
+    try:
+        if step is None or step.kind == "dynamic":
+            outcome = _in_memory(model, step, cfg, ctx)
+        else:
+            outcome = _with_onnxruntime(model, step, cfg, ctx, calibration)
+    finally:
+        for graph in iter_graphs(model.proto.graph):
+            for node in graph.node:
+                if node.name.startswith(_ADDED):
+                    node.name = ""
+    ctx.progress("quantize", 3, 3)
+    return PassResult(bool(outcome.rows), _stats(cfg, outcome), [*notes, *outcome.notes])
+
+
+def _in_memory(model: Model, step: _Step | None, cfg: Config, ctx: PassContext) -> _Outcome:
+    """Dynamic MatMul and weight-only int8, both written by mcompress, in memory.
+
+    Before the model is kept, onnxruntime must load and run it once; a dynamic result it
+    cannot run falls back to weight-only int8 (noted).
+    """
+    backup = None
+    outcome = _Outcome()
+    if step is not None:
+        backup = onnx.ModelProto()
+        backup.CopyFrom(model.proto)
+        outcome.rows.extend(
+            quantize_matmul.rewrite(
+                model.proto,
+                set(step.nodes),
+                model.base_dir,
+                per_channel=cfg.per_channel,
+                symmetric=cfg.weights_symmetric,
+            )
+        )
+    outcome.rows.extend(_weight_only(model.proto, model.base_dir, cfg))
+    ctx.progress("quantize", 2, 3)
+    problem = quantize_ort.model_runs_once(model, ctx.input_path, ctx.seed, ctx.input_shapes)
+    if problem and backup is not None and step is not None:
+        model.proto.CopyFrom(backup)
+        note = _fallback_note(step, problem)
+        outcome = _Outcome(_weight_only(model.proto, model.base_dir, cfg), [note])
+        problem = quantize_ort.model_runs_once(model, ctx.input_path, ctx.seed, ctx.input_shapes)
+    if problem:
+        raise _does_not_run(problem)
+    return outcome
+
+
+def _weight_only(proto: onnx.ModelProto, base_dir: Path, cfg: Config) -> list[dict[str, Any]]:
+    """int8 weight-only storage of every float weight still in `proto`."""
+    return rewrite_all(
+        proto,
+        find_targets(proto, cfg.exclude),
+        base_dir,
+        per_channel=cfg.per_channel,
+        symmetric=cfg.weights_symmetric,
+    )
+
+
+def _fallback_note(step: _Step, problem: str) -> str:
+    return (
+        f"onnxruntime cannot use the {_describe(step)} model ({problem}); "
+        "stored the weights as int8 weight-only instead"
+    )
+
+
+def _does_not_run(problem: str) -> PassError:
+    return PassError(
+        f"the quantized model does not run in onnxruntime: {problem}",
+        "keep the failing node in float with exclude: [NODE_NAME or OP_TYPE]",
+    )
+
+
+def _with_onnxruntime(
+    model: Model,
+    step: _Step,
+    cfg: Config,
+    ctx: PassContext,
+    calibration: quantize_static.Calibration | None,
+) -> _Outcome:
+    """Static or 4-bit: onnxruntime's quantizers, which work on files, on a temporary copy."""
     tmp = tempfile.TemporaryDirectory(prefix="mcompress-quantize-")
     keep = False
     try:
         work = Path(tmp.name)
-        ctx.progress("quantize", 0, 3)
-        step = _working_copy(model, cfg, work)
+        _working_copy(model, work)
         outcome, problem = _try(work, step, cfg, ctx, calibration)
         ctx.progress("quantize", 2, 3)
-        if problem and step is not None and step.kind != "static":
+        if problem and step.kind != "static":
             outcome, fallback_problem = _try(work, None, cfg, ctx, calibration)
-            outcome.notes.insert(
-                0,
-                f"onnxruntime cannot use the {_describe(step)} model ({problem}); "
-                "stored the weights as int8 weight-only instead",
-            )
+            outcome.notes.insert(0, _fallback_note(step, problem))
             problem = fallback_problem
         if problem:
-            raise PassError(
-                f"the quantized model does not run in onnxruntime: {problem}",
-                "keep the failing node in float with exclude: [NODE_NAME or OP_TYPE]",
-            )
-        keep = _install(model, outcome.path)
+            raise _does_not_run(problem)
+        keep = _install(model, work / _CANDIDATE)
         if keep:
             model.base_dir = work
             setattr(model, "_quantize_tmp", tmp)  # noqa: B010 - keeps external data alive
-        ctx.progress("quantize", 3, 3)
     finally:
         if not keep:
             tmp.cleanup()
-    return PassResult(bool(outcome.rows), _stats(cfg, outcome), outcome.notes)
+    return outcome
 
 
 def _try(
@@ -167,54 +249,47 @@ def _try(
 ) -> tuple[_Outcome, str | None]:
     """Quantize, then check that onnxruntime runs the result: (outcome, its problem or None).
 
-    A failure of onnxruntime's dynamic or 4-bit quantizer is a problem to fall back from; a
-    static one (or bad calibration data) stops the pass.
+    A failure of onnxruntime's 4-bit quantizer is a problem to fall back from; a static one
+    (or bad calibration data) stops the pass.
     """
     try:
         outcome = _attempt(work, step, cfg, ctx, calibration)
     except PassError as exc:
         if step is None or step.kind == "static":
             raise
-        return _Outcome(work / "candidate.onnx", [], []), exc.message
-    problem = quantize_ort.runs_once(outcome.path, work / "src.onnx", ctx.seed, ctx.input_shapes)
+        return _Outcome(), exc.message
+    candidate, src = work / _CANDIDATE, work / "src.onnx"
+    problem = quantize_ort.runs_once(candidate, candidate, src, ctx.seed, ctx.input_shapes)
     return outcome, problem
 
 
-def _working_copy(model: Model, cfg: Config, work: Path) -> _Step | None:
-    """Name every node, plan the onnxruntime step, and save the model to `work/src.onnx`.
+def _working_copy(model: Model, work: Path) -> None:
+    """Save the model to `work/src.onnx` for onnxruntime's quantizers.
 
     The weights move to an external data file there, so the proto in memory stays small and
     the originals can be memory-mapped for error stats. Until `_install`, the model reads its
     weights from that temporary folder; a failing pass stops the pipeline, so nothing else
     sees it in between.
     """
-    names = model_io.FreshNames(model.proto)
+    # Stale value_info makes onnxruntime's shape inference fail ("Inferred shape and existing
+    # shape differ"); it re-infers what it needs.
     for graph in iter_graphs(model.proto.graph):
-        for node in graph.node:
-            if not node.name:
-                node.name = names.fresh(f"{_ADDED}{node.op_type}")
-    step = _plan(model.proto, cfg)
-    if step is not None:
-        # Stale value_info makes onnxruntime's shape inference fail ("Inferred shape and
-        # existing shape differ"); it re-infers what it needs.
-        for graph in iter_graphs(model.proto.graph):
-            del graph.value_info[:]
+        del graph.value_info[:]
     on_disk = Model(model.proto, model.path, model.base_dir, model.had_external_data)
     model_io.save_model(on_disk, work / "src.onnx", external=True)
     model.base_dir = work
-    return step
 
 
-def _plan(proto: onnx.ModelProto, cfg: Config) -> _Step | None:
-    """The onnxruntime quantizer and nodes for this config (None: weight-only storage only)."""
+def _plan(model: Model, cfg: Config) -> tuple[_Step | None, list[str]]:
+    """The quantizer and nodes for this config (None: weight-only storage only), and notes."""
     if cfg.mode == "static":
-        return _Step("static")
+        return _Step("static"), []
     if cfg.mode == "weight-only" and cfg.bits == 8:
-        return None
-    targets = {t.name: t for t in find_targets(proto, cfg.exclude)}
-    main = {t.name for t in proto.graph.initializer}
+        return None, []
+    targets = {t.name: t for t in find_targets(model.proto, cfg.exclude)}
+    main = {t.name for t in model.proto.graph.initializer}
     nodes = []
-    for node in proto.graph.node:
+    for node in model.proto.graph.node:
         if node.op_type == "MatMul" and len(node.input) == 2:
             target = targets.get(node.input[1])
             fits = target is not None and len(target.tensor.dims) == 2
@@ -226,13 +301,19 @@ def _plan(proto: onnx.ModelProto, cfg: Config) -> _Step | None:
         if fits and target is not None and target.name in main and _main_graph_only(target):
             nodes.append(node.name)
     if not nodes:
-        return None
-    return _Step("nbits" if cfg.bits == 4 else "dynamic", nodes)
+        return None, []
+    if cfg.bits == 8 and model.opset() < quantize_matmul.MIN_OPSET:
+        return None, [
+            f"opset {model.opset()} has no DynamicQuantizeLinear (opset "
+            f"{quantize_matmul.MIN_OPSET}): MatMul weights stored as int8 weight-only"
+        ]
+    return _Step("nbits" if cfg.bits == 4 else "dynamic", nodes), []
 
 
 def _main_graph_only(target: Target) -> bool:
-    """Read only by main-graph nodes of one op type, so onnxruntime quantizes it fully."""
-    kinds = {u.node.op_type for u in target.uses}
+    """Read only by main-graph nodes, all at the same input of one op type, so the whole
+    tensor can be replaced."""
+    kinds = {(u.node.op_type, u.slot) for u in target.uses}
     return len(kinds) == 1 and all(u.in_main for u in target.uses)
 
 
@@ -246,7 +327,7 @@ def _attempt(
     """Quantize `work/src.onnx` (onnxruntime step, then weight-only for the rest) to a file."""
     src = work / "src.onnx"
     proto = onnx.load(str(src), load_external_data=False)
-    outcome = _Outcome(work / "candidate.onnx", [], [])
+    outcome = _Outcome()
     if step is not None:
         originals = {t.name: (t.tensor, t.axis) for t in find_targets(proto, cfg.exclude)}
         staged = _run_onnxruntime(work, step, cfg, ctx, calibration, outcome)
@@ -276,13 +357,9 @@ def _attempt(
             symmetric=cfg.weights_symmetric,
         )
     )
-    for graph in iter_graphs(proto.graph):
-        for node in graph.node:
-            if node.name.startswith(_ADDED):
-                node.name = ""
     result = Model(proto, src, work, True)
     external = model_io.tensor_bytes(proto) > IN_MEMORY_LIMIT
-    outcome.notes.extend(model_io.save_model(result, outcome.path, external=external))
+    outcome.notes.extend(model_io.save_model(result, work / _CANDIDATE, external=external))
     return outcome
 
 
@@ -297,15 +374,7 @@ def _run_onnxruntime(
     """Run the planned onnxruntime quantizer on `work/src.onnx`; return its output file."""
     src, staged = work / "src.onnx", work / "onnxruntime.onnx"
     try:
-        if step.kind == "dynamic":
-            quantize_ort.dynamic(
-                src,
-                staged,
-                step.nodes,
-                per_channel=cfg.per_channel,
-                symmetric=cfg.weights_symmetric,
-            )
-        elif step.kind == "nbits":
+        if step.kind == "nbits":
             quantize_ort.nbits(
                 src,
                 staged,

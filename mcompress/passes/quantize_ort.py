@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +21,15 @@ import onnx
 from onnx import helper, numpy_helper
 
 from mcompress.errors import McompressError
-from mcompress.model_io import iter_graphs, read_array
+from mcompress.model_io import (
+    PROTOBUF_LIMIT,
+    Model,
+    is_external,
+    iter_graphs,
+    make_runtime_compatible,
+    read_array,
+    save_model,
+)
 from mcompress.passes.quantize_math import (
     dequantize_linear,
     dequantize_matmul_nbits,
@@ -57,32 +66,6 @@ def quiet() -> Iterator[None]:
         logging.disable(previous)
         if guard is not None:
             root.removeHandler(guard)
-
-
-def dynamic(src: Path, dst: Path, nodes: list[str], *, per_channel: bool, symmetric: bool) -> None:
-    """8-bit dynamic quantization of the named MatMul nodes (MatMulInteger, fused at load).
-
-    Weights are uint8 (symmetric: zero point 128): with int8 weights, x86 CPUs without VNNI
-    saturate int16 sums in the u8s8 kernel (cosine 0.9967 instead of 0.9998 on a small
-    transformer); u8u8 is as fast here and exact.
-    """
-    with quiet():
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
-        quantize_dynamic(
-            src,
-            dst,
-            op_types_to_quantize=["MatMul"],
-            nodes_to_quantize=nodes,
-            per_channel=per_channel,
-            weight_type=QuantType.QUInt8,
-            use_external_data_format=_external(src),
-            extra_options={
-                "WeightSymmetric": symmetric,
-                "EnableSubgraph": False,
-                "MatMulConstBOnly": True,
-            },
-        )
 
 
 def _feed_reader(feeds: list[dict[str, np.ndarray]]) -> Any:
@@ -220,28 +203,54 @@ def _save_options(dst: Path, proto: onnx.ModelProto) -> dict[str, Any]:
 # ---------------------------------------------------------------- does it run
 
 
-def runs_once(
-    candidate: Path, original: Path, seed: int, input_shapes: dict[str, tuple[int, ...]]
+def model_runs_once(
+    model: Model, original: Path, seed: int, input_shapes: dict[str, tuple[int, ...]]
 ) -> str | None:
-    """None when onnxruntime loads `candidate` and runs it once; else its first error line.
+    """`runs_once` for a model in memory, as it will be saved: serialised when it fits in
+    protobuf and has no external data, else through a temporary file."""
+    candidate = Model(onnx.ModelProto(), model.path, model.base_dir, model.had_external_data)
+    candidate.proto.CopyFrom(model.proto)
+    make_runtime_compatible(candidate.proto)
+    graphs = iter_graphs(candidate.proto.graph)
+    external = any(is_external(t) for g in graphs for t in g.initializer)
+    if not external and candidate.proto.ByteSize() < PROTOBUF_LIMIT - 2**26:
+        return runs_once(
+            candidate.proto.SerializeToString(), candidate, original, seed, input_shapes
+        )
+    with tempfile.TemporaryDirectory(prefix="mcompress-check-") as tmp:
+        path = Path(tmp) / "candidate.onnx"
+        save_model(candidate, path, external=True)
+        return runs_once(path, candidate, original, seed, input_shapes)
 
-    A run failure counts only when the original model runs on the same inputs.
+
+def runs_once(
+    candidate: Path | bytes,
+    inputs_of: Model | Path,
+    original: Path,
+    seed: int,
+    input_shapes: dict[str, tuple[int, ...]],
+) -> str | None:
+    """None when onnxruntime loads `candidate` (a file or a serialised model) and runs it once
+    on random inputs for `inputs_of` (its model); else onnxruntime's first error line.
+
+    A run failure counts only when the `original` model runs on the same inputs.
     """
     import onnxruntime as ort
 
     from mcompress.inputs import make_feeds
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 4  # failures come back as exceptions; sizes probed may fail
+    source = candidate if isinstance(candidate, bytes) else str(candidate)
     try:
         session = ort.InferenceSession(
-            str(candidate), sess_options=options, providers=["CPUExecutionProvider"]
+            source, sess_options=options, providers=["CPUExecutionProvider"]
         )
     except Exception as exc:  # noqa: BLE001 - any load failure is the answer
         return first_line(exc)
     try:
         feeds = make_feeds(
-            original, data=None, samples=1, seed=seed, input_shapes=input_shapes
+            inputs_of, data=None, samples=1, seed=seed, input_shapes=input_shapes, session=session
         ).feeds[0]
     except McompressError:
         return None
