@@ -29,6 +29,7 @@ from mcompress.model_io import (
     make_runtime_compatible,
     read_array,
     save_model,
+    tensor_bytes,
 )
 from mcompress.passes.quantize_math import (
     dequantize_linear,
@@ -206,21 +207,25 @@ def _save_options(dst: Path, proto: onnx.ModelProto) -> dict[str, Any]:
 def model_runs_once(
     model: Model, original: Path, seed: int, input_shapes: dict[str, tuple[int, ...]]
 ) -> str | None:
-    """`runs_once` for a model in memory, as it will be saved: serialised when it fits in
-    protobuf and has no external data, else through a temporary file."""
-    candidate = Model(onnx.ModelProto(), model.path, model.base_dir, model.had_external_data)
-    candidate.proto.CopyFrom(model.proto)
-    make_runtime_compatible(candidate.proto)
-    graphs = iter_graphs(candidate.proto.graph)
-    external = any(is_external(t) for g in graphs for t in g.initializer)
-    if not external and candidate.proto.ByteSize() < PROTOBUF_LIMIT - 2**26:
-        return runs_once(
-            candidate.proto.SerializeToString(), candidate, original, seed, input_shapes
-        )
-    with tempfile.TemporaryDirectory(prefix="mcompress-check-") as tmp:
-        path = Path(tmp) / "candidate.onnx"
-        save_model(candidate, path, external=True)
-        return runs_once(path, candidate, original, seed, input_shapes)
+    """`runs_once` for a model in memory, as it will be saved (see `make_runtime_compatible`):
+    serialised when it fits in protobuf and has no external data, else through a temporary
+    file. The proto is not copied: a copy of a large model costs as much as writing it."""
+    proto = model.proto
+    external = any(is_external(t) for g in iter_graphs(proto.graph) for t in g.initializer)
+    if external or tensor_bytes(proto) > PROTOBUF_LIMIT - 2**26:
+        candidate = Model(onnx.ModelProto(), model.path, model.base_dir, external)
+        candidate.proto.CopyFrom(proto)
+        with tempfile.TemporaryDirectory(prefix="mcompress-check-") as tmp:
+            path = Path(tmp) / "candidate.onnx"
+            save_model(candidate, path, external=True)
+            return runs_once(path, candidate, original, seed, input_shapes)
+    ir_version = proto.ir_version
+    make_runtime_compatible(proto)
+    try:
+        serialized = proto.SerializeToString()
+    finally:
+        proto.ir_version = ir_version
+    return runs_once(serialized, model, original, seed, input_shapes)
 
 
 def runs_once(
