@@ -27,7 +27,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress.errors import ModelError
-from mcompress.model_io import Model, iter_graphs, load_model, names_used, read_array
+from mcompress.model_io import (
+    Model,
+    add_initializer,
+    iter_graphs,
+    load_model,
+    names_used,
+    read_array,
+)
 
 # Short, because every node and tensor of an expansion carries it: bytes in the file.
 PREFIX = "mcp/"
@@ -346,8 +353,9 @@ class _GraphState:
             self.graph.initializer.append(tensor)
             self.helpers[key] = tensor.name
         for stub, make in plan.data:
-            stub.raw_data = np.ascontiguousarray(make()).tobytes()
-            self.graph.initializer.append(stub)
+            added = self.graph.initializer.add()  # append(stub) would copy its data again
+            added.CopyFrom(stub)
+            added.raw_data = np.ascontiguousarray(make()).tobytes()
         self.nodes.extend(plan.nodes)
         self.removed.add(plan.nodes[-1].output[0])
 
@@ -568,7 +576,7 @@ def _densify_sparse(graph: onnx.GraphProto, model: Model) -> int:
         dense = np.zeros(_count(shape), values.dtype)
         flat = indices if indices.ndim == 1 else np.ravel_multi_index(tuple(indices.T), shape)
         dense[flat] = values
-        graph.initializer.append(numpy_helper.from_array(dense.reshape(shape), sparse.values.name))
+        add_initializer(graph, dense.reshape(shape), sparse.values.name)
     count = len(graph.sparse_initializer)
     del graph.sparse_initializer[:]
     return count
@@ -605,7 +613,7 @@ def _evaluate_expansions(graph: onnx.GraphProto, model: Model) -> int:
         if name.startswith(PREFIX) and name not in used:
             del graph.initializer[index]
     for name in restored:
-        graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(env[name]), name))
+        add_initializer(graph, env[name], name)
     return len(restored)
 
 

@@ -34,9 +34,9 @@ _ALIGN = 64
 # Bytes gzip_size reads at a time (about 0.2 s of level-6 work: how soon a stop is noticed).
 _GZIP_CHUNK = 2**22
 # Models up to this size get their exact gzip size (level 6 runs at ~25 MB/s: 0.3 s at most);
-# larger ones an estimate from evenly spaced samples, which takes ~0.15 s at any size.
+# larger ones an estimate from evenly spaced samples, which takes ~0.07 s at any size.
 GZIP_EXACT_LIMIT = 2**23
-_GZIP_SAMPLES = 64
+_GZIP_SAMPLES = 32
 _GZIP_SAMPLE = 2**16
 
 
@@ -99,7 +99,39 @@ class Weight:
 
     def replace(self, values: np.ndarray) -> None:
         """Store new values (dtype and shape may change) under the same name, in memory."""
-        self.tensor.CopyFrom(numpy_helper.from_array(np.ascontiguousarray(values), self.name))
+        fill_tensor(self.tensor, values, self.name)
+
+
+def fill_tensor(tensor: onnx.TensorProto, values: np.ndarray, name: str) -> onnx.TensorProto:
+    """Make `tensor` hold `values` under `name`, in place.
+
+    `CopyFrom(numpy_helper.from_array(...))` or `append` of one copies the bytes once more:
+    3.5x slower on large tensors (32 ms instead of 9 ms for 8 MB).
+    """
+    array = np.asarray(values)
+    if array.dtype.kind not in "biuf" or array.dtype.byteorder == ">":
+        tensor.CopyFrom(numpy_helper.from_array(array, name))
+        return tensor
+    tensor.Clear()
+    tensor.name = name
+    tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.dims.extend(array.shape)
+    tensor.raw_data = np.ascontiguousarray(array).tobytes()
+    return tensor
+
+
+def add_initializer(graph: onnx.GraphProto, values: np.ndarray, name: str) -> onnx.TensorProto:
+    """A new initializer of `graph` holding `values` (see `fill_tensor`)."""
+    return fill_tensor(graph.initializer.add(), values, name)
+
+
+def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
+    """Drop the named initializers of `graph` and their graph-input twins, in place
+    (rebuilding the list instead copies every tensor that stays)."""
+    for entries in (graph.initializer, graph.input):
+        for index in reversed(range(len(entries))):
+            if entries[index].name in names:
+                del entries[index]
 
 
 class FreshNames:
@@ -453,8 +485,7 @@ def _internalize(model: Model) -> None:
     for graph in model.graphs():
         for tensor in graph.initializer:
             if is_external(tensor):
-                values = np.array(read_array(tensor, model.base_dir))
-                tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+                fill_tensor(tensor, np.array(read_array(tensor, model.base_dir)), tensor.name)
 
 
 def _write_external(model: Model, data_path: Path, location: str) -> None:
@@ -467,7 +498,7 @@ def _write_external(model: Model, data_path: Path, location: str) -> None:
                 if nbytes < EXTERNAL_THRESHOLD:
                     if is_external(tensor):
                         values = np.array(read_array(tensor, model.base_dir))
-                        tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+                        fill_tensor(tensor, values, tensor.name)
                     continue
                 pad = (-offset) % _ALIGN
                 out.write(b"\0" * pad)

@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import onnx
-from onnx import helper, numpy_helper
+from onnx import helper
 
 from mcompress.analysis import count_parameters
 from mcompress.channel_groups import (
@@ -28,7 +28,7 @@ from mcompress.channel_groups import (
     walk,
 )
 from mcompress.inputs import DEFAULT_DIM, DEFAULT_IMAGE_DIM
-from mcompress.model_io import Model, iter_graphs
+from mcompress.model_io import Model, add_initializer, iter_graphs
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.prepare import remove_unused_initializers
 
@@ -211,7 +211,7 @@ def _store(
     while name in taken:
         i += 1
         name = f"{init.weight.name}_pruned_{i}"
-    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(values), name))
+    add_initializer(graph, values, name)
     node.input[slot] = name
 
 
@@ -261,7 +261,7 @@ def fold_constant_reshapes(model: Model) -> int:
             values = _fold(site, [np.asarray(c.weight.array()) for c in consts if c is not None])
         except ValueError:
             continue
-        site.graph.initializer.append(numpy_helper.from_array(values, node.output[0]))
+        add_initializer(site.graph, values, node.output[0])
         done.setdefault(site.graph_id, (site.graph, set()))[1].add(node.output[0])
     for graph, names in done.values():
         kept = [n for n in graph.node if not (len(n.output) == 1 and n.output[0] in names)]

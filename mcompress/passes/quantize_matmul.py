@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from mcompress.model_io import FreshNames, read_array
+from mcompress.model_io import FreshNames, add_initializer, read_array, remove_initializers
 from mcompress.passes.quantize_math import error_stats, quantize
 
 # DynamicQuantizeLinear is opset 11; older models keep these weights weight-only.
@@ -62,7 +62,7 @@ def rewrite(
                 names.fresh(f"{w}_zero_point"),
             )
             for array, name in zip((values, scale, zero_point), weights[w], strict=True):
-                graph.initializer.append(numpy_helper.from_array(array, name))
+                add_initializer(graph, array, name)
             rows.append(row)
         if x not in activations:
             activations[x] = (
@@ -81,13 +81,7 @@ def rewrite(
         body.extend(_matmul_nodes(node, activations[x], weights[w], names))
     del graph.node[:]
     graph.node.extend(body)
-    kept = [t for t in graph.initializer if t.name not in weights]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    inputs = [i for i in graph.input if i.name not in weights]
-    if len(inputs) != len(graph.input):
-        del graph.input[:]
-        graph.input.extend(inputs)
+    remove_initializers(graph, set(weights))
     return rows
 
 

@@ -22,9 +22,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 
-from mcompress.model_io import FreshNames, iter_graphs, read_array
+from mcompress.model_io import (
+    FreshNames,
+    add_initializer,
+    iter_graphs,
+    read_array,
+    remove_initializers,
+)
 from mcompress.passes.base import node_excluded
 from mcompress.passes.quantize_math import Quantized, error_stats, quantize
 
@@ -194,7 +200,7 @@ def _edit_graph(graph: onnx.GraphProto, plans: dict[str, _Plan], names: FreshNam
     prepend: list[onnx.NodeProto] = []
     for name in owned:
         plan = plans[name]
-        graph.initializer.extend(_initializers(plan))
+        _add_initializers(graph, plan)
         if not plan.gathered_rows:
             prepend.extend(_dense_nodes(name, plan, names))
     body: list[onnx.NodeProto] = []
@@ -209,15 +215,7 @@ def _edit_graph(graph: onnx.GraphProto, plans: dict[str, _Plan], names: FreshNam
     if prepend or replaced:
         del graph.node[:]
         graph.node.extend([*prepend, *body])
-    if owned:
-        gone = set(owned)
-        kept = [t for t in graph.initializer if t.name not in gone]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
-        inputs = [i for i in graph.input if i.name not in gone]
-        if len(inputs) != len(graph.input):
-            del graph.input[:]
-            graph.input.extend(inputs)
+    remove_initializers(graph, set(owned))
 
 
 def _compact(array: np.ndarray) -> np.ndarray:
@@ -225,15 +223,11 @@ def _compact(array: np.ndarray) -> np.ndarray:
     return array.reshape(()) if array.size == 1 else array
 
 
-def _initializers(plan: _Plan) -> list[onnx.TensorProto]:
-    found = [
-        numpy_helper.from_array(np.ascontiguousarray(plan.q.values), plan.values),
-        numpy_helper.from_array(_compact(plan.q.scale), plan.scale),
-    ]
+def _add_initializers(graph: onnx.GraphProto, plan: _Plan) -> None:
+    add_initializer(graph, plan.q.values, plan.values)
+    add_initializer(graph, _compact(plan.q.scale), plan.scale)
     if plan.zero_point is not None and plan.q.zero_point is not None:
-        zp = _compact(plan.q.zero_point).astype(np.float32)
-        found.append(numpy_helper.from_array(zp, plan.zero_point))
-    return found
+        add_initializer(graph, _compact(plan.q.zero_point).astype(np.float32), plan.zero_point)
 
 
 def _dense_nodes(name: str, plan: _Plan, names: FreshNames) -> list[onnx.NodeProto]:
