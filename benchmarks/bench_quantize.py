@@ -1,13 +1,15 @@
 """Time `mcompress quantize` against calling onnxruntime's `quantize_dynamic` directly.
 
-Same run, same models: the shared classifier and VAD (when ../shared/models exists) and a
-generated 20M-parameter MatMul model. mcompress is the in-process pipeline with validation
-disabled (load, prepare, quantize, pack, save, sizes); onnxruntime is `quantize_dynamic` on a
-file. The classifier keeps its weights in Constant nodes, which `quantize_dynamic` ignores, so
-its copy for onnxruntime has them converted to initializers first (not timed). Each timing is
-the best of `--repeat` runs. Prints both times, their ratio (target <= 1.3x) and output sizes.
+Same run, same models: the shared classifier and VAD (when ../shared/models exists), a
+generated 20M-parameter MatMul stack and a BERT-like encoder (30522 x 768 embedding `Gather`,
+MatMul layers; 52M parameters). mcompress is the in-process pipeline with validation disabled
+(load, prepare, quantize, run-once check, pack, save, sizes); onnxruntime is `quantize_dynamic`
+on a file, with its defaults and with the settings mcompress uses (per-channel uint8). The
+classifier keeps its weights in Constant nodes, which `quantize_dynamic` ignores, so its copy
+for onnxruntime has them converted to initializers first (not timed). Each timing is the best
+of `--repeat` runs. Prints both times, their ratio (target <= 1.3x), output sizes, and totals.
 
-    python benchmarks/bench_quantize.py [--repeat 3] [--params 20000000]
+    python benchmarks/bench_quantize.py [--repeat 3] [--params 20000000] [--layers 4]
 """
 
 from __future__ import annotations
@@ -45,6 +47,43 @@ def matmul_model(path: Path, params: int) -> Path:
         "matmuls",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", dim])],
         [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", dim])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def bert_like(path: Path, layers: int) -> Path:
+    """Token embedding + `layers` encoder-shaped blocks (Q/K/V/output 768x768, FFN 768x3072)."""
+    dim, ffn, vocab = 768, 3072, 30522
+    r = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(r.normal(0, 0.02, (vocab, dim)).astype(np.float32), "emb")]
+    nodes = [helper.make_node("Gather", ["emb", "tokens"], ["h0"], name="embed")]
+    h = "h0"
+
+    def matmul(x: str, name: str, rows: int, cols: int) -> str:
+        weight = r.normal(0, rows**-0.5, (rows, cols)).astype(np.float32)
+        inits.append(numpy_helper.from_array(weight, f"{name}.w"))
+        nodes.append(helper.make_node("MatMul", [x, f"{name}.w"], [name], name=name))
+        return name
+
+    for i in range(layers):
+        qkv = [matmul(h, f"l{i}.{p}", dim, dim) for p in "qkv"]
+        nodes.append(helper.make_node("Sum", qkv, [f"l{i}.attn"]))
+        o = matmul(f"l{i}.attn", f"l{i}.o", dim, dim)
+        nodes.append(helper.make_node("Add", [h, o], [f"l{i}.res1"]))
+        up = matmul(f"l{i}.res1", f"l{i}.up", dim, ffn)
+        nodes.append(helper.make_node("Relu", [up], [f"l{i}.act"]))
+        down = matmul(f"l{i}.act", f"l{i}.down", ffn, dim)
+        nodes.append(helper.make_node("Add", [f"l{i}.res1", down], [f"l{i}.out"]))
+        h = f"l{i}.out"
+    graph = helper.make_graph(
+        nodes,
+        "bert_like",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "sequence"])],
+        [helper.make_tensor_value_info(h, TensorProto.FLOAT, ["batch", "sequence", dim])],
         inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -91,11 +130,15 @@ def run_ort(src: Path, out: Path, same_settings: bool) -> None:
         quantize_dynamic(src, out)
 
 
-def bench(name: str, src: Path, work: Path, repeat: int) -> None:
+Totals = dict[str, float]
+
+
+def bench(name: str, src: Path, work: Path, repeat: int, totals: Totals) -> None:
     mc_out = work / f"{name}.mcompress.onnx"
     runs = [run_mcompress(src, mc_out) for _ in range(repeat)]
     mc_seconds = min(r[0] for r in runs)
     pass_seconds = min(r[1] for r in runs)
+    totals["mcompress"] = totals.get("mcompress", 0.0) + mc_seconds
     ort_src, note = ort_input(src, work)
     print(f"\n{name}: {src.name}, {model_io.disk_size(src) / 1e6:.2f} MB")
     print(
@@ -111,7 +154,9 @@ def bench(name: str, src: Path, work: Path, repeat: int) -> None:
             seconds = best_of(repeat, lambda: run_ort(ort_src, ort_out, same))  # noqa: B023
         except Exception as exc:  # noqa: BLE001 - report onnxruntime's failure and go on
             print(f"  {label:30s} FAILED: {str(exc).splitlines()[0][:100]}")
+            totals[label] = float("nan")
             continue
+        totals[label] = totals.get(label, 0.0) + seconds
         print(
             f"  {label:30s} {seconds:7.2f} s  -> {model_io.disk_size(ort_out) / 1e6:.3f} MB   "
             f"ratio mcompress/onnxruntime {mc_seconds / seconds:.2f}x "
@@ -123,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--params", type=int, default=20_000_000)
+    parser.add_argument("--layers", type=int, default=4, help="BERT-like blocks (0: skip)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)  # onnxruntime.quantization logs every node at INFO
     with tempfile.TemporaryDirectory() as tmp:
@@ -131,10 +177,21 @@ def main() -> None:
             ("classifier", SHARED / "ppocr_mobile_v2_cls.onnx"),
             ("vad", SHARED / "silero_vad_op18_ifless.onnx"),
         ]
+        totals: Totals = {}
         for name, path in models:
             if path.is_file():
-                bench(name, path, work, args.repeat)
-        bench("matmul20M", matmul_model(work / "matmul.onnx", args.params), work, args.repeat)
+                bench(name, path, work, args.repeat, totals)
+        bench("matmul", matmul_model(work / "matmul.onnx", args.params), work, args.repeat, totals)
+        if args.layers:
+            src = bert_like(work / "bert_like.onnx", args.layers)
+            bench("bert-like", src, work, args.repeat, totals)
+        ours = totals.pop("mcompress")
+        print(f"\ntotal over these models: mcompress quantize {ours:.2f} s")
+        for label, seconds in totals.items():
+            print(
+                f"  {label:30s} {seconds:7.2f} s   ratio mcompress/onnxruntime "
+                f"{ours / seconds:.2f}x"
+            )
 
 
 if __name__ == "__main__":
