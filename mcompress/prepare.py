@@ -16,6 +16,7 @@ from onnx import helper
 
 from mcompress.errors import ModelError
 from mcompress.model_io import (
+    FreshNames,
     Model,
     add_initializer,
     fill_tensor,
@@ -86,12 +87,13 @@ def remove_unused_initializers(model: Model) -> int:
 def fold_batchnorms(model: Model) -> int:
     """Fold inference-mode BatchNormalization into the producing Conv/ConvTranspose/Gemm."""
     folded = 0
+    names = FreshNames(model.proto)
     for graph in model.graphs():
-        folded += _fold_in_graph(model, graph)
+        folded += _fold_in_graph(model, graph, names)
     return folded
 
 
-def _fold_in_graph(model: Model, graph: onnx.GraphProto) -> int:
+def _fold_in_graph(model: Model, graph: onnx.GraphProto, names: FreshNames) -> int:
     inits = {t.name: t for t in graph.initializer}
     readers: Counter[str] = Counter()
     for g in iter_graphs(graph):
@@ -116,7 +118,7 @@ def _fold_in_graph(model: Model, graph: onnx.GraphProto) -> int:
         bias = inits.get(bias_name) if bias_name else None
         if bias_name and (bias is None or readers[bias_name] != 1):
             continue
-        if not _fold_pair(model, graph, layer, bn, weight, bias, params):  # type: ignore[arg-type]
+        if not _fold_pair(model, graph, layer, bn, weight, bias, params, names):  # type: ignore[arg-type]
             continue
         layer.output[0] = bn.output[0]
         removed.add(id(bn))
@@ -135,6 +137,7 @@ def _fold_pair(
     weight: onnx.TensorProto,
     bias: onnx.TensorProto | None,
     params: list[onnx.TensorProto],
+    names: FreshNames,
 ) -> bool:
     from mcompress.model_io import read_array
 
@@ -174,7 +177,7 @@ def _fold_pair(
     if bias is not None:
         fill_tensor(bias, new_b, bias.name)
     else:
-        name = _fresh_name(graph, weight.name + "_bn_bias")
+        name = names.fresh(weight.name + "_bn_bias")
         add_initializer(graph, new_b, name)
         while len(layer.input) < 3:
             layer.input.append("")
@@ -186,15 +189,6 @@ def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
     node.attribute.extend([*kept, helper.make_attribute(name, value)])
-
-
-def _fresh_name(graph: onnx.GraphProto, base: str) -> str:
-    taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output}
-    name, i = base, 0
-    while name in taken:
-        i += 1
-        name = f"{base}_{i}"
-    return name
 
 
 def reject_nan_weights(model: Model) -> None:
