@@ -175,6 +175,7 @@ def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, 
     )
     rows.append(("validated on", "", f"{validation.get('samples', 0)} samples, {source}"))
     overall = validation.get("overall") or {}
+    outputs = validation.get("outputs") or {}
     for key, label, fmt in (
         ("cosine", "cosine", "{:.6f}"),
         ("max_abs_error", "max abs error", "{:.4g}"),
@@ -183,7 +184,7 @@ def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, 
     ):
         value = overall.get(key)
         if value is not None:
-            rows.append((label, "", fmt.format(value)))
+            rows.append((label, "", fmt.format(value) + _worst_output(outputs, key, value)))
     bad = (overall.get("nan_count") or 0) + (overall.get("inf_count") or 0)
     if bad:
         rows.append(("NaN/inf values", "0", f"[red]{bad}[/red]"))
@@ -219,6 +220,15 @@ def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, 
             )
         )
     return rows
+
+
+def _worst_output(outputs: dict[str, Any], key: str, value: Any) -> str:
+    """' (name)' of the output that gave the overall (worst) `value`, when there are several:
+    a recurrent state and a probability drift very differently."""
+    if len(outputs) < 2:
+        return ""
+    name = next((n for n, o in outputs.items() if o.get(key) == value), None)
+    return f" ({name})" if name else ""
 
 
 def pass_lines(record: PassRecord) -> list[tuple[str, str, str]]:

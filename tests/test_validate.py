@@ -305,3 +305,17 @@ def test_summary_says_slower_only_beyond_timer_noise(compressed_ms: float, slowe
     (row,) = [r for r in rows if r[0] == "latency (median)"]
     assert ("SLOWER" in row[2]) is slower
     assert f"({compressed_ms:.2f}x)" in row[2]
+
+
+def test_summary_names_the_output_behind_each_worst_figure() -> None:
+    outputs = {
+        "prob": {"cosine": 0.90, "max_abs_error": 0.0016},
+        "state": {"cosine": 0.98, "max_abs_error": 2.0},
+    }
+    overall = {"cosine": 0.90, "max_abs_error": 2.0}
+    validation = {"samples": 1, "inputs": {}, "outputs": outputs, "overall": overall}
+    rows = {label: text for label, _, text in validation_lines(validation)}
+    assert rows["cosine"] == "0.900000 (prob)"
+    assert rows["max abs error"] == "2 (state)"
+    validation["outputs"] = {"prob": outputs["prob"]}
+    assert {label: t for label, _, t in validation_lines(validation)}["cosine"] == "0.900000"
