@@ -1,8 +1,9 @@
 """Graph preparation run before compression passes so every weight is visible and worth packing.
 
-Turns `Constant`-node tensors into initializers, folds BatchNormalization into the preceding
-Conv/ConvTranspose/Gemm (onnxruntime does the same at load, so outputs do not change) and drops
-initializers nothing reads. Without it, BN parameters and exporter leftovers cap every pass.
+Turns `Constant`-node tensors into initializers, lets readers of `Identity(weight)` read the
+weight itself, folds BatchNormalization into the preceding Conv/ConvTranspose/Gemm (onnxruntime
+does the same at load, so outputs do not change) and drops initializers nothing reads. Without
+it, BN parameters and exporter leftovers cap every pass.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def prepare(model: Model) -> dict[str, Any]:
     """Run all preparation steps; return counts for the report."""
     stats = {
         "constants_to_initializers": constants_to_initializers(model),
+        "identities_bypassed": bypass_identities(model),
         "batchnorms_folded": fold_batchnorms(model),
     }
     stats["unused_initializers_removed"] = remove_unused_initializers(model)
@@ -58,6 +60,45 @@ def constants_to_initializers(model: Model) -> int:
             del graph.node[:]
             graph.node.extend(keep)
     return moved
+
+
+def bypass_identities(model: Model) -> int:
+    """Point readers of `Identity(initializer)` at the initializer and drop the Identity.
+
+    Exporters write these for weights shared between layers (PyTorch deduplicates equal
+    tensors): behind the Identity, no pass sees those layers' MatMul/Gemm as weight readers.
+    Identities that produce a graph output stay.
+    """
+    bypassed = 0
+    for graph in model.graphs():
+        sources = {t.name for t in graph.initializer}
+        outputs = {o.name for o in graph.output}
+        alias: dict[str, str] = {}
+        for node in graph.node:
+            if (
+                node.op_type == "Identity"
+                and node.domain in ("", "ai.onnx")
+                and len(node.input) == 1
+                and node.input[0] in sources
+                and node.output[0] not in outputs
+            ):
+                alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+                sources.add(node.output[0])
+        if not alias:
+            continue
+        for inner in iter_graphs(graph):
+            for node in inner.node:
+                for slot, name in enumerate(node.input):
+                    if name in alias:
+                        node.input[slot] = alias[name]
+        for entries in (graph.node, graph.value_info):
+            for index in reversed(range(len(entries))):
+                entry = entries[index]
+                names = entry.output if isinstance(entry, onnx.NodeProto) else [entry.name]
+                if any(name in alias for name in names):
+                    del entries[index]
+        bypassed += len(alias)
+    return bypassed
 
 
 def _constant_tensor(node: onnx.NodeProto) -> onnx.TensorProto | None:

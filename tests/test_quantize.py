@@ -391,6 +391,33 @@ def test_dynamic_matmul_is_what_quantize_dynamic_writes_and_fuses(tmp_path: Path
     assert fused.count("DynamicQuantizeMatMul") == 2 and "MatMulInteger" not in fused
 
 
+def test_weight_shared_through_identity_is_quantized_dynamically(tmp_path: Path) -> None:
+    """PyTorch writes `Identity(weight)` for layers whose weights are equal; prepare points the
+    readers at the weight, so every MatMul reading it goes int8 dynamic."""
+    w = np.random.default_rng(0).normal(0, 0.2, (32, 32)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Identity", ["w"], ["w_again"]),
+            helper.make_node("MatMul", ["x", "w"], ["h"]),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("MatMul", ["r", "w_again"], ["y"]),
+        ],
+        "shared",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 32])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    src = builders.save(builders._model(graph), tmp_path / "shared.onnx")
+    out = tmp_path / "shared.q.onnx"
+    report = quantize_file(src, out)
+    assert report.prepare["identities_bypassed"] == 1
+    assert report.passes[0].stats["methods"] == {"dynamic": 1}
+    assert "Identity" not in ops(out)
+    assert [n.op_type for n in onnx.load(str(out)).graph.node].count("MatMulInteger") == 2
+    x = np.random.default_rng(1).standard_normal((8, 32)).astype(np.float32)
+    assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.999
+
+
 def test_opset_10_matmul_weights_stay_weight_only(tmp_path: Path) -> None:
     proto = builders.mlp()
     proto.opset_import[0].version = 10
