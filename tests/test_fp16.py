@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -542,3 +543,37 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     )
     assert bad.returncode == 2
     assert "passes.0.dtype: Input should be 'float16' or 'bfloat16'" in bad.stderr
+
+
+def test_half_embedding_transposed_into_a_matmul_loads_in_onnxruntime(tmp_path: Path) -> None:
+    """Gather (half table) -> Transpose -> MatMul, as in a PyTorch TransformerEncoder: with the
+    float32 Cast after the Transpose, onnxruntime 1.32 segfaults creating a default session.
+    The Cast goes before the Transpose; loading is checked in a child process."""
+    r = np.random.default_rng(0)
+    model = _model(
+        [
+            helper.make_node("Gather", ["emb", "tokens"], ["h"]),
+            helper.make_node("Transpose", ["h"], ["t"], perm=[1, 0, 2]),
+            helper.make_node("MatMul", ["t", "w"], ["y"]),
+        ],
+        [helper.make_tensor_value_info("tokens", TensorProto.INT64, ["batch", "seq"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["seq", "batch", 32])],
+        [_init("emb", r.normal(0, 1, (100, 16)).astype(np.float32)),
+         _init("w", r.normal(0, 0.25, (16, 32)).astype(np.float32))],
+        opset=17,
+    )  # fmt: skip
+    src = save(model, tmp_path / "emb.onnx")
+    out = tmp_path / "emb.fp16.onnx"
+    _, converted = _convert(src, out)
+    producers = {o: n for n in converted.graph.node for o in n.output}
+    casts_of_transposes = [
+        n
+        for n in converted.graph.node
+        if n.op_type == "Cast" and getattr(producers.get(n.input[0]), "op_type", "") == "Transpose"
+    ]
+    assert casts_of_transposes == []
+    load = f"import onnxruntime as ort; ort.InferenceSession({str(out)!r})"
+    assert subprocess.run([sys.executable, "-c", load], timeout=120).returncode == 0
+    tokens = r.integers(0, 100, (2, 8)).astype(np.int64)
+    reference = run(src, {"tokens": tokens})[0]
+    assert np.abs(run(out, {"tokens": tokens})[0] - reference).max() < 0.01

@@ -9,12 +9,16 @@ float32 (the half initializer gets a `_fp16` name and a Cast recreates the float
 
 from __future__ import annotations
 
+from collections import Counter
+
 import onnx
 
-from mcompress.model_io import FreshNames, names_used
+from mcompress.model_io import FreshNames, iter_graphs, names_used
 from mcompress.passes.fp16_ops import FLOAT
 from mcompress.passes.fp16_plan import Decision, GraphState, Plan, Val, make_cast
 
+_DEFAULT = ("", "ai.onnx")
+_TRANSPOSE = {("Transpose", ""), ("Transpose", "ai.onnx")}
 _SUFFIX: dict[int, str] = {onnx.TensorProto.FLOAT16: "_fp16", onnx.TensorProto.BFLOAT16: "_bf16"}
 
 
@@ -40,6 +44,8 @@ class Rewriter:
         dead = self._dead_casts()
         for state in reversed(self.plan.graphs):
             self._rebuild(state, dead.get(state.gidx, set()))
+        for graph in iter_graphs(self.proto.graph):  # the live graphs, after the rebuilds
+            _cast_before_transpose(graph, self.names)
 
     # ---------------------------------------------------------------- names and casts
 
@@ -158,3 +164,43 @@ class Rewriter:
         self.casts -= len(dead)
         del graph.node[:]
         graph.node.extend(nodes)
+
+
+def _cast_before_transpose(graph: onnx.GraphProto, names: FreshNames) -> None:
+    """Turn `Transpose (half) -> Cast to float32` into `Cast -> Transpose`: same values; the
+    half Transpose goes when nothing else reads it.
+
+    onnxruntime 1.32 crashes (segfault) creating a session with default optimizations when such
+    a pair feeds a MatMul whose weight is a Cast, as in a PyTorch TransformerEncoder whose
+    embedding stays half: its MatMul-Transpose fusion looks through the Cast.
+    """
+    producers = {name: node for node in graph.node for name in node.output}
+    outputs = {o.name for o in graph.output}
+    before: dict[int, onnx.NodeProto] = {}
+    moved: list[onnx.NodeProto] = []
+    for index, cast in enumerate(graph.node):
+        to = next((a.i for a in cast.attribute if a.name == "to"), None)
+        if cast.op_type != "Cast" or cast.domain not in _DEFAULT or to != FLOAT:
+            continue
+        transpose = producers.get(cast.input[0])
+        if transpose is None or (transpose.op_type, transpose.domain) not in _TRANSPOSE:
+            continue
+        source = names.fresh(f"{transpose.input[0]}_fp32")
+        before[index] = onnx.helper.make_node("Cast", [transpose.input[0]], [source], to=FLOAT)
+        cast.op_type = "Transpose"
+        del cast.attribute[:]
+        cast.attribute.extend(transpose.attribute)
+        cast.input[0] = source
+        moved.append(transpose)
+    if not before:
+        return
+    readers = Counter(name for g in iter_graphs(graph) for n in g.node for name in n.input)
+    dead = {id(t) for t in moved if not readers[t.output[0]] and t.output[0] not in outputs}
+    nodes: list[onnx.NodeProto] = []
+    for index, node in enumerate(graph.node):
+        if index in before:
+            nodes.append(before[index])
+        if id(node) not in dead:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
