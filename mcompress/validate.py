@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 import statistics
 import subprocess
 import sys
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from mcompress.config import ValidateConfig
-from mcompress.errors import DataError, ModelError
+from mcompress.errors import DataError, GateError, McompressError, ModelError
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.report import Gate, RunReport
 
@@ -52,6 +53,7 @@ def validate_pair(
         seed=cfg.seed,
         input_shapes={k: tuple(v) for k, v in cfg.input_shapes.items()},
     )
+    memory = _memory(Path(original), Path(compressed), inputs)
     sessions = [_session(Path(original), "original"), _session(Path(compressed), "compressed")]
     names, pairs, notes = _outputs(sessions)
     total = len(inputs.feeds) + cfg.latency_runs
@@ -75,7 +77,7 @@ def validate_pair(
         "overall": overall(outputs),
         "task": task,
         "latency": latency,
-        "memory": _memory(Path(original), Path(compressed), inputs),
+        "memory": memory,
         "notes": notes,
     }
 
@@ -355,11 +357,15 @@ def _batch_latency(
 
 
 _MEMORY_SCRIPT = """
-import json, sys
+import json, os, sys
 import numpy as np
 import onnxruntime as ort
 
+LINUX = os.path.exists("/proc/self/clear_refs")
+
 def vm(key):
+    if not LINUX:
+        return 0
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(key + ":"):
@@ -369,44 +375,69 @@ names = json.loads(sys.argv[3])
 npz = np.load(sys.argv[2], allow_pickle=False)
 feed = {name: npz[f"arr_{i}"] for i, name in enumerate(names)}
 options = ort.SessionOptions()
-options.log_severity_level = 3
-with open("/proc/self/clear_refs", "w") as f:
-    f.write("5")
+options.log_severity_level = 4
+if LINUX:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 before = vm("VmRSS")
 session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
 session.run(None, feed)
-print(json.dumps(vm("VmHWM") - before))
+print(json.dumps(vm("VmHWM") - before if LINUX else None))
 """
 
 
 def _memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any] | None:
     """Peak resident memory added by loading and running each model once, measured in a fresh
-    process (Linux peak-RSS counters); None where that cannot be measured."""
-    if not Path("/proc/self/clear_refs").exists():
-        return None
+    process (Linux peak-RSS counters; None elsewhere or when a model fails there).
+
+    Run before any session of this process: onnxruntime can crash outright (segfault) on a
+    graph it mis-optimizes, and that must end in a clear error, not take mcompress down.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, *inputs.feeds[0].values())
         names = json.dumps(list(inputs.feeds[0]))
         peaks = []
-        for path in (original, compressed):
+        for path, role in ((original, "original"), (compressed, "compressed")):
             try:
                 done = subprocess.run(
                     [sys.executable, "-c", _MEMORY_SCRIPT, str(path), str(feed_path), names],
                     capture_output=True,
                     text=True,
                     timeout=600,
-                    check=True,
                 )
-                peaks.append(max(int(json.loads(done.stdout.strip().splitlines()[-1])), 0))
-            except (subprocess.SubprocessError, ValueError, IndexError, OSError):
+            except (subprocess.SubprocessError, OSError):
                 return None
+            if done.returncode < 0:
+                raise _crashed(path, role, -done.returncode)
+            try:
+                peaks.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            except (ValueError, IndexError):
+                return None
+    if None in peaks:
+        return None
+    peaks = [max(int(p), 0) for p in peaks]
     return {
         "method": "peak RSS growth of a fresh process loading and running the model once",
         "original_peak_bytes": peaks[0],
         "compressed_peak_bytes": peaks[1],
         "ratio": peaks[1] / peaks[0] if peaks[0] else None,
     }
+
+
+def _crashed(path: Path, role: str, signal_number: int) -> McompressError:
+    """The error for onnxruntime dying on a model (the compressed one is written by then)."""
+    try:
+        name = signal.Signals(signal_number).name
+    except ValueError:
+        name = f"signal {signal_number}"
+    message = f"onnxruntime crashed ({name}) loading and running the {role} model '{path}'"
+    if role == "original":
+        return ModelError(message, "the model cannot be validated with this onnxruntime")
+    return GateError(
+        message + "; it is written but unusable with default session options",
+        "keep the nodes involved in float32 with exclude or block_nodes, or try another pass",
+    )
 
 
 # ---------------------------------------------------------------- gates

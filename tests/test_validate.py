@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from mcompress.cli import app
 from mcompress.config import ValidateConfig
-from mcompress.errors import DataError, ModelError
+from mcompress.errors import DataError, GateError, ModelError
 from mcompress.report import FileInfo, RunReport, validation_lines
 from mcompress.validate import (
     classification_metrics,
@@ -319,3 +319,23 @@ def test_summary_names_the_output_behind_each_worst_figure() -> None:
     assert rows["max abs error"] == "2 (state)"
     validation["outputs"] = {"prob": outputs["prob"]}
     assert {label: t for label, _, t in validation_lines(validation)}["cosine"] == "0.900000"
+
+
+def test_onnxruntime_crashing_on_the_output_is_a_one_line_error_exit_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sessions start in a child process first: a segfault there (onnxruntime mis-optimizing a
+    graph) becomes exit 3 naming the model, not a dead mcompress."""
+    from mcompress import validate
+
+    crash = (
+        "import os, signal, sys\nif 'out' in sys.argv[1]: os.kill(os.getpid(), signal.SIGSEGV)\n"
+    )
+    monkeypatch.setattr(validate, "_MEMORY_SCRIPT", crash + validate._MEMORY_SCRIPT)
+    src = builders.save(builders.mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "out.onnx"
+    result = runner.invoke(app, ["quantize", str(src), "-o", str(out)])
+    error = result.exception
+    assert isinstance(error, GateError) and error.exit_code == 3
+    assert "onnxruntime crashed (SIGSEGV)" in error.message and "compressed model" in error.message
+    assert out.is_file()
