@@ -454,6 +454,14 @@ def test_unrunnable_dynamic_result_falls_back_to_weight_only(
     assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.999
 
 
+def test_4bit_on_a_model_without_matmul_or_gather_says_it_stored_int8(tmp_path: Path) -> None:
+    src = builders.save(builders.conv_bn(), tmp_path / "cbn.onnx")
+    report = quantize_file(src, tmp_path / "cbn.q4.onnx", bits=4)
+    (note,) = report.passes[0].notes
+    assert note.startswith(f"{report.passes[0].stats['weights_quantized']} weights (e.g. ")
+    assert "stored as int8" in note
+
+
 def test_failing_4bit_quantizer_falls_back_to_int8_weight_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -464,9 +472,10 @@ def test_failing_4bit_quantizer_falls_back_to_int8_weight_only(
     src = builders.save(builders.mlp(), tmp_path / "mlp.onnx")
     out = tmp_path / "mlp.q4.onnx"
     report = quantize_file(src, out, bits=4)
-    note = report.passes[0].notes[0]
+    note, int8 = report.passes[0].notes
     assert note.startswith("onnxruntime cannot use the 4-bit model")
     assert "ShapeInferenceError" in note
+    assert int8.startswith("2 weights (e.g. 'w1') stored as int8")
     assert report.passes[0].stats["methods"] == {"weight-only": 2}
     x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
     assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.999

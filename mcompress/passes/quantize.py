@@ -172,6 +172,8 @@ def _in_memory(model: Model, step: _Step | None, cfg: Config, ctx: PassContext) 
             )
         )
     outcome.rows.extend(_weight_only(model.proto, model.base_dir, cfg))
+    if cfg.bits == 4 and outcome.rows:
+        outcome.notes.append(_int8_note(len(outcome.rows), outcome.rows[0]["name"]))
     ctx.progress("quantize", 2, 3)
     problem = quantize_ort.model_runs_once(model, ctx.input_path, ctx.seed, ctx.input_shapes)
     if problem and backup is not None and step is not None:
@@ -192,6 +194,13 @@ def _weight_only(proto: onnx.ModelProto, base_dir: Path, cfg: Config) -> list[di
         base_dir,
         per_channel=cfg.per_channel,
         symmetric=cfg.weights_symmetric,
+    )
+
+
+def _int8_note(count: int, example: str) -> str:
+    return (
+        f"{count} weights (e.g. '{example}') stored as int8: stock onnxruntime has 4-bit "
+        "kernels only for MatMul and Gather"
     )
 
 
@@ -344,10 +353,7 @@ def _attempt(
             "stored as int8 weight-only; activations there stay float"
         )
     if leftovers and cfg.bits == 4:
-        outcome.notes.append(
-            f"{len(leftovers)} weights (e.g. '{leftovers[0].name}') stored as int8: stock "
-            "onnxruntime has 4-bit kernels only for MatMul and Gather"
-        )
+        outcome.notes.append(_int8_note(len(leftovers), leftovers[0].name))
     outcome.rows.extend(
         rewrite_all(
             proto,
