@@ -157,29 +157,25 @@ def _in_memory(model: Model, step: _Step | None, cfg: Config, ctx: PassContext) 
     Before the model is kept, onnxruntime must load and run it once; a dynamic result it
     cannot run falls back to weight-only int8 (noted).
     """
-    backup = None
-    outcome = _Outcome()
+    dynamic = None
     if step is not None:
-        backup = onnx.ModelProto()
-        backup.CopyFrom(model.proto)
-        outcome.rows.extend(
-            quantize_matmul.rewrite(
-                model.proto,
-                set(step.nodes),
-                model.base_dir,
-                per_channel=cfg.per_channel,
-                symmetric=cfg.weights_symmetric,
-            )
+        dynamic = quantize_matmul.rewrite(
+            model.proto,
+            set(step.nodes),
+            model.base_dir,
+            per_channel=cfg.per_channel,
+            symmetric=cfg.weights_symmetric,
         )
-    outcome.rows.extend(_weight_only(model.proto, model.base_dir, cfg))
+    weight_only = _weight_only(model.proto, model.base_dir, cfg)
+    outcome = _Outcome([*(dynamic.rows if dynamic else []), *weight_only])
     if cfg.bits == 4 and outcome.rows:
         outcome.notes.append(_int8_note(len(outcome.rows), outcome.rows[0]["name"]))
     ctx.progress("quantize", 2, 3)
     problem = quantize_ort.model_runs_once(model, ctx.input_path, ctx.seed, ctx.input_shapes)
-    if problem and backup is not None and step is not None:
-        model.proto.CopyFrom(backup)
-        note = _fallback_note(step, problem)
-        outcome = _Outcome(_weight_only(model.proto, model.base_dir, cfg), [note])
+    if problem and dynamic is not None and step is not None:
+        dynamic.undo(model.proto.graph)
+        weight_only.extend(_weight_only(model.proto, model.base_dir, cfg))
+        outcome = _Outcome(weight_only, [_fallback_note(step, problem)])
         problem = quantize_ort.model_runs_once(model, ctx.input_path, ctx.seed, ctx.input_shapes)
     if problem:
         raise _does_not_run(problem)

@@ -13,6 +13,7 @@ transformer); u8u8 is as fast here and exact.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,33 @@ MIN_OPSET = 11
 METHOD = "dynamic"
 
 
+@dataclass
+class Rewritten:
+    """The error stats of the weights rewritten, and what `undo` needs to put them back."""
+
+    rows: list[dict[str, Any]]
+    originals: dict[str, onnx.NodeProto]  # name of the node now writing a MatMul's output
+    added_nodes: set[str]
+    added_initializers: set[str]
+    removed: list[onnx.TensorProto]
+    removed_inputs: list[onnx.ValueInfoProto]
+
+    def undo(self, graph: onnx.GraphProto) -> None:
+        """Restore the float MatMuls and their weights (the removed protos are still alive, so
+        nothing is re-read); other edits made since, such as weight-only storage, stay."""
+        body = []
+        for node in graph.node:
+            if node.name not in self.added_nodes:
+                body.append(node)
+            elif node.name in self.originals:
+                body.append(self.originals[node.name])
+        del graph.node[:]
+        graph.node.extend(body)
+        remove_initializers(graph, self.added_initializers)
+        graph.initializer.extend(self.removed)
+        graph.input.extend(self.removed_inputs)
+
+
 def rewrite(
     proto: onnx.ModelProto,
     nodes: set[str],
@@ -34,8 +62,8 @@ def rewrite(
     *,
     per_channel: bool,
     symmetric: bool,
-) -> list[dict[str, Any]]:
-    """Replace the named main-graph MatMul nodes by dynamic int8 ones; return error stats.
+) -> Rewritten:
+    """Replace the named main-graph MatMul nodes by dynamic int8 ones.
 
     Each node's second input must be a float32 2-D initializer read only by these nodes.
     An activation read by several of them is quantized once.
@@ -45,7 +73,7 @@ def rewrite(
     inits = {t.name: t for t in graph.initializer}
     weights: dict[str, tuple[str, str, str]] = {}
     activations: dict[str, tuple[str, str, str]] = {}
-    rows: list[dict[str, Any]] = []
+    done = Rewritten([], {}, set(), set(), [], [])
     body: list[onnx.NodeProto] = []
     for node in graph.node:
         if node.name not in nodes:
@@ -63,26 +91,32 @@ def rewrite(
             )
             for array, name in zip((values, scale, zero_point), weights[w], strict=True):
                 add_initializer(graph, array, name)
-            rows.append(row)
+            done.added_initializers.update(weights[w])
+            done.rows.append(row)
         if x not in activations:
             activations[x] = (
                 names.fresh(f"{x}_quantized"),
                 names.fresh(f"{x}_scale"),
                 names.fresh(f"{x}_zero_point"),
             )
-            body.append(
-                helper.make_node(
-                    "DynamicQuantizeLinear",
-                    [x],
-                    list(activations[x]),
-                    name=names.fresh(f"{x}_QuantizeLinear"),
-                )
+            quantize_input = helper.make_node(
+                "DynamicQuantizeLinear",
+                [x],
+                list(activations[x]),
+                name=names.fresh(f"{x}_QuantizeLinear"),
             )
-        body.extend(_matmul_nodes(node, activations[x], weights[w], names))
+            body.append(quantize_input)
+            done.added_nodes.add(quantize_input.name)
+        added = _matmul_nodes(node, activations[x], weights[w], names)
+        body.extend(added)
+        done.added_nodes.update(n.name for n in added)
+        done.originals[added[-1].name] = node
+    done.removed = [t for t in graph.initializer if t.name in weights]
+    done.removed_inputs = [i for i in graph.input if i.name in weights]
     del graph.node[:]
     graph.node.extend(body)
     remove_initializers(graph, set(weights))
-    return rows
+    return done
 
 
 def _quantize_weight(
