@@ -443,15 +443,16 @@ def test_unrunnable_dynamic_result_falls_back_to_weight_only(
         return rows
 
     monkeypatch.setattr(quantize_matmul, "rewrite", unrunnable)
-    src = builders.save(builders.mlp(), tmp_path / "mlp.onnx")
-    out = tmp_path / "mlp.q.onnx"
+    src = builders.save(builders.transformer_like(), tmp_path / "tl.onnx")
+    out = tmp_path / "tl.q.onnx"
     report = quantize_file(src, out)
     (note,) = report.passes[0].notes
     assert note.startswith("onnxruntime cannot use the dynamic int8 model")
     assert "MatMulIntegerThatDoesNotExist" in note
-    assert report.passes[0].stats["methods"] == {"weight-only": 2}
-    x = np.random.default_rng(0).standard_normal((4, 32)).astype(np.float32)
-    assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.999
+    assert report.passes[0].stats["methods"] == {"weight-only": 3, "weight-only gather": 1}
+    assert float_weights(out) == [] and "MatMulInteger" not in ops(out)
+    tokens = np.random.default_rng(1).integers(0, 2000, (4, 16)).astype(np.int64)
+    assert cosine(run(out, {"tokens": tokens})[0], run(src, {"tokens": tokens})[0]) > 0.999
 
 
 def test_4bit_on_a_model_without_matmul_or_gather_says_it_stored_int8(tmp_path: Path) -> None:
