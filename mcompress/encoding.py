@@ -2,13 +2,13 @@
 
 Pruned or clustered weights are dense float arrays full of zeros or repeated values, so their
 files do not shrink. `pack` stores each weight in its smallest lossless form: packed codebook
-indices plus a codebook; a bit-mask of the non-zeros plus their values; gap-coded positions of
-the non-zeros plus their values (very sparse tensors); or either of the last two with the
-values themselves codebook-coded. Standard ops of opset 11 (BitShift, Cast, CumSum, Mul,
-Gather, Reshape, Slice, ConstantOfShape, ScatterElements) rebuild each tensor under its own
-name, and onnxruntime constant-folds them when it creates a session. `unpack` turns them (and
-any `sparse_initializer`) back into dense initializers so a packed model can be compressed
-again.
+indices plus a codebook (one per tensor, or one per channel for per-channel clustering); a
+bit-mask of the non-zeros plus their values; gap-coded positions of the non-zeros plus their
+values (very sparse tensors); or either of the last two with the values themselves
+codebook-coded. Standard ops of opset 11 (BitShift, Cast, CumSum, Add, Mul, Gather, Reshape,
+Slice, ConstantOfShape, ScatterElements) rebuild each tensor under its own name, and
+onnxruntime constant-folds them when it creates a session. `unpack` turns them (and any
+`sparse_initializer`) back into dense initializers so a packed model can be compressed again.
 
 `sparse_initializer` is not emitted: onnx shape inference cannot type it (`check_model(...,
 full_check=True)` fails), the checker rejects the int32 indices onnxruntime accepts, and with
@@ -131,6 +131,9 @@ class _Facts:
     nonzero: np.ndarray | None = None  # bool mask, only when enough zeros make a mask pay
     table: np.ndarray | None = None  # sorted distinct bit patterns, when <= 256 of them
     codes: np.ndarray | None = None  # uint8 index of each element into `table`
+    # Else, per-channel clustering: (axis, [channels, K] distinct bit patterns per channel,
+    # uint8 index of each element into its channel's row), when every channel has <= 256.
+    channel_book: tuple[int, np.ndarray, np.ndarray] | None = None
 
     @classmethod
     def of(cls, tensor: TensorProto, values: np.ndarray) -> _Facts:
@@ -148,6 +151,8 @@ class _Facts:
         found = _codebook(bits, 256 if bits.itemsize > 1 else 16)
         if found is not None:
             facts.table, facts.codes = found
+        elif bits.itemsize > 1:
+            facts.channel_book = _channel_codebook(bits, facts.shape)
         return facts
 
     @property
@@ -215,6 +220,53 @@ def _codebook(bits: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | N
             return table, codes
         table = np.union1d(table, missing)
     return None
+
+
+def _channel_codebook(
+    bits: np.ndarray, shape: tuple[int, ...]
+) -> tuple[int, np.ndarray, np.ndarray] | None:
+    """Per-channel codebooks, along the first axis whose channels each hold <= 256 distinct
+    values (what per-channel clustering writes), when such codes could save enough.
+
+    Each axis is ruled out from its first channel before any full pass: a dense weight has
+    more distinct values there, or so many that codes and tables would not pay.
+    """
+    if len(shape) < 2:
+        return None
+    values = bits.reshape(shape)
+    for axis in dict.fromkeys((0, len(shape) - 1, *range(len(shape)))):
+        channels = shape[axis]
+        entries = np.unique(np.take(values, 0, axis=axis)).size
+        if channels < 2 or entries > 256:
+            continue
+        least = bits.size * _code_bits(entries) / 8 + channels * entries * bits.itemsize
+        if least > bits.nbytes * (1 - MIN_SAVING_FRACTION):
+            continue
+        found = _per_channel_codes(values, axis)
+        if found is not None:
+            return axis, *found
+    return None
+
+
+def _per_channel_codes(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """([channels, K] sorted distinct bit patterns per channel (0-padded), uint8 code of every
+    element in its channel's row, in element order), or None when a channel has > 256."""
+    moved = np.moveaxis(values, axis, 0)
+    channels = moved.shape[0]
+    rows = np.arange(channels, dtype=np.uint64) << np.uint64(32)
+    keys = (rows.reshape(-1, *[1] * (moved.ndim - 1)) | moved.astype(np.uint64)).reshape(-1)
+    distinct = np.unique(keys)
+    starts = np.searchsorted(distinct, rows)
+    counts = np.diff(np.append(starts, distinct.size))
+    entries = int(counts.max())
+    if entries > 256:
+        return None
+    owner = (distinct >> np.uint64(32)).astype(np.int64)
+    table = np.zeros((channels, entries), values.dtype)
+    table[owner, np.arange(distinct.size) - starts[owner]] = distinct.astype(values.dtype)
+    local = np.searchsorted(distinct, keys) - np.repeat(starts, keys.size // channels)
+    codes = np.moveaxis(local.astype(np.uint8).reshape(moved.shape), 0, axis)
+    return table, np.ascontiguousarray(codes).reshape(-1)
 
 
 def _hash_lookup(table: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:
@@ -376,6 +428,8 @@ def _candidates(facts: _Facts, state: _GraphState) -> list[_Plan]:
     books = [False, True] if facts.table is not None and facts.table[0] == 0 else [False]
     if facts.table is not None:
         plans.append(_codebook_plan(facts, state))
+    if facts.channel_book is not None:
+        plans.append(_channel_codebook_plan(facts, state))
     if with_zeros:
         plans.extend(_mask_plan(facts, state, book) for book in books)
     if with_zeros and facts.nnz * 8 < facts.size:
@@ -499,6 +553,32 @@ def _codebook_plan(facts: _Facts, state: _GraphState) -> _Plan:
         raise ValueError("codebook plan for a tensor without one")
     plan = state.plan(f"codebook{_code_bits(table.size)}")
     _values(plan, facts, facts.size, lambda a: a, book=True, shape=facts.shape)
+    return plan
+
+
+def _channel_codebook_plan(facts: _Facts, state: _GraphState) -> _Plan:
+    """Every element as a 1/2/4/8-bit index into its channel's distinct values; adding each
+    channel's offset turns the indices into positions in all the tables laid end to end."""
+    if facts.channel_book is None:
+        raise ValueError("channel codebook plan for a tensor without one")
+    axis, table, codes = facts.channel_book
+    channels, entries = table.shape
+    bits = _code_bits(entries)
+    plan = state.plan(f"channel-codebook{bits}")
+    stored = _packed_shape(facts.size, bits, facts.shape)
+    packed = plan.tensor("c", np.dtype(np.uint8), stored, lambda: _pack_codes(codes, bits))
+    local = _unpack_codes(plan, packed, bits, facts.size, facts.index_type, shape=facts.shape)
+    index_dtype = np.dtype(helper.tensor_dtype_to_np_dtype(facts.index_type))
+    offset_shape = tuple(channels if i == axis else 1 for i in range(len(facts.shape)))
+
+    def offsets() -> np.ndarray:
+        return (np.arange(channels) * entries).astype(index_dtype).reshape(offset_shape)
+
+    where = plan.node("Add", [local, plan.tensor("o", index_dtype, offset_shape, offsets)])
+    book = plan.tensor(
+        "t", facts.float_dtype, (channels * entries,), lambda: facts.floats(table.reshape(-1))
+    )
+    plan.node("Gather", [book, where], output=facts.name)
     return plan
 
 
@@ -634,6 +714,8 @@ def _run(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:
         return np.cumsum(args[0], axis=int(args[1]), dtype=args[0].dtype)
     if op == "Mul":
         return np.asarray(args[0] * args[1])
+    if op == "Add":
+        return np.asarray(args[0] + args[1])
     if op == "ConstantOfShape":
         fill = numpy_helper.to_array(attrs["value"]).reshape(-1)
         return np.full(tuple(int(d) for d in args[0]), fill[0], fill.dtype)

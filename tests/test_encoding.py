@@ -124,6 +124,30 @@ def test_clustered_weight_uses_a_codebook(
     assert_same_outputs(dense, packed, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
 
 
+def per_channel_clustered(shape: tuple[int, int], k: int, axis: int) -> np.ndarray:
+    """Each slice along `axis` holds its own `k` values, as per-channel clustering writes."""
+    channels = shape[axis]
+    tables = RNG.normal(0, 0.2, (channels, k)).astype(np.float32)
+    picks = RNG.integers(0, k, (channels, shape[1 - axis]))
+    w = np.take_along_axis(tables, picks, axis=1)
+    return np.ascontiguousarray(w if axis == 0 else w.T)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+def test_per_channel_clustered_weight_uses_channel_codebooks(tmp_path: Path, axis: int) -> None:
+    """4096 distinct values in all, 16 per channel: 4-bit codes plus one table per channel."""
+    w = per_channel_clustered((512, 256), 16, axis)
+    dense, packed, stats = pack_file(matmul_model({"w": w}), tmp_path)
+    (row,) = stats["tensors"]
+    assert row["encoding"] == "channel-codebook4" and row["unique_values"] is None
+    assert ratio(packed, dense) <= 0.20
+    assert np.array_equal(bits(ort_weight(packed, "w", tmp_path)), bits(w))
+    assert_same_outputs(dense, packed, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
+    model = model_io.load_model(packed)
+    assert encoding.unpack(model) == 1
+    assert np.array_equal(bits(next(model.weights()).array()), bits(w))
+
+
 def test_prune_then_cluster_is_smaller_than_either(tmp_path: Path) -> None:
     sizes = {}
     cases = {
@@ -294,10 +318,11 @@ def test_unpack_densifies_sparse_initializers(tmp_path: Path) -> None:
 
 
 def test_dense_tensors_are_ruled_out_without_a_full_pass(monkeypatch: pytest.MonkeyPatch) -> None:
-    def no_full_pass(table: np.ndarray) -> None:
-        raise AssertionError("a dense tensor reached the full codebook lookup")
+    def no_full_pass(*_: object) -> None:
+        raise AssertionError("a dense tensor reached a full codebook pass")
 
     monkeypatch.setattr(encoding, "_hash_lookup", no_full_pass)
+    monkeypatch.setattr(encoding, "_per_channel_codes", no_full_pass)
     proto = matmul_model(
         {f"w{i}": RNG.normal(size=(512, 512)).astype(np.float32) for i in range(4)}
     )
