@@ -60,7 +60,7 @@ class _Input:
 
 
 def make_feeds(
-    model_path: Path | model_io.Model,
+    source: Path | model_io.Model,
     *,
     data: Path | None,
     samples: int,
@@ -71,10 +71,7 @@ def make_feeds(
     """Inputs for a model (a file, or one already loaded): read from `data` (.npz or folder of
     them), else seeded random. Guessed dimensions are tried in onnxruntime: in `session` when
     the caller has one for this model, else in a session on the model's file."""
-    if isinstance(model_path, model_io.Model):
-        model = model_path
-    else:
-        model = model_io.load_model(model_path)
+    model = source if isinstance(source, model_io.Model) else model_io.load_model(source)
     inputs = _graph_inputs(model.proto)
     if data is not None:
         return _from_data(model, inputs, Path(data), samples)
