@@ -418,6 +418,46 @@ def test_weight_shared_through_identity_is_quantized_dynamically(tmp_path: Path)
     assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.999
 
 
+def test_linear_gemms_go_dynamic_and_fuse(tmp_path: Path) -> None:
+    """Gemm as PyTorch exports nn.Linear (transB=1, bias) and plain A @ B: dynamic int8, fused
+    by onnxruntime with the bias; a Gemm with alpha != 1 stays weight-only."""
+    r = np.random.default_rng(0)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+            helper.make_node("Relu", ["h"], ["r"]),
+            helper.make_node("Gemm", ["r", "w2"], ["g"], name="fc2"),
+            helper.make_node("Gemm", ["g", "w3"], ["y"], name="fc3", alpha=0.5),
+        ],
+        "linears",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16])],
+        [
+            numpy_helper.from_array(r.normal(0, 0.1, (128, 64)).astype(np.float32), "w1"),
+            numpy_helper.from_array(r.normal(0, 0.1, (128,)).astype(np.float32), "b1"),
+            numpy_helper.from_array(r.normal(0, 0.1, (128, 32)).astype(np.float32), "w2"),
+            numpy_helper.from_array(r.normal(0, 0.1, (32, 16)).astype(np.float32), "w3"),
+        ],
+    )
+    src = builders.save(builders._model(graph), tmp_path / "linears.onnx")
+    out = tmp_path / "linears.q.onnx"
+    report = quantize_file(src, out)
+    methods = {t["name"]: (t["method"], t["shape"]) for t in report.passes[0].stats["tensors"]}
+    assert methods == {
+        "w1": ("dynamic", [128, 64]),
+        "w2": ("dynamic", [128, 32]),
+        "w3": ("weight-only", [32, 16]),
+    }
+    x = r.standard_normal((8, 64)).astype(np.float32)
+    assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.999
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert fused.count("DynamicQuantizeMatMul") == 2 and fused.count("Gemm") == 1
+    assert "Add" not in fused and "MatMulInteger" not in fused
+
+
 def test_opset_10_matmul_weights_stay_weight_only(tmp_path: Path) -> None:
     proto = builders.mlp()
     proto.opset_import[0].version = 10

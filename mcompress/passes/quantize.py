@@ -2,12 +2,13 @@
 
 Per op it writes what stock onnxruntime runs correctly and fast on CPU (measured, onnxruntime
 1.31, 2-core x86):
-- MatMul with a constant 2-D weight in the main graph: dynamic int8, the graph onnxruntime's
-  `quantize_dynamic` writes (MatMulInteger, fused to DynamicQuantizeMatMul at load; 5-8x faster
-  than float at 20M params), written by `quantize_matmul` because `quantize_dynamic` quantizes
-  per-channel weights one column at a time in Python (4-8x slower end to end, see
-  benchmarks/bench_quantize.py).
-- everything else with a weight (Conv, ConvTranspose, Gemm, LSTM/GRU/RNN, embedding `Gather`,
+- MatMul with a constant 2-D weight in the main graph, and Gemm computing `A @ B (+ C)` (how
+  PyTorch exports nn.Linear): dynamic int8, the graph onnxruntime's `quantize_dynamic` writes
+  for MatMul (MatMulInteger, fused to DynamicQuantizeMatMul at load; 5-8x faster than float at
+  20M params), written by `quantize_matmul` because `quantize_dynamic` quantizes per-channel
+  weights one column at a time in Python (4-8x slower end to end, see
+  benchmarks/bench_quantize.py) and leaves Gemm float.
+- everything else with a weight (Conv, ConvTranspose, other Gemms, LSTM/GRU/RNN, `Gather`,
   weights read inside If/Loop/Scan bodies): int8 weight-only storage (`quantize_weights`),
   because ConvInteger runs 3-13x slower than float Conv and onnxruntime's quantizers do not
   reach Gemm or outer-scope weights.
@@ -295,7 +296,8 @@ def _plan(model: Model, cfg: Config) -> tuple[_Step | None, list[str]]:
     main = {t.name for t in model.proto.graph.initializer}
     nodes = []
     for node in model.proto.graph.node:
-        if node.op_type == "MatMul" and len(node.input) == 2:
+        matmul = node.op_type == "MatMul" and len(node.input) == 2
+        if matmul or (cfg.bits == 8 and quantize_matmul.plain_gemm(node)):
             target = targets.get(node.input[1])
             fits = target is not None and len(target.tensor.dims) == 2
         elif node.op_type == "Gather" and cfg.bits == 4:

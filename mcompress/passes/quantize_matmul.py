@@ -1,10 +1,13 @@
-"""Dynamic int8 MatMul, written by mcompress: onnxruntime's graph, quantized in whole tensors.
+"""Dynamic int8 MatMul and Gemm, written by mcompress: onnxruntime's graph, whole tensors at once.
 
 onnxruntime's `quantize_dynamic` with per-channel scales quantizes a weight one column at a
 time in Python (2.5 s of its 2.9 s on a 20M-parameter model, 2-core VM). This writes the
 graph it writes for a MatMul with a constant 2-D weight - DynamicQuantizeLinear on the input,
 MatMulInteger with a uint8 weight, Cast, Mul by both scales, which onnxruntime fuses to
-DynamicQuantizeMatMul when it loads the model - with one numpy pass per tensor.
+DynamicQuantizeMatMul when it loads the model - with one numpy pass per tensor. A Gemm (as
+PyTorch exports `nn.Linear` on 2-D inputs, which `quantize_dynamic` leaves float) gets the
+same graph on its weight (transposed when `transB`) plus an Add of its bias, which onnxruntime
+fuses too (1024x1024 at batch 32: 0.76x the float Gemm's time).
 
 Weights are uint8 (symmetric: zero point 128). With int8 weights, x86 CPUs without VNNI
 saturate int16 sums in onnxruntime's u8s8 kernel (cosine 0.9967 instead of 0.9998 on a small
@@ -63,7 +66,8 @@ def rewrite(
     per_channel: bool,
     symmetric: bool,
 ) -> Rewritten:
-    """Replace the named main-graph MatMul nodes by dynamic int8 ones.
+    """Replace the named main-graph MatMul nodes, and Gemm nodes that `plain_gemm` accepts, by
+    dynamic int8 ones.
 
     Each node's second input must be a float32 2-D initializer read only by these nodes.
     An activation read by several of them is quantized once.
@@ -71,7 +75,8 @@ def rewrite(
     graph = proto.graph
     names = FreshNames(proto)
     inits = {t.name: t for t in graph.initializer}
-    weights: dict[str, tuple[str, str, str]] = {}
+    # (weight, transposed) -> its quantized values, scales and zero points
+    weights: dict[tuple[str, bool], tuple[str, str, str]] = {}
     activations: dict[str, tuple[str, str, str]] = {}
     done = Rewritten([], {}, set(), set(), [], [])
     body: list[onnx.NodeProto] = []
@@ -79,19 +84,20 @@ def rewrite(
         if node.name not in nodes:
             body.append(node)
             continue
-        x, w = node.input
-        if w not in weights:
+        x, w = node.input[:2]
+        key = (w, _attr(node, "transB", 0) == 1)
+        if key not in weights:
             values, scale, zero_point, row = _quantize_weight(
-                inits[w], base_dir, per_channel, symmetric
+                inits[w], base_dir, per_channel, symmetric, transposed=key[1]
             )
-            weights[w] = (
+            weights[key] = (
                 names.fresh(f"{w}_quantized"),
                 names.fresh(f"{w}_scale"),
                 names.fresh(f"{w}_zero_point"),
             )
-            for array, name in zip((values, scale, zero_point), weights[w], strict=True):
+            for array, name in zip((values, scale, zero_point), weights[key], strict=True):
                 add_initializer(graph, array, name)
-            done.added_initializers.update(weights[w])
+            done.added_initializers.update(weights[key])
             done.rows.append(row)
         if x not in activations:
             activations[x] = (
@@ -107,23 +113,42 @@ def rewrite(
             )
             body.append(quantize_input)
             done.added_nodes.add(quantize_input.name)
-        added = _matmul_nodes(node, activations[x], weights[w], names)
+        added = _matmul_nodes(node, activations[x], weights[key], names)
         body.extend(added)
         done.added_nodes.update(n.name for n in added)
         done.originals[added[-1].name] = node
-    done.removed = [t for t in graph.initializer if t.name in weights]
-    done.removed_inputs = [i for i in graph.input if i.name in weights]
+    replaced = {w for w, _ in weights}
+    done.removed = [t for t in graph.initializer if t.name in replaced]
+    done.removed_inputs = [i for i in graph.input if i.name in replaced]
     del graph.node[:]
     graph.node.extend(body)
-    remove_initializers(graph, set(weights))
+    remove_initializers(graph, replaced)
     return done
 
 
+def plain_gemm(node: onnx.NodeProto) -> bool:
+    """A Gemm that is `A @ B (+ C)`, B maybe transposed: what this module can rewrite."""
+    return (
+        node.op_type == "Gemm"
+        and node.domain in ("", "ai.onnx")
+        and _attr(node, "transA", 0) == 0
+        and _attr(node, "alpha", 1.0) == 1.0
+        and (len(node.input) < 3 or not node.input[2] or _attr(node, "beta", 1.0) == 1.0)
+    )
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
 def _quantize_weight(
-    tensor: onnx.TensorProto, base_dir: Any, per_channel: bool, symmetric: bool
+    tensor: onnx.TensorProto, base_dir: Any, per_channel: bool, symmetric: bool, transposed: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-    """(uint8 values, scales, zero points, error row) of a [K, N] weight, per column or tensor."""
+    """(uint8 values, scales, zero points, error row) of a [K, N] weight (stored [N, K] when
+    `transposed`), per column or tensor."""
     weight = np.asarray(read_array(tensor, base_dir), dtype=np.float32)
+    if transposed:
+        weight = np.ascontiguousarray(weight.T)
     q = quantize(weight, axis=1 if per_channel else None, symmetric=symmetric)
     mse, sqnr = error_stats(weight, q.dequantize())
     if q.zero_point is None:
@@ -135,7 +160,7 @@ def _quantize_weight(
     scale, zero_point = q.scale.reshape(shape), zero_point.reshape(shape)
     row = {
         "name": tensor.name,
-        "shape": list(weight.shape),
+        "shape": [int(d) for d in tensor.dims],
         "bits": 8,
         "method": METHOD,
         "mse": mse,
@@ -152,14 +177,17 @@ def _matmul_nodes(
     weight: tuple[str, str, str],
     names: FreshNames,
 ) -> list[onnx.NodeProto]:
-    """MatMulInteger -> Cast -> Mul(x scale * w scale), writing the MatMul's output."""
+    """MatMulInteger -> Cast -> Mul(x scale * w scale) [-> Add a Gemm's bias], writing the
+    node's output."""
     x_q, x_scale, x_zero = activation
     w_q, w_scale, w_zero = weight
     base = node.output[0]
     scales = names.fresh(f"{base}_quant_scales_mul:0")
     product = names.fresh(f"{node.output[0]}_output_quantized")
     as_float = names.fresh(f"{product}_cast_output")
-    return [
+    bias = node.input[2] if node.op_type == "Gemm" and len(node.input) > 2 else ""
+    scaled = names.fresh(f"{base}_scaled") if bias else base
+    nodes = [
         helper.make_node(
             "Mul", [x_scale, w_scale], [scales], name=names.fresh(f"{base}_quant_scales_mul")
         ),
@@ -175,7 +203,12 @@ def _matmul_nodes(
         helper.make_node(
             "Mul",
             [as_float, scales],
-            [node.output[0]],
+            [scaled],
             name=names.fresh(f"{base}_quant_output_scale_mul"),
         ),
     ]
+    if bias:
+        nodes.append(
+            helper.make_node("Add", [scaled, bias], [base], name=names.fresh(f"{base}_bias"))
+        )
+    return nodes
