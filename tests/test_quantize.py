@@ -503,6 +503,28 @@ def test_4bit_on_a_model_without_matmul_or_gather_says_it_stored_int8(tmp_path: 
     assert "stored as int8" in note
 
 
+def test_4bit_run_check_feeds_token_ids_within_the_vocabulary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The candidate reads its table through GatherBlockQuantized; the run-once check still
+    makes token ids for the model's Gather (2000 rows), not the default range 0..9."""
+    from mcompress import inputs
+
+    made: list[Any] = []
+    real = inputs.make_feeds
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        made.append(real(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(inputs, "make_feeds", recording)
+    src = builders.save(builders.transformer_like(vocab=2000), tmp_path / "tl.onnx")
+    report = quantize_file(src, tmp_path / "tl.q4.onnx", bits=4)
+    assert "GatherBlockQuantized" in report.passes[0].stats["methods"]
+    fills = [m.description["inputs"]["tokens"]["fill"] for m in made]
+    assert fills and all("(2000 rows" in fill for fill in fills), fills
+
+
 def test_failing_4bit_quantizer_falls_back_to_int8_weight_only(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -265,7 +265,9 @@ def _try(
             raise
         return _Outcome(), exc.message
     candidate, src = work / _CANDIDATE, work / "src.onnx"
-    problem = quantize_ort.runs_once(candidate, candidate, src, ctx.seed, ctx.input_shapes)
+    # Inputs are made for the model before quantization: token ids stay within its Gather
+    # tables, which a GatherBlockQuantized in the candidate would hide.
+    problem = quantize_ort.runs_once(candidate, src, src, ctx.seed, ctx.input_shapes)
     return outcome, problem
 
 
