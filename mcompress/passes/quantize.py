@@ -129,7 +129,8 @@ class _Outcome:
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Quantize `model` in place; stats list each weight's error, worst first."""
     calibration = quantize_static.calibration_source(cfg, ctx)
-    if cfg.mode != "static" and not find_targets(model.proto, cfg.exclude):
+    targets = find_targets(model.proto, cfg.exclude)
+    if cfg.mode != "static" and not targets:
         return PassResult(False, {"weights_quantized": 0}, ["no float32 weights to quantize"])
     ctx.progress("quantize", 0, 3)
     names = model_io.FreshNames(model.proto)
@@ -137,7 +138,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         for node in graph.node:
             if not node.name:
                 node.name = names.fresh(f"{_ADDED}{node.op_type}")
-    step, notes = _plan(model, cfg)
+    step, notes = _plan(model, cfg, targets)
     try:
         if step is None or step.kind == "dynamic":
             outcome = _in_memory(model, step, cfg, ctx)
@@ -288,13 +289,14 @@ def _working_copy(model: Model, work: Path) -> None:
     model.base_dir = work
 
 
-def _plan(model: Model, cfg: Config) -> tuple[_Step | None, list[str]]:
-    """The quantizer and nodes for this config (None: weight-only storage only), and notes."""
+def _plan(model: Model, cfg: Config, found: list[Target]) -> tuple[_Step | None, list[str]]:
+    """The quantizer and nodes for this config (None: weight-only storage only), and notes;
+    `found` are the model's quantizable weights."""
     if cfg.mode == "static":
         return _Step("static"), []
     if cfg.mode == "weight-only" and cfg.bits == 8:
         return None, []
-    targets = {t.name: t for t in find_targets(model.proto, cfg.exclude)}
+    targets = {t.name: t for t in found}
     main = {t.name for t in model.proto.graph.initializer}
     nodes = []
     for node in model.proto.graph.node:
