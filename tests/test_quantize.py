@@ -367,8 +367,9 @@ def test_nbits_dequantizers_match_what_onnxruntime_computes(tmp_path: Path) -> N
 
 
 def test_dynamic_matmul_is_what_quantize_dynamic_writes_and_fuses(tmp_path: Path) -> None:
-    """Same graph and numbers as onnxruntime's quantize_dynamic (per-channel uint8), and
-    onnxruntime fuses it to DynamicQuantizeMatMul at load (the int8 speed-up)."""
+    """Same graph and numbers as onnxruntime's quantize_dynamic (per-channel int8), signed
+    weights with zero point 0 (onnxruntime's fast U8S8 kernels), 7 bits on x86 without VNNI,
+    and onnxruntime fuses it to DynamicQuantizeMatMul at load (the int8 speed-up)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     src = builders.save(builders.mlp(hidden=256, inputs=128), tmp_path / "mlp.onnx")
@@ -376,9 +377,14 @@ def test_dynamic_matmul_is_what_quantize_dynamic_writes_and_fuses(tmp_path: Path
     quantize_file(src, ours)
     symmetric = {"WeightSymmetric": True}
     quantize_dynamic(
-        src, theirs, per_channel=True, weight_type=QuantType.QUInt8, extra_options=symmetric
+        src, theirs, per_channel=True, weight_type=QuantType.QInt8, extra_options=symmetric
     )
     assert ops(ours) == ops(theirs)
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(ours)).graph.initializer}
+    assert weights["w1_quantized"].dtype == np.int8
+    assert not weights["w1_zero_point"].any()
+    limit = 2 ** (quantize_matmul.weight_bits() - 1) - 1
+    assert np.abs(weights["w1_quantized"]).max() == limit
     x = np.random.default_rng(0).standard_normal((64, 128)).astype(np.float32)
     reference = run(src, {"x": x})[0]
     errors = [np.abs(run(path, {"x": x})[0] - reference).mean() for path in (ours, theirs)]
