@@ -38,6 +38,7 @@ from mcompress.errors import (
     UsageError,
 )
 from mcompress.report import finite, write_text_atomic
+from mcompress.shard import Shard
 
 SUMMARY_SCHEMA_VERSION = 1
 # Estimated peak memory of one worker: this many times the model's bytes on disk (the loaded
@@ -241,8 +242,10 @@ def plan(
     force: bool = False,
     data_map: list[tuple[str, Path]] | None = None,
     documents: tuple[str, ...] = (),
+    shard: Shard | None = None,
 ) -> list[Job]:
-    """One job per model; refuses to overwrite existing outputs unless `force`."""
+    """One job per model (of `shard` only, named as in the whole batch); refuses to overwrite
+    existing outputs unless `force`."""
     base = cfg.model_dump(by_alias=True, exclude_unset=True)
     jobs = []
     for index, (model, name) in enumerate(zip(models, unique_names(models), strict=True)):
@@ -265,6 +268,9 @@ def plan(
                 documents=documents,
             )
         )
+    if shard is not None:
+        mine = set(shard.members(models))
+        jobs = [job for job in jobs if job.index in mine]
     if not force:
         existing = [j.output for j in jobs if j.output.exists()]
         if existing:
@@ -602,12 +608,15 @@ def key_metric(validation: dict[str, Any] | None) -> dict[str, Any] | None:
 # ---------------------------------------------------------------- summary
 
 
-def summary(outcome: Outcome, config_name: str, out_dir: Path) -> dict[str, Any]:
-    """summary.json: the batch's settings, counts and one row per model."""
+def summary(
+    outcome: Outcome, config_name: str, out_dir: Path, shard: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """summary.json: the batch's settings, counts and one row per model (plus, for a shard,
+    which of the batch's models its rows are: see Shard.describe)."""
     counts: dict[str, int] = {}
     for row in outcome.rows:
         counts[row.status] = counts.get(row.status, 0) + 1
-    return {
+    data = {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "mcompress_version": __version__,
         "config": config_name,
@@ -619,10 +628,13 @@ def summary(outcome: Outcome, config_name: str, out_dir: Path) -> dict[str, Any]
         "counts": counts,
         "models": [asdict(row) for row in outcome.rows],
     }
+    if shard is not None:
+        data["shard"] = shard
+    return data
 
 
-def write_summary(data: dict[str, Any], out_dir: Path) -> Path:
-    """Write summary.json atomically into the output folder."""
-    path = out_dir / "summary.json"
+def write_summary(data: dict[str, Any], out_dir: Path, name: str = "summary.json") -> Path:
+    """Write the summary atomically into the output folder."""
+    path = out_dir / name
     write_text_atomic(path, json.dumps(finite(data), indent=2, allow_nan=False, default=str))
     return path

@@ -14,6 +14,7 @@ import typer
 # Importing a command module registers its commands on `app`.
 from mcompress.cli import (  # noqa: F401
     batch_cmd,
+    batch_merge,
     cluster_cmd,
     core,
     fp16_cmd,

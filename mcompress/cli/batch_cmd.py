@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +22,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mcompress import batch as batch_mod
-from mcompress import config
+from mcompress import config, render_batch
 from mcompress import doctor as doctor_mod
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
@@ -35,6 +36,7 @@ from mcompress.cli.common import (
 )
 from mcompress.errors import ConfigError
 from mcompress.report import human_bytes
+from mcompress.shard import Shard
 
 EXIT_INTERRUPTED = 130
 
@@ -73,6 +75,14 @@ def batch(
         typer.Option("--data-map", help="YAML/JSON: model name or glob -> validation .npz."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            metavar="I/N",
+            help="Compress only shard I of N (CI matrix jobs); writes summary-I-of-N.json.",
+        ),
+    ] = None,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print summary JSON to stdout and nothing else.")
     ] = False,
@@ -120,6 +130,7 @@ def batch(
         min_top1_agreement=min_top1_agreement,
         min_compression_ratio=min_compression_ratio,
     )
+    part = Shard.parse(shard) if shard else None
     what = config.resolve_config_path(config_path).stem
     entries = batch_mod.load_data_map(data_map) if data_map else []
     models = batch_mod.discover(paths, skip_dir=out_dir)
@@ -132,20 +143,25 @@ def batch(
         force=force,
         data_map=entries,
         documents=tuple(kind for kind, wanted in (("html", html), ("md", markdown)) if wanted),
+        shard=part,
     )
-    n_jobs = batch_mod.default_jobs(models, jobs)
+    n_jobs = batch_mod.default_jobs([job.input_path for job in planned], jobs)
+    of_shard = f" (shard {part.index}/{part.count} of {len(models)})" if part else ""
     with _BatchDisplay(planned, quiet=json_out) as display:
         display.log(
-            f"mcompress batch: {len(planned)} model(s), {n_jobs} job(s), "
+            f"mcompress batch: {len(planned)} model(s){of_shard}, {n_jobs} job(s), "
             f"config {config_path} -> {out_dir}"
         )
         outcome = batch_mod.run_batch(planned, n_jobs, display.event)
-    data = batch_mod.summary(outcome, config_path, out_dir)
-    summary_path = batch_mod.write_summary(data, out_dir)
+    positions = [job.index for job in planned]
+    described = part.describe(positions, len(models)) if part else None
+    data = batch_mod.summary(outcome, config_path, out_dir, shard=described)
+    summary_name = part.summary_name if part else "summary.json"
+    summary_path = batch_mod.write_summary(data, out_dir, summary_name)
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
-        _wide().print(summary_table(outcome))
+        wide_console().print(summary_table(outcome))
         out.print(f"summary: {summary_path}")
     if outcome.interrupted:
         err.print("mcompress: interrupted; unfinished models were removed, summary written")
@@ -153,7 +169,7 @@ def batch(
     raise typer.Exit(outcome.exit_code)
 
 
-def _wide() -> Console:
+def wide_console() -> Console:
     """stdout for tables: off a terminal (CI logs) rich would assume 80 columns and wrap."""
     return out if out.is_terminal else Console(width=200)
 
@@ -231,54 +247,24 @@ def _row_line(row: batch_mod.Row) -> str:
     if row.error:
         return f"FAILED {row.model}: {row.error['message']} (exit {row.exit_code})"
     status = "ok" if row.status == "ok" else "GATE FAILED"
-    metric = f", {_metric_text(row.metric)}" if row.metric else ""
+    metric = f", {render_batch.metric_text(row.metric)}" if row.metric else ""
     return (
         f"{status} {row.model}: {human_bytes(row.input_bytes)} -> "
-        f"{human_bytes(row.output_bytes)} ({_ratio(row.ratio)}{metric}) in {row.seconds:.1f}s"
+        f"{human_bytes(row.output_bytes)} ({render_batch.ratio_text(row.ratio)}{metric}) "
+        f"in {row.seconds:.1f}s"
     )
-
-
-def _ratio(value: Any) -> str:
-    return f"{value:.2f}x" if isinstance(value, (int, float)) else "-"
-
-
-def _metric_text(metric: dict[str, Any] | None) -> str:
-    if not metric:
-        return "-"
-    value = metric["value"]
-    shown = f"{value:.4g}" if isinstance(value, (int, float)) else str(value)
-    return f"{metric['name']} {shown}"
 
 
 def summary_table(outcome: batch_mod.Outcome) -> Table:
     """One row per model: sizes, ratio, key metric, gates, status, seconds."""
     table = Table(title="mcompress batch", header_style="bold")
-    for column, justify in (
-        ("model", "left"),
-        ("input", "right"),
-        ("output", "right"),
-        ("ratio", "right"),
-        ("key metric", "left"),
-        ("gates", "left"),
-        ("status", "left"),
-        ("seconds", "right"),
-    ):
+    for column in render_batch.COLUMNS:
+        justify = "left" if column in ("model", "key metric", "gates", "status") else "right"
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     styles = {"ok": "green", "gate_failed": "yellow", "failed": "red", "interrupted": "red"}
     for row in outcome.rows:
-        failed = [g["name"] for g in row.gates if not g["passed"]]
-        gates = "-" if not row.gates else ("pass" if not failed else "FAIL " + ", ".join(failed))
-        status = row.status if not row.error else f"{row.status} (exit {row.exit_code})"
-        table.add_row(
-            row.name,
-            human_bytes(row.input_bytes),
-            human_bytes(row.output_bytes),
-            _ratio(row.ratio),
-            _metric_text(row.metric),
-            gates,
-            f"[{styles.get(row.status, 'white')}]{status}[/]",
-            f"{row.seconds:.1f}",
-        )
+        *first, status, seconds = render_batch.cells(asdict(row))
+        table.add_row(*first, f"[{styles.get(row.status, 'white')}]{status}[/]", seconds)
     return table
 
 
@@ -318,7 +304,7 @@ def configs(ctx: typer.Context) -> None:
     table.add_column("description")
     for path in preset_paths():
         table.add_row(path.stem, preset_description(path))
-    _wide().print(table)
+    wide_console().print(table)
 
 
 @configs_app.command("show")

@@ -1,0 +1,63 @@
+"""`mcompress batch-merge`: one summary.json (and one job summary) from a sharded batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mcompress import batch as batch_mod
+from mcompress import batch_merge, render_batch
+from mcompress.cli.batch_cmd import EXIT_INTERRUPTED, summary_table, wide_console
+from mcompress.cli.common import EXIT_CODES_HELP, app, err, out
+
+
+@app.command(
+    "batch-merge",
+    epilog=EXIT_CODES_HELP + " batch-merge exits with the merged batch's code, as batch would.",
+)
+def batch_merge_command(
+    paths: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Folders holding summary-I-of-N.json files (searched recursively), or the files.",
+            metavar="PATHS...",
+            show_default=False,
+        ),
+    ],
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("-o", "--out-dir", help="Where summary.json goes (default: first folder)."),
+    ] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print summary JSON to stdout and nothing else.")
+    ] = False,
+) -> None:
+    """Merge the summaries of `batch --shard I/N` runs into one summary.json.
+
+    Every shard 1..N must be there once; the rows come back in the order the whole batch
+    would list them. With GITHUB_STEP_SUMMARY set, the merged table goes to the job summary.
+
+    Example: mcompress batch-merge out/
+    """
+    files = batch_merge.find_shard_summaries(paths)
+    outcome, config_name = batch_merge.merge(files)
+    target = out_dir or (paths[0] if paths[0].is_dir() else paths[0].parent)
+    target.mkdir(parents=True, exist_ok=True)
+    data = batch_mod.summary(outcome, config_name, target)
+    summary_path = batch_mod.write_summary(data, target)
+    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if step_summary:
+        with open(step_summary, "a", encoding="utf-8") as f:
+            f.write(render_batch.to_markdown(data) + "\n")
+    if json_out:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    else:
+        err.print(f"merged {len(files)} shard summaries", markup=False, highlight=False)
+        wide_console().print(summary_table(outcome))
+        out.print(f"summary: {summary_path}")
+    raise typer.Exit(EXIT_INTERRUPTED if outcome.interrupted else outcome.exit_code)
