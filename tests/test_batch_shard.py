@@ -8,12 +8,17 @@ import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mcompress.cli import app
 from mcompress.errors import UsageError
 from mcompress.shard import Shard
 from tests import builders
+from tests.conftest import SAMPLES
+from tests.test_ci_example import _env, _fenced, _readme, _shell
+
+SHARDS_START, SHARDS_END = "<!-- ci-shards-example:start -->", "<!-- ci-shards-example:end -->"
 
 runner = CliRunner()
 
@@ -121,3 +126,44 @@ def test_merge_names_a_missing_or_repeated_shard(tmp_path: Path) -> None:
         f"and '{tmp_path / 'three' / 'summary-3-of-3.json'}'",
         f"'{tmp_path / 'nothing'}' is not a file or a folder",
     ]
+
+
+def test_readme_matrix_example_runs_as_written(tmp_path: Path) -> None:
+    """Each matrix job's shell steps in its own checkout, then the merge job over the union of
+    their uploads (download-artifact with merge-multiple puts them in one folder)."""
+    text = _readme()
+    section = text.split(SHARDS_START, 1)[1].split(SHARDS_END, 1)[0]
+    [block] = _fenced(section, "yaml")
+    jobs = yaml.safe_load(block)["jobs"]
+    shards = jobs["compress"]["strategy"]["matrix"]["shard"]
+    merged = tmp_path / "merge"
+    for shard in shards:
+        checkout = tmp_path / f"shard{shard}"
+        (checkout / "models").mkdir(parents=True)
+        for model in ("digits_cnn.onnx", "digits_mlp.onnx"):
+            shutil.copy(SAMPLES / model, checkout / "models")
+        _run_steps(jobs["compress"]["steps"], checkout, {"matrix.shard": str(shard)})
+        shutil.copytree(checkout / "out", merged / "out", dirs_exist_ok=True)
+
+    _run_steps(jobs["merge"]["steps"], merged, {})
+
+    summary = json.loads((merged / "out" / "summary.json").read_text(encoding="utf-8"))
+    assert len(shards) == 3 and summary["exit_code"] == 0
+    assert [(r["name"], r["status"]) for r in summary["models"]] == [
+        ("digits_cnn", "ok"),
+        ("digits_mlp", "ok"),
+    ]
+    for row in summary["models"]:
+        assert (merged / row["output"]).is_file()
+    assert "| digits_mlp | " in (merged / "step_summary.md").read_text(encoding="utf-8")
+
+
+def _run_steps(steps: list[dict], cwd: Path, expressions: dict[str, str]) -> None:
+    for step in steps:
+        command = step.get("run")
+        if command is None or command.lstrip().startswith("pip install"):
+            continue
+        for name, value in expressions.items():
+            command = command.replace("${{ " + name + " }}", value)
+        result = _shell(command, cwd, _env(cwd, {}))
+        assert result.returncode == 0, (step.get("name"), result.stdout, result.stderr)
