@@ -330,6 +330,21 @@ def test_dense_tensors_are_ruled_out_without_a_full_pass(monkeypatch: pytest.Mon
     assert encoding.pack(model)["tensors"] == []
 
 
+def test_pruned_tensors_skip_the_per_channel_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Half-pruned channels of 384 hold ~190 distinct values each: per-channel codes could
+    not beat the bit-mask, so the full pass (90% of `prune` on a 90 MB encoder) is skipped."""
+
+    def no_full_pass(*_: object) -> None:
+        raise AssertionError("a pruned tensor reached the per-channel codebook pass")
+
+    monkeypatch.setattr(encoding, "_per_channel_codes", no_full_pass)
+    proto = matmul_model({"w": pruned((384, 384), 0.5)}, inputs=384)
+    model = model_io.Model(proto, Path("m.onnx"), Path("."), had_external_data=False)
+    [row] = encoding.pack(model)["tensors"]
+    assert row["encoding"] == "bitmask"
+    assert row["bytes_after"] < 0.55 * row["bytes_before"]
+
+
 def test_cli_packs_a_pre_pruned_model(tmp_path: Path) -> None:
     dense = save(matmul_model({"w": pruned((512, 512), 0.9)}), tmp_path / "pre.onnx")
     result = CliRunner().invoke(app, ["strip", str(dense), "--json", "--no-validate"])
