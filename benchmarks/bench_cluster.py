@@ -33,8 +33,8 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 from mcompress import model_io
-from mcompress.kmeans1d import kmeans1d
 from mcompress.passes import cluster
+from mcompress.passes.cluster.kmeans1d import kmeans1d
 from mcompress.passes.prune import find_candidates
 from mcompress.prepare import prepare
 

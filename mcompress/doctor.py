@@ -23,7 +23,7 @@ from mcompress.analysis import tensor_sites
 from mcompress.config import PipelineConfig
 from mcompress.errors import McompressError
 from mcompress.passes import PASSES
-from mcompress.passes.fp16_ops import FP16_CPU_KERNELS
+from mcompress.passes.fp16.ops import FP16_CPU_KERNELS
 from mcompress.report import human_bytes
 
 Severity = Literal["note", "warning", "problem"]
@@ -461,7 +461,7 @@ def _check_kernels(ctx: _Context) -> Iterator[Finding]:
             "warning" if ctx.cfg is not None else "note",
             "fp16-kernels",
             f"fp16: {count} compute node(s) ({_ops_text(float_ops)}) have no float16 CPU "
-            "kernel in onnxruntime (table in mcompress/passes/fp16_ops.py): they compute in "
+            "kernel in onnxruntime (table in mcompress/passes/fp16/ops.py): they compute in "
             "float32 from float16 weights, so the file halves but CPU inference gets no faster",
             "use fp16 for size or for GPU deployment; for CPU speed prefer int8 (level1)",
         )

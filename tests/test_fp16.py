@@ -24,7 +24,7 @@ from mcompress.errors import PassError
 from mcompress.model_io import iter_graphs, load_model
 from mcompress.passes import fp16
 from mcompress.passes.base import PassContext, PassResult
-from mcompress.passes.fp16_ops import FP16_CPU_KERNELS
+from mcompress.passes.fp16.ops import FP16_CPU_KERNELS
 from mcompress.prepare import prepare
 from tests.builders import conv_bn, if_subgraph, mlp, run, save, transformer_like
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mcompress import render
-from mcompress.cli.validate_cmd import compare
+from mcompress.cli.validate import compare
 from mcompress.config import ValidateConfig
 from mcompress.report import PassRecord, RunReport
 from tests import builders

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mcompress.kmeans1d import INITS, kmeans1d
+from mcompress.passes.cluster.kmeans1d import INITS, kmeans1d
 
 
 def optimal_inertia(values: np.ndarray, k: int) -> float:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from mcompress import config, pipeline
 from mcompress.cli import app
-from mcompress.cli.batch_cmd import preset_description, preset_paths
+from mcompress.cli.configs import preset_description, preset_paths
 from tests.conftest import SAMPLES
 
 runner = CliRunner()

@@ -16,8 +16,9 @@ from typer.testing import CliRunner
 
 from mcompress import config, model_io, pipeline
 from mcompress.cli import app
-from mcompress.passes import prune, prune_structured
+from mcompress.passes import prune
 from mcompress.passes.base import PassContext
+from mcompress.passes.prune import structured as prune_structured
 from mcompress.prepare import prepare
 from tests import builders
 

@@ -17,14 +17,15 @@ from onnx import TensorProto, helper, numpy_helper
 from mcompress import config, pipeline
 from mcompress.model_io import iter_graphs
 from mcompress.passes import quantize as quantize_pass
-from mcompress.passes import quantize_matmul, quantize_ort
-from mcompress.passes.quantize_math import (
+from mcompress.passes.quantize import matmul as quantize_matmul
+from mcompress.passes.quantize import ort as quantize_ort
+from mcompress.passes.quantize.math import (
     dequantize_linear,
     dequantize_matmul_nbits,
     error_stats,
     quantize,
 )
-from mcompress.passes.quantize_weights import find_targets
+from mcompress.passes.quantize.weights import find_targets
 from tests import builders
 from tests.conftest import SAMPLES
 

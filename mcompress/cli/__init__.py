@@ -1,4 +1,4 @@
-"""The `mcompress` command line. Commands live in one module per feature; `main` is the
+"""The `mcompress` command line. Commands live in one module per command; `main` is the
 error boundary: one line per known error, a log file for unexpected ones."""
 
 from __future__ import annotations
@@ -13,14 +13,19 @@ import typer
 
 # Importing a command module registers its commands on `app`.
 from mcompress.cli import (  # noqa: F401
-    batch_cmd,
+    batch,
     batch_merge,
-    cluster_cmd,
-    core,
-    fp16_cmd,
-    prune_cmd,
-    quantize_cmd,
-    validate_cmd,
+    cluster,
+    configs,
+    doctor,
+    fp16,
+    inspect,
+    prune,
+    quantize,
+    run,
+    sensitivity,
+    strip,
+    validate,
 )
 from mcompress.cli.common import app, err
 from mcompress.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, McompressError

@@ -1,5 +1,4 @@
-"""`mcompress batch` (many models, one config, parallel), `configs` (bundled presets) and
-`doctor` (pre-flight checks)."""
+"""`mcompress batch`: many models, one config, in parallel."""
 
 from __future__ import annotations
 
@@ -10,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -23,18 +21,14 @@ from rich.table import Table
 
 from mcompress import batch as batch_mod
 from mcompress import config, render_batch
-from mcompress import doctor as doctor_mod
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
-    InputShapeOpt,
-    ModelArg,
     app,
     err,
     out,
     override_validation,
-    parse_shape,
+    wide_console,
 )
-from mcompress.errors import ConfigError
 from mcompress.report import human_bytes
 from mcompress.shard import Shard
 
@@ -169,11 +163,6 @@ def batch(
     raise typer.Exit(outcome.exit_code)
 
 
-def wide_console() -> Console:
-    """stdout for tables: off a terminal (CI logs) rich would assume 80 columns and wrap."""
-    return out if out.is_terminal else Console(width=200)
-
-
 def _override_validation(cfg: config.PipelineConfig, **values: Any) -> config.PipelineConfig:
     """Command-line values (those not None) replace the config's `validate:` settings; a gate
     given on the command line is required, never skipped as optional."""
@@ -266,106 +255,3 @@ def summary_table(outcome: batch_mod.Outcome) -> Table:
         *first, status, seconds = render_batch.cells(asdict(row))
         table.add_row(*first, f"[{styles.get(row.status, 'white')}]{status}[/]", seconds)
     return table
-
-
-# ---------------------------------------------------------------- configs
-
-configs_app = typer.Typer(
-    help="List the bundled presets, or show one (mcompress configs show level2).",
-    invoke_without_command=True,
-    no_args_is_help=False,
-)
-app.add_typer(configs_app, name="configs")
-
-
-def preset_paths() -> list[Path]:
-    """Every bundled preset file, sorted by name."""
-    return sorted(config.PRESETS_DIR.glob("*.yaml"))
-
-
-def preset_description(path: Path) -> str:
-    """A preset's one-line description: its first `# ` comment line."""
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.startswith("# "):
-            return line[2:].strip()
-    return ""
-
-
-@configs_app.callback()
-def configs(ctx: typer.Context) -> None:
-    """List the bundled presets with one-line descriptions.
-
-    Use one with --config NAME; print one with: mcompress configs show NAME
-    """
-    if ctx.invoked_subcommand is not None:
-        return
-    table = Table(show_header=True, header_style="bold", box=None)
-    table.add_column("preset")
-    table.add_column("description")
-    for path in preset_paths():
-        table.add_row(path.stem, preset_description(path))
-    wide_console().print(table)
-
-
-@configs_app.command("show")
-def configs_show(
-    name: Annotated[str, typer.Argument(help="Preset name, e.g. level2.", show_default=False)],
-) -> None:
-    """Print a bundled preset (copy it to make your own config)."""
-    path = config.PRESETS_DIR / f"{name}.yaml"
-    if not path.is_file():
-        names = ", ".join(p.stem for p in preset_paths())
-        raise ConfigError(f"no bundled preset '{name}'", f"presets: {names}")
-    sys.stdout.write(path.read_text(encoding="utf-8"))
-
-
-# ---------------------------------------------------------------- doctor
-
-
-@app.command(epilog="Exit codes: 0 only notes or warnings · 2 a problem would make the run fail.")
-def doctor(
-    model: ModelArg,
-    data: Annotated[
-        Path | None, typer.Option("--data", help="Validation/calibration .npz (or folder).")
-    ] = None,
-    config_path: Annotated[
-        str | None,
-        typer.Option("-c", "--config", help="The config you plan to run (file or preset)."),
-    ] = None,
-    input_shape: InputShapeOpt = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
-) -> None:
-    """Pre-flight checks before a long run; each finding has a severity and a fix.
-
-    Example: mcompress doctor model.onnx --config level2 --data val.npz
-    """
-    cfg = config.load(config_path) if config_path else None
-    shapes = {name: tuple(dims) for name, dims in map(parse_shape, input_shape or [])}
-    findings = doctor_mod.diagnose(model, cfg=cfg, data=data, input_shapes=shapes)
-    code = doctor_mod.exit_code(findings)
-    if json_out:
-        document = doctor_mod.to_dict(findings, model, config_path)
-        sys.stdout.write(json.dumps(document, indent=2) + "\n")
-    else:
-        _print_findings(model, config_path, findings)
-    raise typer.Exit(code)
-
-
-def _print_findings(
-    model: Path, config_path: str | None, findings: list[doctor_mod.Finding]
-) -> None:
-    styles = {"problem": "bold red", "warning": "yellow", "note": "cyan"}
-    against = f" (config {config_path})" if config_path else ""
-    out.print(f"mcompress doctor: {model}{against}", markup=False, highlight=False)
-    for finding in findings:
-        out.print(f"[{styles[finding.severity]}]{finding.severity:<8}[/] ", end="", highlight=False)
-        out.print(finding.message, markup=False, highlight=False, soft_wrap=True)
-        out.print(f"         fix: {finding.fix}", markup=False, highlight=False, soft_wrap=True)
-    counts = {s: sum(f.severity == s for f in findings) for s in doctor_mod.SEVERITIES}
-    verdict = "the run would fail" if counts["problem"] else "ready to run"
-    out.print(
-        f"{counts['problem']} problem(s), {counts['warning']} warning(s), "
-        f"{counts['note']} note(s): {verdict}",
-        markup=False,
-        highlight=False,
-    )

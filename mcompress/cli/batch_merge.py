@@ -12,8 +12,8 @@ import typer
 
 from mcompress import batch as batch_mod
 from mcompress import batch_merge, render_batch
-from mcompress.cli.batch_cmd import EXIT_INTERRUPTED, summary_table, wide_console
-from mcompress.cli.common import EXIT_CODES_HELP, app, err, out
+from mcompress.cli.batch import EXIT_INTERRUPTED, summary_table
+from mcompress.cli.common import EXIT_CODES_HELP, app, err, out, wide_console
 
 
 @app.command(

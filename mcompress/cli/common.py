@@ -348,3 +348,8 @@ InputShapeOpt = Annotated[
 ModelArg = Annotated[
     Path, typer.Argument(help="Input ONNX model.", show_default=False, metavar="MODEL")
 ]
+
+
+def wide_console() -> Console:
+    """stdout for tables: off a terminal (CI logs) rich would assume 80 columns and wrap."""
+    return out if out.is_terminal else Console(width=200)

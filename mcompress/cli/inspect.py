@@ -1,39 +1,15 @@
-"""Core commands: `run` (YAML pipelines), `strip` and `inspect`."""
+"""`mcompress inspect`: a model's structure, parameters, sizes and largest weights."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from mcompress import config, model_io
-from mcompress.cli.common import EXIT_CODES_HELP, ModelArg, app, out, writes_model
-
-
-@writes_model("compressed")
-def run(
-    model: ModelArg,
-    config_path: Annotated[
-        str,
-        typer.Option("-c", "--config", help="YAML pipeline file, or a preset name (level1...)."),
-    ],
-) -> config.PipelineConfig:
-    """Run a YAML pipeline of passes on MODEL.
-
-    Example: mcompress run model.onnx -c level2 --data val.npz --max-accuracy-drop 0.01
-    """
-    return config.load(config_path)
-
-
-@writes_model("stripped", pass_type="strip")
-def strip(model: ModelArg) -> dict[str, Any]:
-    """Remove doc strings, exporter node metadata, stale value_info and unused weights.
-
-    Example: mcompress strip model.onnx   # writes model.stripped.onnx
-    """
-    return {}
+from mcompress import model_io
+from mcompress.cli.common import EXIT_CODES_HELP, ModelArg, app, out
 
 
 @app.command(epilog=EXIT_CODES_HELP)

@@ -1,7 +1,7 @@
 """`cluster`: weight sharing - replace each weight by the nearest of K shared values.
 
 Each tensor (or each output channel, `per_channel: true`) is clustered with the fast 1-D
-k-means of `mcompress.kmeans1d`; the pass writes dense arrays with at most K distinct values
+k-means of `kmeans1d`; the pass writes dense arrays with at most K distinct values
 and `mcompress.encoding` stores them as packed indices plus a codebook at save, so the file
 shrinks. Exact zeros stay exactly zero, so clustering after pruning keeps the sparsity.
 Weights covered are those `prune` covers: float initializers read only as layer weights.
@@ -18,12 +18,12 @@ import onnx
 from onnx import helper
 from pydantic import Field
 
-from mcompress.channel_groups import Key, walk
 from mcompress.errors import PassError
-from mcompress.kmeans1d import MAX_CLUSTERS, KMeans1D, kmeans1d
 from mcompress.model_io import Model
 from mcompress.passes.base import PassConfig, PassContext, PassResult
+from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS, KMeans1D, kmeans1d
 from mcompress.passes.prune import WEIGHT_SLOTS, Candidate, find_candidates
+from mcompress.passes.prune.channel_groups import Key, walk
 
 summary = "Share weights: each weight becomes the nearest of K values (stored as a codebook)."
 

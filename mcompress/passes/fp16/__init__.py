@@ -2,13 +2,13 @@
 
 Weights are stored in half precision so the file halves. A node computes in half only where
 that is safe and useful: with `compute: cpu` (default) only ops that onnxruntime's CPU provider
-runs natively in half (see `fp16_ops`); every other node keeps float32 compute and reads its
+runs natively in half (see `ops`); every other node keeps float32 compute and reads its
 weights through one Cast that onnxruntime folds at load, so speed and accuracy stay those of
 float32. `compute: all` converts every op that has a half type (for GPU providers), and
 `compute: none` converts storage only. Weights beyond the half range stay float32 (or are
 clamped with `clamp: true`); `auto` runs the float32 model once and keeps nodes whose
 activations would overflow or lose precision in float32. Planning and rewriting live in
-`fp16_plan` / `fp16_rewrite`, the activation analysis in `fp16_auto`.
+`plan` / `rewrite`, the activation analysis in `auto`.
 
 On onnxruntime's CPU provider (1.31) half compute buys nothing: ops without half kernels are
 wrapped in Casts, and isolated half nodes (even those with kernels) are run in float32 with
@@ -32,10 +32,10 @@ from pydantic import Field
 from mcompress.errors import McompressError, PassError
 from mcompress.model_io import Model, is_external, read_array
 from mcompress.passes.base import PassConfig, PassContext, PassResult
-from mcompress.passes.fp16_auto import BFLOAT16_MAX, FLOAT16_MAX, Analysis, analyse, flags_from
-from mcompress.passes.fp16_ops import BFLOAT16, DEFAULT_BLOCK_OPS, FLOAT, FLOAT16
-from mcompress.passes.fp16_plan import Plan, Settings, Val
-from mcompress.passes.fp16_rewrite import Rewriter
+from mcompress.passes.fp16.auto import BFLOAT16_MAX, FLOAT16_MAX, Analysis, analyse, flags_from
+from mcompress.passes.fp16.ops import BFLOAT16, DEFAULT_BLOCK_OPS, FLOAT, FLOAT16
+from mcompress.passes.fp16.plan import Plan, Settings, Val
+from mcompress.passes.fp16.rewrite import Rewriter
 from mcompress.prepare import constants_to_initializers
 
 summary = "Half-precision weights (float16/bfloat16) and compute where onnxruntime runs it."

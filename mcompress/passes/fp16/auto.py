@@ -21,8 +21,8 @@ import onnx
 from onnx import helper
 
 from mcompress.model_io import FreshNames, Model, make_runtime_compatible
-from mcompress.passes.fp16_ops import FLOAT, FLOAT16
-from mcompress.passes.fp16_plan import Flag
+from mcompress.passes.fp16.ops import FLOAT, FLOAT16
+from mcompress.passes.fp16.plan import Flag
 
 Key = tuple[int, str]
 _CHUNK = 128

@@ -21,7 +21,7 @@ import onnx
 from onnx import helper
 
 from mcompress.model_io import subgraphs
-from mcompress.passes.fp16_ops import (
+from mcompress.passes.fp16.ops import (
     ATTRIBUTE_TYPED_OPS,
     CONTROL_FLOW_OPS,
     FIXED_TYPE_OPS,

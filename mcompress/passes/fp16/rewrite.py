@@ -14,8 +14,8 @@ from collections import Counter
 import onnx
 
 from mcompress.model_io import FreshNames, iter_graphs, names_used
-from mcompress.passes.fp16_ops import FLOAT
-from mcompress.passes.fp16_plan import Decision, GraphState, Plan, Val, make_cast
+from mcompress.passes.fp16.ops import FLOAT
+from mcompress.passes.fp16.plan import Decision, GraphState, Plan, Val, make_cast
 
 _DEFAULT = ("", "ai.onnx")
 _TRANSPOSE = {("Transpose", ""), ("Transpose", "ai.onnx")}

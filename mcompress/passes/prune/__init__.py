@@ -15,11 +15,11 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from mcompress.channel_groups import Key, Site, walk
 from mcompress.errors import PassError
 from mcompress.model_io import Model, Weight
-from mcompress.passes import prune_structured
 from mcompress.passes.base import PassConfig, PassContext, PassResult, node_excluded
+from mcompress.passes.prune import structured as prune_structured
+from mcompress.passes.prune.channel_groups import Key, Site, walk
 
 summary = "Zero the smallest-magnitude weights, or remove whole channels (structured: true)."
 

@@ -1,7 +1,7 @@
 """Structured pruning: remove whole output channels and physically shrink every coupled tensor.
 
 The result is a smaller dense model (fewer parameters, fewer MACs), so it is faster in any
-runtime. Channel groups come from `mcompress.channel_groups`; a group that cannot be pruned
+runtime. Channel groups come from `channel_groups`; a group that cannot be pruned
 consistently is left alone and listed in the stats with the reason.
 """
 
@@ -14,7 +14,10 @@ import onnx
 from onnx import helper
 
 from mcompress.analysis import count_parameters
-from mcompress.channel_groups import (
+from mcompress.inputs import DEFAULT_DIM, DEFAULT_IMAGE_DIM
+from mcompress.model_io import Model, add_initializer, iter_graphs
+from mcompress.passes.base import PassContext, PassResult
+from mcompress.passes.prune.channel_groups import (
     LAYERS,
     Analysis,
     Initializer,
@@ -27,9 +30,6 @@ from mcompress.channel_groups import (
     iter_layer_sites,
     walk,
 )
-from mcompress.inputs import DEFAULT_DIM, DEFAULT_IMAGE_DIM
-from mcompress.model_io import Model, add_initializer, iter_graphs
-from mcompress.passes.base import PassContext, PassResult
 from mcompress.prepare import remove_unused_initializers
 
 LAYER_OPS = LAYERS

@@ -38,9 +38,11 @@ from pydantic import Field, field_validator
 from mcompress import model_io
 from mcompress.errors import McompressError, PassError
 from mcompress.model_io import Model, iter_graphs
-from mcompress.passes import quantize_matmul, quantize_ort, quantize_static
 from mcompress.passes.base import PassConfig, PassContext, PassResult
-from mcompress.passes.quantize_weights import Target, find_targets, rewrite_all
+from mcompress.passes.quantize import matmul as quantize_matmul
+from mcompress.passes.quantize import ort as quantize_ort
+from mcompress.passes.quantize import static as quantize_static
+from mcompress.passes.quantize.weights import Target, find_targets, rewrite_all
 
 summary = "int8 dynamic/static or 4-bit block-wise weight quantization (onnxruntime.quantization)."
 

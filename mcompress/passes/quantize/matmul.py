@@ -30,7 +30,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from mcompress.model_io import FreshNames, add_initializer, read_array, remove_initializers
-from mcompress.passes.quantize_math import error_stats, quantize
+from mcompress.passes.quantize.math import error_stats, quantize
 
 # DynamicQuantizeLinear is opset 11; older models keep these weights weight-only.
 MIN_OPSET = 11

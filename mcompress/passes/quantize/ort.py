@@ -31,7 +31,7 @@ from mcompress.model_io import (
     save_model,
     tensor_bytes,
 )
-from mcompress.passes.quantize_math import (
+from mcompress.passes.quantize.math import (
     dequantize_linear,
     dequantize_matmul_nbits,
     error_stats,

@@ -16,8 +16,8 @@ import onnx
 from mcompress import model_io
 from mcompress.errors import PassError
 from mcompress.model_io import iter_graphs
-from mcompress.passes import quantize_ort
 from mcompress.passes.base import PassContext, node_excluded
+from mcompress.passes.quantize import ort as quantize_ort
 
 if TYPE_CHECKING:
     from mcompress.passes.quantize import Config

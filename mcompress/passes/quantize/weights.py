@@ -32,7 +32,7 @@ from mcompress.model_io import (
     remove_initializers,
 )
 from mcompress.passes.base import node_excluded
-from mcompress.passes.quantize_math import Quantized, error_stats, quantize
+from mcompress.passes.quantize.math import Quantized, error_stats, quantize
 
 # Smaller tensors stay float: their scales and nodes would cost about what int8 saves.
 MIN_ELEMENTS = 64
