@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mcompress import config, pipeline
+from mcompress import config, model_io, pipeline
 from mcompress.model_io import iter_graphs
 from mcompress.passes import quantize as quantize_pass
 from mcompress.passes.quantize import matmul as quantize_matmul
@@ -592,3 +592,97 @@ def test_vad_default_and_after_strip(tmp_path: Path, vad: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "onnxruntime" not in result.stderr  # its logs of sizes the input probe tried
     assert stripped.stat().st_size <= 0.30 * vad.stat().st_size
+
+
+# ---------------------------------------------------------------- weights reached through other ops
+
+
+def sliced_lstm_in_if() -> onnx.ModelProto:
+    """Silero-VAD-like: in each If branch, LSTM weights are sliced out of stacked tensors (one
+    owned by the branch, one outer-scope); a large -inf floor reshaped before a Max must stay
+    exact; a large float bias read by Add is not a weight."""
+    r = np.random.default_rng(0)
+    hidden, features = 32, 32
+
+    def stacked(name: str) -> onnx.TensorProto:
+        values = r.normal(0, 0.2, (2, 4 * hidden, features)).astype(np.float32)
+        return numpy_helper.from_array(values, name)
+
+    def branch(name: str, start: int) -> onnx.GraphProto:
+        def index(suffix: str, value: int) -> onnx.TensorProto:
+            return numpy_helper.from_array(np.array([value], np.int64), f"{name}_{suffix}")
+
+        return helper.make_graph(
+            [
+                helper.make_node(
+                    "Slice", [f"{name}_w_all", f"{name}_s", f"{name}_e"], [f"{name}_w"]
+                ),
+                helper.make_node("Slice", ["r_all", f"{name}_s", f"{name}_e"], [f"{name}_r"]),
+                helper.make_node(
+                    "LSTM", ["x", f"{name}_w", f"{name}_r"], [f"{name}_y"], hidden_size=hidden
+                ),
+            ],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)],
+            [stacked(f"{name}_w_all"), index("s", start), index("e", start + 1)],
+        )
+
+    floor = np.full((4, 1, 16, hidden), -np.inf, np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["cond"]),
+            helper.make_node(
+                "If",
+                ["cond"],
+                ["y"],
+                then_branch=branch("then", 0),
+                else_branch=branch("else", 1),
+            ),
+            helper.make_node("Reshape", ["floor", "floor_shape"], ["floor_4d"]),
+            helper.make_node("Max", ["y", "floor_4d"], ["floored"]),
+            helper.make_node("Add", ["floored", "bias"], ["out"]),
+        ],
+        "sliced_lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 1, features])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [4, 1, 16, hidden])],
+        [
+            stacked("r_all"),
+            numpy_helper.from_array(floor.reshape(-1), "floor"),
+            numpy_helper.from_array(np.array(floor.shape, np.int64), "floor_shape"),
+            numpy_helper.from_array(r.normal(0, 1, floor.shape).astype(np.float32), "bias"),
+            numpy_helper.from_array(np.array(0, np.float32), "zero"),
+        ],
+    )
+    return builders._model(graph)
+
+
+def large_floats(path: Path) -> list[str]:
+    """Float32 initializers over 4 KB left in any graph."""
+    proto = onnx.load(str(path))
+    return [
+        t.name
+        for g in iter_graphs(proto.graph)
+        for t in g.initializer
+        if t.data_type == TensorProto.FLOAT and np.prod(t.dims) * 4 > 4096
+    ]
+
+
+def test_weights_sliced_before_an_lstm_in_if_branches_are_stored_int8(tmp_path: Path) -> None:
+    src = builders.save(sliced_lstm_in_if(), tmp_path / "sliced.onnx")
+    out = tmp_path / "sliced.int8.onnx"
+    report = quantize_file(src, out)
+    assert sorted(large_floats(src)) == ["bias", "else_w_all", "floor", "r_all", "then_w_all"]
+    assert large_floats(out) == ["bias"]
+    quantized = {row["name"]: row for row in report.passes[0].stats["tensors"]}
+    # -inf cannot be scaled: the floor stays float, stored losslessly by packing
+    assert set(quantized) == {"else_w_all", "r_all", "then_w_all"}
+    assert [row["name"] for row in report.packing["tensors"]] == ["floor"]
+    assert all(row["sqnr_db"] > 38 for row in quantized.values())
+    assert model_io.disk_size(out) < 0.45 * model_io.disk_size(src)
+    for sign in (1, -1):  # both branches
+        x = sign * np.abs(np.random.default_rng(2).standard_normal((4, 1, 32))).astype(np.float32)
+        got, want = run(out, {"x": x})[0], run(src, {"x": x})[0]
+        assert np.array_equal(np.isinf(got), np.isinf(want))
+        assert cosine(got[np.isfinite(got)], want[np.isfinite(want)]) > 0.9999

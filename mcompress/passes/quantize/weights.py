@@ -36,6 +36,14 @@ from mcompress.passes.quantize.math import Quantized, error_stats, quantize
 
 # Smaller tensors stay float: their scales and nodes would cost about what int8 saves.
 MIN_ELEMENTS = 64
+# A float tensor that reaches its layers through ops that only move values (sliced, split,
+# transposed, concatenated...) is stored int8 from this size (4 KB) up. Scales, biases and
+# other constants read by arithmetic stay float.
+MOVED_MIN_ELEMENTS = 1024
+MOVING_OPS = {
+    "Slice", "Split", "Transpose", "Reshape", "Concat", "Squeeze", "Unsqueeze", "Flatten",
+    "Identity", "Gather", "Expand", "Tile",
+}  # fmt: skip
 
 
 def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
@@ -87,6 +95,10 @@ class Target:
     tensor: onnx.TensorProto
     uses: list[Use] = field(default_factory=list)
     axis: int | None = None
+    # Read only through MOVING_OPS (e.g. Slice -> LSTM): scales along the longest axis but
+    # the last (the channels of stacked [directions, 4 * hidden, inputs] LSTM weights), one
+    # scale for rank 1; kept float when it holds inf or NaN.
+    moved: bool = False
 
     @property
     def name(self) -> str:
@@ -129,14 +141,28 @@ def find_targets(proto: onnx.ModelProto, exclude: Iterable[str]) -> list[Target]
                 axis = weight_axis(node, slot, list(tensor.dims))
                 if axis is not None and target.axis is None:
                     target.axis = axis
-    return [
-        t
-        for name, t in found.items()
-        if name not in blocked
-        and t.axis is not None
-        and t.tensor.data_type == TensorProto.FLOAT
-        and int(np.prod(t.tensor.dims, dtype=np.int64)) >= MIN_ELEMENTS
-    ]
+    targets = []
+    for name, t in found.items():
+        if name in blocked or t.tensor.data_type != TensorProto.FLOAT:
+            continue
+        size = int(np.prod(t.tensor.dims, dtype=np.int64))
+        if t.axis is None and size >= MOVED_MIN_ELEMENTS and _only_moved(t):
+            t.moved = True
+            leading = list(t.tensor.dims)[:-1]
+            t.axis = int(np.argmax(leading)) if leading else None
+        if (t.axis is not None or t.moved) and size >= MIN_ELEMENTS:
+            targets.append(t)
+    return targets
+
+
+def _only_moved(target: Target) -> bool:
+    """Every reader only moves values (Gather tables of one column are per-row scales)."""
+    return all(
+        u.node.op_type in MOVING_OPS
+        and u.node.domain in ("", "ai.onnx")
+        and not (u.node.op_type == "Gather" and target.tensor.dims[-1] == 1)
+        for u in target.uses
+    )
 
 
 @dataclass
@@ -168,6 +194,8 @@ def rewrite_all(
     rows: list[dict[str, Any]] = []
     for target in targets:
         weight = np.asarray(read_array(target.tensor, base_dir), dtype=np.float32)
+        if target.moved and not np.isfinite(weight).all():
+            continue
         q = quantize(weight, axis=target.axis if per_channel else None, symmetric=symmetric)
         mse, sqnr = error_stats(weight, q.dequantize())
         name = target.name
