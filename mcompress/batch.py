@@ -219,9 +219,13 @@ def default_jobs(models: list[Path], requested: int | None) -> int:
     jobs = os.cpu_count() or 1
     memory = available_memory()
     if memory is not None and models:
-        per_job = MEMORY_PER_MODEL_BYTE * max(map(_model_bytes, models)) + WORKER_BASE_MEMORY
-        jobs = min(jobs, max(1, memory // per_job))
+        jobs = min(jobs, max(1, memory // max(map(memory_estimate, models))))
     return max(1, min(jobs, len(models)))
+
+
+def memory_estimate(model: Path) -> int:
+    """Estimated peak memory of one worker compressing `model` (see MEMORY_PER_MODEL_BYTE)."""
+    return MEMORY_PER_MODEL_BYTE * _model_bytes(model) + WORKER_BASE_MEMORY
 
 
 def _model_bytes(model: Path) -> int:
@@ -486,12 +490,18 @@ _terminating = False
 
 def _worker_init(events: Any, stop: Any) -> None:
     """Runs once per worker: Ctrl-C is the parent's business; SIGTERM cleans up and exits."""
-    global _events, _stop
-    _events = events
-    _stop = stop
+    connect_worker(events, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
     events.put(("worker", -1, os.getpid()))
+
+
+def connect_worker(events: Any, stop: Any) -> None:
+    """Where this worker process sends its events (anything with `put`) and what tells it to
+    start nothing new (anything with `is_set`): a pool worker's queue, or a Ray task's sink."""
+    global _events, _stop
+    _events = events
+    _stop = stop
 
 
 def _on_sigterm(signum: int, frame: object) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import asdict
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mcompress import batch as batch_mod
-from mcompress import config, render_batch
+from mcompress import batch_ray, config, render_batch
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
     app,
@@ -29,10 +30,18 @@ from mcompress.cli.common import (
     override_validation,
     wide_console,
 )
+from mcompress.errors import UsageError
 from mcompress.report import human_bytes
 from mcompress.shard import Shard
 
 EXIT_INTERRUPTED = 130
+
+
+class Executor(str, Enum):
+    """Where batch runs its models."""
+
+    local = "local"
+    ray = "ray"
 
 
 # ---------------------------------------------------------------- batch
@@ -75,6 +84,23 @@ def batch(
             "--shard",
             metavar="I/N",
             help="Compress only shard I of N (CI matrix jobs); writes summary-I-of-N.json.",
+        ),
+    ] = None,
+    executor: Annotated[
+        Executor,
+        typer.Option(
+            "--executor",
+            help="local: worker processes here; ray: one Ray task per model "
+            f"({batch_ray.INSTALL_COMMAND}).",
+        ),
+    ] = Executor.local,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            "--address",
+            metavar="ADDRESS",
+            help="Ray cluster for --executor ray: auto or ray://HOST:10001 "
+            "(default: RAY_ADDRESS, else a local Ray instance).",
         ),
     ] = None,
     json_out: Annotated[
@@ -124,6 +150,7 @@ def batch(
         min_top1_agreement=min_top1_agreement,
         min_compression_ratio=min_compression_ratio,
     )
+    _check_executor(executor, address, jobs)
     part = Shard.parse(shard) if shard else None
     what = config.resolve_config_path(config_path).stem
     entries = batch_mod.load_data_map(data_map) if data_map else []
@@ -141,12 +168,16 @@ def batch(
     )
     n_jobs = batch_mod.default_jobs([job.input_path for job in planned], jobs)
     of_shard = f" (shard {part.index}/{part.count} of {len(models)})" if part else ""
+    on = f"{n_jobs} job(s)" if executor is Executor.local else f"Ray at {address or 'default'}"
     with _BatchDisplay(planned, quiet=json_out) as display:
         display.log(
-            f"mcompress batch: {len(planned)} model(s){of_shard}, {n_jobs} job(s), "
+            f"mcompress batch: {len(planned)} model(s){of_shard}, {on}, "
             f"config {config_path} -> {out_dir}"
         )
-        outcome = batch_mod.run_batch(planned, n_jobs, display.event)
+        if executor is Executor.ray:
+            outcome = batch_ray.run_batch(planned, display.event, address)
+        else:
+            outcome = batch_mod.run_batch(planned, n_jobs, display.event)
     positions = [job.index for job in planned]
     described = part.describe(positions, len(models)) if part else None
     data = batch_mod.summary(outcome, config_path, out_dir, shard=described)
@@ -161,6 +192,20 @@ def batch(
         err.print("mcompress: interrupted; unfinished models were removed, summary written")
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(outcome.exit_code)
+
+
+def _check_executor(executor: Executor, address: str | None, jobs: int | None) -> None:
+    """Options that belong to the other executor are mistakes; Ray must be installed."""
+    if executor is Executor.local:
+        if address is not None:
+            raise UsageError("--address is for --executor ray")
+        return
+    if jobs is not None:
+        raise UsageError(
+            "--jobs is for the local executor; Ray runs one task per model, "
+            "sized by the model's memory estimate"
+        )
+    batch_ray.import_ray()
 
 
 def _override_validation(cfg: config.PipelineConfig, **values: Any) -> config.PipelineConfig:

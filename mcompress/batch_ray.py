@@ -1,0 +1,300 @@
+"""`batch --executor ray`: one Ray task per model, on a Ray cluster or a local Ray instance.
+
+Each task runs the local pool's per-model function (`batch._run_job`), so outputs, reports and
+summary rows are the same. Inputs and outputs must be paths every node sees (a shared file
+system mounted at the same place); that is checked on every node before any task runs. A
+worker that dies is retried once by Ray, then its model is a failed row; Ctrl-C or SIGTERM
+cancels the outstanding tasks and removes what the unfinished models wrote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from mcompress import batch
+from mcompress.batch import Job, Listener, Outcome, Row
+from mcompress.errors import EXIT_INTERNAL, UsageError
+
+INSTALL_COMMAND = "pip install 'mcompress[ray]'"
+_POLL_SECONDS = 0.1
+_PROBE_TIMEOUT_SECONDS = 120.0
+
+
+def import_ray() -> ModuleType:
+    """The `ray` module, or exit 2 naming the install command."""
+    try:
+        import ray
+    except ImportError:
+        raise UsageError(
+            "--executor ray needs Ray, which is not installed", f"run: {INSTALL_COMMAND}"
+        ) from None
+    return ray
+
+
+def run_batch(jobs: list[Job], listener: Listener, address: str | None = None) -> Outcome:
+    """Run `jobs` as Ray tasks on the cluster at `address` (None: RAY_ADDRESS, else a new
+    local instance; an already connected driver is used as it is). Same events, rows and
+    interrupt semantics as `batch.run_batch`."""
+    with _connected(address) as ray:
+        if not jobs:
+            return Outcome([], 0, 0.0)
+        check_shared_storage(ray, jobs)
+        return _Run(ray, jobs, listener).run()
+
+
+@contextmanager
+def _connected(address: str | None) -> Iterator[ModuleType]:
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    local = address is None and not os.environ.get("RAY_ADDRESS")
+    options: dict[str, Any] = {"include_dashboard": False} if local else {}
+    try:
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **options)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = f"at '{address}'" if address else "(RAY_ADDRESS or a local instance)"
+        raise UsageError(f"cannot connect to Ray {where}: {_first_line(exc)}") from None
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# ---------------------------------------------------------------- shared storage
+
+
+def check_shared_storage(ray: ModuleType, jobs: list[Job]) -> None:
+    """Before submitting: every alive node sees the working directory, every input (models,
+    validation data) and the output folders, at the same paths as this process."""
+    folders = sorted({job.output.parent.resolve() for job in jobs})
+    markers = [folder / f".mcompress-probe-{uuid.uuid4().hex}" for folder in folders]
+    paths = [str(path) for path in markers]
+    for job in jobs:
+        paths.append(str(job.input_path))
+        data = (job.config.get("validate") or {}).get("data")
+        if data:
+            paths.append(str(data))
+    try:
+        for marker in markers:
+            marker.write_bytes(b"")
+        missing = _probe_nodes(ray, os.getcwd(), paths)
+    finally:
+        for marker in markers:
+            marker.unlink(missing_ok=True)
+    if missing:
+        node, path = missing
+        shown = Path(path).parent if Path(path).name.startswith(".mcompress-probe-") else path
+        raise UsageError(
+            f"Ray node {node} does not see '{shown}': inputs and outputs must be on storage "
+            "every node mounts at the same path",
+            "see 'Running on a Ray cluster' in the README",
+        )
+
+
+def _probe_nodes(ray: ModuleType, cwd: str, paths: list[str]) -> tuple[str, str] | None:
+    """(node address, first path it cannot see) for the first node missing one, else None."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    probe = ray.remote(_missing_paths)
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    refs = [
+        probe.options(
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(cwd, paths)
+        for node in nodes
+    ]
+    try:
+        answers = ray.get(refs, timeout=_PROBE_TIMEOUT_SECONDS)
+    except ray.exceptions.GetTimeoutError:
+        raise UsageError(
+            f"a Ray node did not answer the storage check within {_PROBE_TIMEOUT_SECONDS:.0f} s"
+        ) from None
+    for node, missing in zip(nodes, answers, strict=True):
+        if missing is not None:
+            return node.get("NodeManagerAddress", node["NodeID"]), missing
+    return None
+
+
+def _missing_paths(cwd: str, paths: list[str]) -> str | None:
+    """On a node: the working directory or the first of `paths` (relative to it) it lacks."""
+    try:
+        os.chdir(cwd)
+    except OSError:
+        return cwd
+    return next((path for path in paths if not os.path.exists(path)), None)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+def _compress(job: Job, events: Any, cwd: str) -> dict[str, Any]:
+    """The Ray task: the local pool's per-model function, its events sent to the driver."""
+    os.chdir(cwd)  # relative paths mean what they mean to the driver
+    batch.connect_worker(_ToSink(events), threading.Event())
+    return batch._run_job(job)
+
+
+class _ToSink:
+    """A worker's event channel: fire-and-forget calls to the driver's `_EventSink` actor."""
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def put(self, event: tuple[str, int, Any]) -> None:
+        self.sink.put.remote(event)
+
+
+class _EventSink:
+    """A Ray actor collecting (kind, job index, payload) events until the driver takes them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int, Any]] = []
+
+    def put(self, event: tuple[str, int, Any]) -> None:
+        self.events.append(event)
+
+    def take(self) -> list[tuple[str, int, Any]]:
+        events, self.events = self.events, []
+        return events
+
+
+# ---------------------------------------------------------------- driver side
+
+
+class _Run:
+    """One batch on Ray: submit every job, stream events and rows as tasks finish."""
+
+    def __init__(self, ray: ModuleType, jobs: list[Job], listener: Listener) -> None:
+        self.ray = ray
+        self.jobs = jobs
+        self.listener = listener
+        self.rows: dict[int, Row] = {}
+        self.started: set[int] = set()
+        self.sink: Any = None
+        self.pending: dict[Any, Job] = {}
+
+    def run(self) -> Outcome:
+        started = time.perf_counter()
+        interrupted = False
+        self.sink = self.ray.remote(num_cpus=0)(_EventSink).remote()
+        try:
+            with batch._sigterm_as_interrupt():
+                self._submit()
+                while self.pending:
+                    self._step()
+        except KeyboardInterrupt:
+            interrupted = True
+            self._interrupt()
+        finally:
+            with suppress(Exception):
+                self.ray.kill(self.sink)
+        rows = [self.rows[job.index] for job in self.jobs]
+        return Outcome(rows, self._parallelism(), time.perf_counter() - started, interrupted)
+
+    def _submit(self) -> None:
+        task = self.ray.remote(_compress)
+        largest = max(
+            (n["Resources"].get("memory", 0) for n in self.ray.nodes() if n.get("Alive")),
+            default=0,
+        )
+        cwd = os.getcwd()
+        for job in self.jobs:
+            memory = batch.memory_estimate(job.input_path)
+            if largest:  # as the local pool runs one job whatever memory says
+                memory = min(memory, int(largest))
+            ref = task.options(num_cpus=1, memory=memory, max_retries=1).remote(job, self.sink, cwd)
+            self.pending[ref] = job
+
+    def _step(self) -> None:
+        done, _ = self.ray.wait(
+            list(self.pending), num_returns=len(self.pending), timeout=_POLL_SECONDS
+        )
+        for ref in done:
+            job = self.pending.pop(ref)
+            self._finish(job, self._row(ref, job))
+        self._drain()
+
+    def _drain(self) -> None:
+        for kind, index, payload in self.ray.get(self.sink.take.remote()):
+            if kind == "start":
+                self.started.add(index)
+            if kind in ("start", "progress") and index not in self.rows:
+                self.listener(kind, index, payload)
+
+    def _finish(self, job: Job, row: Row) -> None:
+        if job.index not in self.started:  # its start event may still be on its way
+            self._drain()
+        self.rows[job.index] = row
+        self.listener("done", job.index, row)
+
+    def _row(self, ref: Any, job: Job) -> Row:
+        exceptions = self.ray.exceptions
+        try:
+            return Row(**self.ray.get(ref))
+        except exceptions.RayTaskError as exc:  # raised past _run_job, e.g. cannot import
+            batch._remove_outputs(job)
+            cause = exc.cause if exc.cause is not None else exc
+            return _failed(job, type(cause).__name__, _first_line(cause))
+        except exceptions.RayError as exc:  # its worker (or node) died, twice: Ray retried
+            batch._remove_outputs(job)
+            return _failed(
+                job,
+                "WorkerDied",
+                "the Ray worker died while compressing this model, also when retried "
+                f"(out of memory, a crash in native code, or a lost node: {type(exc).__name__})",
+            )
+
+    def _interrupt(self) -> None:
+        """Cancel what is queued or running, keep what finished, remove what did not."""
+        self.listener("interrupted", -1, None)
+        refs = list(self.pending)
+        for ref in refs:
+            with suppress(Exception):
+                self.ray.cancel(ref)
+        _, stuck = self.ray.wait(refs, num_returns=len(refs), timeout=batch._STOP_GRACE_SECONDS)
+        for ref in stuck:
+            with suppress(Exception):
+                self.ray.cancel(ref, force=True)
+        if stuck:  # their workers are being killed: let them go before removing outputs
+            self.ray.wait(stuck, num_returns=len(stuck), timeout=batch._STOP_GRACE_SECONDS)
+        for ref, job in self.pending.items():
+            row = None
+            if ref not in stuck:
+                with suppress(Exception):
+                    row = Row(**self.ray.get(ref, timeout=0))
+            if row is None:
+                batch._remove_outputs(job)
+                row = Row(
+                    model=str(job.input_path), name=job.name, status="interrupted", exit_code=130
+                )
+            self.rows[job.index] = row
+
+    def _parallelism(self) -> int:
+        cpus = int(self.ray.cluster_resources().get("CPU", 1))
+        return max(1, min(cpus, len(self.jobs)))
+
+
+def _failed(job: Job, kind: str, message: str) -> Row:
+    return Row(
+        model=str(job.input_path),
+        name=job.name,
+        status="failed",
+        exit_code=EXIT_INTERNAL,
+        error={"type": kind, "message": message},
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
