@@ -539,7 +539,9 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
     assert [k["node"] for k in stats["kept_nodes"]] == ["big_mm", "cancel"]
     assert stats["weights"]["converted"] == 2
     bad = subprocess.run(
-        ["mcompress", "fp16", str(src), "--dtype", "float8"], capture_output=True, text=True
+        [sys.executable, "-m", "mcompress", "fp16", str(src), "--dtype", "float8"],
+        capture_output=True,
+        text=True,
     )
     assert bad.returncode == 2
     assert "passes.0.dtype: Input should be 'float16' or 'bfloat16'" in bad.stderr

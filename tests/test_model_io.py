@@ -133,24 +133,38 @@ def test_prepare_folds_bn_and_moves_constants(tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.slow
 def test_over_2gb_round_trips_through_external_data(tmp_path: Path) -> None:
-    """A model whose weights exceed the protobuf limit is saved with external data."""
+    """A model whose weights exceed the protobuf limit is saved with external data. Two 1 GiB
+    weights live in a sparse file the proto points at and a 64 MiB one in the proto, so the
+    tensors (2.06 GiB) cross the limit while the test holds well under 1 GB of memory."""
     proto = builders.mlp()
-    part = np.ones((3 * 2**26,), np.float32)  # 768 MiB each, 2.25 GiB in all
-    part[::1000003] = 7.0
-    for i in range(3):
-        proto.graph.initializer.append(numpy_helper.from_array(part, f"big{i}"))
-    del part
+    count = 2**28  # float32: 1 GiB each
+    data = tmp_path / "in.onnx.data"
+    with open(data, "wb") as f:  # zeros are holes; 7.0 at two places of big1
+        for position in (count, count + 1000003):
+            f.seek(position * 4)
+            f.write(np.float32(7.0).tobytes())
+        f.truncate(2 * count * 4)
+    for i in range(2):
+        tensor = TensorProto(name=f"big{i}", data_type=TensorProto.FLOAT, dims=[count])
+        entries = {"location": data.name, "offset": str(i * count * 4), "length": str(count * 4)}
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in entries.items():
+            tensor.external_data.add(key=key, value=value)
+        proto.graph.initializer.append(tensor)
+    proto.graph.initializer.append(numpy_helper.from_array(np.ones(2**24, np.float32), "mem"))
     model = model_io.Model(proto, tmp_path / "in.onnx", tmp_path, had_external_data=False)
     out = tmp_path / "big.onnx"
     model_io.save_model(model, out)
     del proto, model
     assert out.stat().st_size < 1_000_000
     assert model_io.disk_size(out) > 2**31
-    reloaded = model_io.load_model(out)
-    values = next(w for w in reloaded.weights() if w.name == "big2").array()
-    assert values.shape == (3 * 2**26,)
-    assert values[0] == 7.0 and values[1] == 1.0 and values[1000003] == 7.0
+    reloaded = {w.name: w for w in model_io.load_model(out).weights()}
+    values = reloaded["big1"].array()
+    assert values.shape == (count,)
+    assert values[0] == 7.0 and values[1] == 0.0 and values[1000003] == 7.0
+    assert reloaded["mem"].array()[[0, -1]].tolist() == [1.0, 1.0]
 
 
 def test_gzip_size_is_gzip_level_6_of_the_model_and_its_data(
