@@ -18,13 +18,14 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress import inputs, model_io
+from mcompress import inputs, model_io, runtime
 from mcompress.analysis import tensor_sites
 from mcompress.config import PipelineConfig
 from mcompress.errors import McompressError
 from mcompress.passes import PASSES
 from mcompress.passes.fp16.ops import FP16_CPU_KERNELS
 from mcompress.report import human_bytes
+from mcompress.runtime import error_line
 
 Severity = Literal["note", "warning", "problem"]
 SEVERITIES: tuple[Severity, ...] = ("problem", "warning", "note")
@@ -192,20 +193,11 @@ def _check_runtime(ctx: _Context) -> Iterator[Finding]:
 
 
 def _session_error(path: Path) -> str | None:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
     try:
-        ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        runtime.session(path)
     except Exception as exc:  # noqa: BLE001 - any load failure becomes one finding
-        return _first_line(exc)
+        return error_line(exc, 200)
     return None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.rsplit("Status Message:", 1)[-1].strip().splitlines()[0][:200]
 
 
 def _check_config(ctx: _Context) -> Iterator[Finding]:
@@ -347,12 +339,8 @@ def _activation_peaks(
     model: model_io.Model, feeds: list[dict[str, np.ndarray]]
 ) -> tuple[dict[str, float], dict[str, str], str | None]:
     """Max |value| of every float intermediate of the main graph over `feeds`."""
-    import onnxruntime as ort
-
     proto = onnx.ModelProto()
     proto.CopyFrom(model.proto)
-    if model.had_external_data:
-        onnx.external_data_helper.load_external_data_for_model(proto, str(model.base_dir))
     existing = {o.name for o in proto.graph.output}
     producers: dict[str, str] = {}
     for node in proto.graph.node:
@@ -363,13 +351,8 @@ def _activation_peaks(
             if out and out not in existing:
                 proto.graph.output.append(onnx.ValueInfoProto(name=out))
                 existing.add(out)
-    options = ort.SessionOptions()
-    options.log_severity_level = 4
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     try:
-        session = ort.InferenceSession(
-            proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        session = runtime.session(proto, optimize=False, external_folder=model.base_dir)
         names = [o.name for o in session.get_outputs()]
         peaks: dict[str, float] = {}
         for feed in feeds:
@@ -381,7 +364,7 @@ def _activation_peaks(
                 peak = float(np.abs(array).max()) if finite else float("inf")
                 peaks[name] = max(peaks.get(name, 0.0), peak)
     except Exception as exc:  # noqa: BLE001 - any failure means: not checked, say why
-        return {}, producers, _first_line(exc)
+        return {}, producers, error_line(exc, 200)
     return peaks, producers, None
 
 

@@ -25,8 +25,9 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from mcompress import model_io
+from mcompress import model_io, runtime
 from mcompress.errors import DataError
+from mcompress.runtime import error_line
 
 DEFAULT_INT_RANGE = (0, 9)
 DEFAULT_IMAGE_DIM = 224
@@ -280,19 +281,13 @@ def _probe(
 ) -> tuple[dict[str, list[int]], str]:
     """Run guessed shapes once in onnxruntime (`runner`: a session, or the model's file); if
     the model rejects them, try `SIZE_LADDER`."""
-    import onnxruntime as ort
-
     where = ", ".join(f"{n}{guessed[n]}" for n in guessed)
     session = runner
     if isinstance(runner, Path):
-        options = ort.SessionOptions()
-        options.log_severity_level = 4
         try:
-            session = ort.InferenceSession(
-                str(runner), sess_options=options, providers=["CPUExecutionProvider"]
-            )
+            session = runtime.session(runner)
         except Exception as exc:  # noqa: BLE001 - the validation step reports load failures
-            return shapes, f"dynamic dims {where}: defaults, not tried ({_first_line(exc)})"
+            return shapes, f"dynamic dims {where}: defaults, not tried ({error_line(exc, 200)})"
     rng = np.random.default_rng(0)
     first_error = ""
     candidates: list[int | None] = [None, *SIZE_LADDER]
@@ -308,7 +303,7 @@ def _probe(
         try:
             session.run(None, feed)
         except Exception as exc:  # noqa: BLE001 - a rejected size just means: try the next one
-            first_error = first_error or _first_line(exc)
+            first_error = first_error or error_line(exc, 200)
             continue
         chosen = ", ".join(f"{n}={_fmt(trial[n])}" for n in guessed)
         if size is None:
@@ -549,15 +544,6 @@ def _value_range(values: list[np.ndarray]) -> dict[str, Any]:
     if nonempty[0].dtype.kind in "iub":
         return {"min": int(low), "max": int(high)}
     return {"min": round(low, 6), "max": round(high, 6)}
-
-
-def _first_line(exc: Exception) -> str:
-    """The useful part of an error: onnxruntime's innermost status message, one line."""
-    text = str(exc).strip()
-    if not text:
-        return type(exc).__name__
-    text = text.rsplit("Status Message:", 1)[-1].strip().splitlines()[0]
-    return text[:200]
 
 
 def _fixed_batch(d: int | str | None) -> bool:

@@ -358,10 +358,10 @@ def _probe_model(ir_version: int, opset: int) -> bytes:
 
 
 def _loads(blob: bytes) -> bool:
-    import onnxruntime as ort
+    from mcompress import runtime
 
     try:
-        ort.InferenceSession(blob, providers=["CPUExecutionProvider"])
+        runtime.session(blob)
     except Exception:
         return False
     return True

@@ -16,11 +16,12 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress import model_io
+from mcompress import model_io, runtime
 from mcompress.errors import ModelError, UsageError
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.passes.prune import Candidate, find_candidates, zero_smallest
 from mcompress.prepare import prepare
+from mcompress.runtime import error_line
 
 DEFAULT_LEVELS = {"prune": (0.3, 0.5, 0.7, 0.9), "quantize": (8.0, 4.0)}
 # Models whose tensors exceed this are refused: every trial keeps the whole model in memory.
@@ -227,28 +228,17 @@ class _Runner:
 
 
 def _session(proto: onnx.ModelProto) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(
-            proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        return runtime.session(proto)
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; report one line
-        raise ModelError(f"onnxruntime cannot load the model: {_first_line(exc)}") from None
+        raise ModelError(f"onnxruntime cannot load the model: {error_line(exc, 200)}") from None
 
 
 def _outputs(session: Any, feeds: list[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
     try:
         return [list(session.run(None, feed)) for feed in feeds]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; report one line
-        raise ModelError(f"onnxruntime cannot run the model: {_first_line(exc)}") from None
-
-
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[-1][:200] if text else type(exc).__name__
+        raise ModelError(f"onnxruntime cannot run the model: {error_line(exc, 200)}") from None
 
 
 def _internalize(model: model_io.Model) -> None:

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from mcompress import runtime
 from mcompress.config import ValidateConfig
 from mcompress.errors import DataError, GateError, McompressError, ModelError
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.report import Gate, RunReport
+from mcompress.runtime import error_line
 
 Progress = Callable[[str, int, int], None]
 CONFIDENT_MARGIN = 0.2
@@ -86,17 +88,11 @@ def validate_pair(
 
 
 def _session(path: Path, role: str) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
     try:
-        return ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        return runtime.session(path)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
         raise ModelError(
-            f"{role} model '{path}' does not load in onnxruntime: {_one_line(exc)}"
+            f"{role} model '{path}' does not load in onnxruntime: {error_line(exc)}"
         ) from None
 
 
@@ -137,14 +133,9 @@ def _run(
         return list(session.run(names, feed))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
         raise DataError(
-            f"the {role} model failed on sample {index}: {_one_line(exc)}",
+            f"the {role} model failed on sample {index}: {error_line(exc)}",
             "pin dynamic shapes with --input-shape or pass real inputs with --data",
         ) from None
-
-
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.rsplit("Status Message:", 1)[-1].strip().splitlines()[0][:300]
 
 
 # ---------------------------------------------------------------- fidelity
@@ -352,7 +343,7 @@ def _batch_latency(
     try:
         return _latency(sessions, batch, runs)
     except Exception as exc:  # noqa: BLE001 - a model may accept only batch 1
-        notes.append(f"no latency at batch {len(chosen)}: {_one_line(exc)}")
+        notes.append(f"no latency at batch {len(chosen)}: {error_line(exc)}")
         return None
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from mcompress import runtime
 from mcompress.model_io import FreshNames, Model, make_runtime_compatible
 from mcompress.passes.fp16.ops import FLOAT, FLOAT16
 from mcompress.passes.fp16.plan import Flag
@@ -160,17 +161,8 @@ def _chunks(items: list[tuple[str, Key]], size: int) -> Iterator[list[tuple[str,
 
 
 def _session(proto: onnx.ModelProto, model: Model) -> Any:
-    import onnxruntime as ort
-
     make_runtime_compatible(proto)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.add_session_config_entry(
-        "session.model_external_initializers_file_folder_path", str(model.base_dir)
-    )
-    return ort.InferenceSession(
-        proto.SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
-    )
+    return runtime.session(proto, external_folder=model.base_dir)
 
 
 def _expose(

@@ -43,6 +43,7 @@ from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
 from mcompress.passes.quantize import static as quantize_static
 from mcompress.passes.quantize.weights import Target, find_targets, rewrite_all
+from mcompress.runtime import error_line
 
 summary = "int8 dynamic/static or 4-bit block-wise weight quantization (onnxruntime.quantization)."
 
@@ -401,7 +402,7 @@ def _run_onnxruntime(
         raise
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; report its words
         raise PassError(
-            f"onnxruntime.quantization failed on this model: {quantize_ort.first_line(exc)}",
+            f"onnxruntime.quantization failed on this model: {error_line(exc)}",
             "keep the failing node in float with exclude: [NODE_NAME or OP_TYPE], "
             "or use mode: weight-only",
         ) from None

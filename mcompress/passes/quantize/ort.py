@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mcompress import runtime
 from mcompress.errors import McompressError
 from mcompress.model_io import (
     PROTOBUF_LIMIT,
@@ -36,6 +37,7 @@ from mcompress.passes.quantize.math import (
     dequantize_matmul_nbits,
     error_stats,
 )
+from mcompress.runtime import error_line
 
 QUANTIZED_SUFFIX = "_quantized"  # onnxruntime's name for a weight's integer initializer
 
@@ -53,7 +55,7 @@ def quiet() -> Iterator[None]:
         root.addHandler(guard)
     previous = root.manager.disable
     logging.disable(logging.CRITICAL)
-    ort.set_default_logger_severity(3)
+    ort.set_default_logger_severity(runtime.QUIET)
     try:
         with (
             warnings.catch_warnings(),
@@ -240,22 +242,14 @@ def runs_once(
 
     A run failure counts only when the `original` model runs on the same inputs.
     """
-    import onnxruntime as ort
-
     from mcompress.inputs import make_feeds
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 4  # failures come back as exceptions; sizes probed may fail
     # Kernels are looked up for every node as written; graph optimizations would only add
     # load time (constant-folding weight-only dequantization: ~60% of it on a small CNN).
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = candidate if isinstance(candidate, bytes) else str(candidate)
     try:
-        session = ort.InferenceSession(
-            source, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        session = runtime.session(candidate, optimize=False)
     except Exception as exc:  # noqa: BLE001 - any load failure is the answer
-        return first_line(exc)
+        return error_line(exc)
     try:
         feeds = make_feeds(
             inputs_of, data=None, samples=1, seed=seed, input_shapes=input_shapes, session=session
@@ -265,22 +259,13 @@ def runs_once(
     try:
         session.run(None, feeds)
     except Exception as exc:  # noqa: BLE001 - compare with the original before blaming quantization
-        reference = ort.InferenceSession(
-            str(original), sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        reference = runtime.session(original, optimize=False)
         try:
             reference.run(None, feeds)
         except Exception:  # noqa: BLE001 - the original fails too: not a quantization problem
             return None
-        return first_line(exc)
+        return error_line(exc)
     return None
-
-
-def first_line(exc: Exception) -> str:
-    """onnxruntime's innermost message, on one line."""
-    text = str(exc).strip() or type(exc).__name__
-    text = text.rsplit("Status Message:", 1)[-1].strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 # ---------------------------------------------------------------- what onnxruntime wrote

@@ -18,6 +18,7 @@ from mcompress.errors import PassError
 from mcompress.model_io import iter_graphs
 from mcompress.passes.base import PassContext, node_excluded
 from mcompress.passes.quantize import ort as quantize_ort
+from mcompress.runtime import error_line
 
 if TYPE_CHECKING:
     from mcompress.passes.quantize import Config
@@ -122,7 +123,7 @@ def _upgrade_opset(proto: onnx.ModelProto, work: Path, opset: int) -> Path:
     except Exception as exc:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         raise PassError(
             f"cannot upgrade opset {opset} to {PER_CHANNEL_QDQ_OPSET} for per-channel QDQ: "
-            f"{quantize_ort.first_line(exc)}",
+            f"{error_line(exc)}",
             "use per_channel: false or format: qoperator",
         ) from None
     path = work / f"src_opset{PER_CHANNEL_QDQ_OPSET}.onnx"
