@@ -242,7 +242,7 @@ def _check_inputs(ctx: _Context) -> Iterator[Finding]:
         for vi in ctx.model.proto.graph.input
         if vi.name not in initializers and vi.type.HasField("tensor_type")
     ]
-    batch_names = set(_BATCH_NAMES) | {
+    batch_names = set(inputs.BATCH_NAMES) | {
         vi.type.tensor_type.shape.dim[0].dim_param.lower()
         for vi in graph_inputs
         if len(vi.type.tensor_type.shape.dim)
@@ -270,13 +270,10 @@ def _check_inputs(ctx: _Context) -> Iterator[Finding]:
         )
 
 
-_BATCH_NAMES = {"n", "b", "batch", "batch_size", "batchsize", "bs"}
-
-
 def _example_dim(index: int, dim: onnx.TensorShapeProto.Dimension) -> str:
     if dim.HasField("dim_value") and dim.dim_value > 0:
         return str(dim.dim_value)
-    if index == 0 or dim.dim_param.lower() in _BATCH_NAMES:
+    if index == 0 or dim.dim_param.lower() in inputs.BATCH_NAMES:
         return "1"
     name = dim.dim_param if dim.dim_param.isidentifier() else f"d{index}"
     return f"<{name}>"

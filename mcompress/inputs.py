@@ -33,7 +33,8 @@ DEFAULT_INT_RANGE = (0, 9)
 DEFAULT_IMAGE_DIM = 224
 DEFAULT_DIM = 64
 SIZE_LADDER = (512, 256, 1024, 128, 2048, 32, 16, 8)
-_BATCH_NAMES = {"n", "b", "batch", "batch_size", "batchsize", "bs", "num_batches"}
+# Names of dynamic dimensions that mean "batch" (set to 1 in random inputs); the one list.
+BATCH_NAMES = frozenset({"n", "b", "batch", "batch_size", "batchsize", "bs", "num_batches"})
 _STATE_NAME = re.compile(
     r"(^|[_.\-/])(state|states|h|c|h0|c0|hn|cn|hidden|cell|memory|mem|cache|past\w*)"
     r"($|[_.\-/\d])",
@@ -262,7 +263,7 @@ def _resolve_shapes(
             elif d and d in known:
                 shape.append(known[d])
                 notes.append(f"{inp.name}[{i}] '{d}' = {known[d]} (shared with another input)")
-            elif i == 0 or (d or "").lower() in _BATCH_NAMES:
+            elif i == 0 or (d or "").lower() in BATCH_NAMES:
                 shape.append(1)
                 notes.append(f"{inp.name}[{i}] '{d or '?'}' = 1 (batch-like)")
             else:
@@ -505,7 +506,7 @@ def _auto_fill(
             rule = ("constant", found[1], f"{found[2]}, not in data")
     shape = [d if isinstance(d, int) else 1 for d in inp.dims]
     batch_like = all(
-        isinstance(d, int) or i == 0 or (d or "").lower() in _BATCH_NAMES
+        isinstance(d, int) or i == 0 or (d or "").lower() in BATCH_NAMES
         for i, d in enumerate(inp.dims)
     )
     if rule is None or not batch_like:

@@ -14,7 +14,7 @@ import onnx
 from onnx import helper
 
 from mcompress.analysis import count_parameters
-from mcompress.inputs import DEFAULT_DIM, DEFAULT_IMAGE_DIM
+from mcompress.inputs import BATCH_NAMES, DEFAULT_DIM, DEFAULT_IMAGE_DIM
 from mcompress.model_io import Model, add_initializer, iter_graphs
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.prune.channel_groups import (
@@ -237,7 +237,6 @@ def _refresh_graph_info(model: Model) -> None:
 # ---------------------------------------------------------------- constant folding
 
 
-_BATCH_NAMES = {"n", "b", "batch", "batch_size", "batchsize", "bs"}
 _FOLDABLE = {"Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
 
 
@@ -358,7 +357,7 @@ def _pinned_dim(dim: Any, index: int, rank: int, named: dict[str, int]) -> int:
         return int(dim.dim_value)
     if dim.dim_param in named:
         return named[dim.dim_param]
-    if index == 0 or dim.dim_param.lower() in _BATCH_NAMES:
+    if index == 0 or dim.dim_param.lower() in BATCH_NAMES:
         return 1
     return DEFAULT_IMAGE_DIM if rank >= 4 else DEFAULT_DIM
 
