@@ -46,9 +46,11 @@ def kill_worker_on_crash_models() -> None:
 
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[Any]:
-    """One local Ray instance for the module; batch uses a driver that is already connected."""
+    """One local Ray instance for the module; batch uses a driver that is already connected.
+    address="local" starts a fresh instance even when a Ray cluster runs on this machine."""
     ray = pytest.importorskip("ray")
     ray.init(
+        address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
