@@ -34,6 +34,7 @@ from mcompress.model_io import (
     load_model,
     names_used,
     read_array,
+    store_raw,
 )
 
 # Short, because every node and tensor of an expansion carries it: bytes in the file.
@@ -412,7 +413,7 @@ class _GraphState:
         for stub, make in plan.data:
             added = self.graph.initializer.add()  # append(stub) would copy its data again
             added.CopyFrom(stub)
-            added.raw_data = np.ascontiguousarray(make()).tobytes()
+            store_raw(added, make())
         self.nodes.extend(plan.nodes)
         self.removed.add(plan.nodes[-1].output[0])
 

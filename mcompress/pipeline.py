@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcompress import encoding, model_io, validate
+from mcompress import encoding, model_io, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.passes import PASSES
@@ -61,7 +61,10 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     model_io.check_output_path(opts.input_path, opts.output, opts.force)
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
-    with model_io.gzip_size_started(opts.input_path, input_files) as input_gzip:
+    with (
+        model_io.gzip_size_started(opts.input_path, input_files) as input_gzip,
+        spill.spilling(model.had_external_data),
+    ):
         restored = encoding.unpack(model) if cfg.passes else 0
         if restored:
             model.notes.append(

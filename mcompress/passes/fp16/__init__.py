@@ -26,11 +26,10 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 from pydantic import Field
 
 from mcompress.errors import McompressError, PassError
-from mcompress.model_io import Model, is_external, read_array
+from mcompress.model_io import Model, fill_tensor, is_external, read_array
 from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.fp16.auto import BFLOAT16_MAX, FLOAT16_MAX, Analysis, analyse, flags_from
 from mcompress.passes.fp16.ops import BFLOAT16, DEFAULT_BLOCK_OPS, FLOAT, FLOAT16
@@ -218,7 +217,7 @@ def _store_weights(
         if half is None:  # external data: convert again, one tensor at a time
             values = read_array(tensor, base_dir)
             half = _to_half(np.clip(values, -limit, limit) if clamp else values, half_type)
-        tensor.CopyFrom(numpy_helper.from_array(half, tensor.name))
+        fill_tensor(tensor, half, tensor.name, spill_ok=True)
         scan.half = None
         totals["converted"] += 1
         totals["bytes_after"] += scan.nbytes // 2
