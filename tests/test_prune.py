@@ -211,7 +211,8 @@ def test_option_mix_and_nothing_to_prune_are_one_line_errors(tmp_path: Path) -> 
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "mcompress: error: prune option 'criterion' applies only to structured: true"
+        "mcompress: error: criterion 'l2' does not apply to unstructured pruning "
+        "(use one of: magnitude, wanda, sparsegpt)"
     )
     graph = helper.make_graph(
         [helper.make_node("Relu", ["x"], ["y"])],

@@ -345,6 +345,19 @@ InputShapeOpt = Annotated[
         help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
     ),
 ]
+CalibrationOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration",
+        metavar="PATH|random",
+        help="Calibration inputs (.npz keyed by input names, a folder, or 'random'): turns on "
+        "recovery, layer-wise reconstruction against the original.",
+    ),
+]
+RecoverOpt = Annotated[
+    bool | None,
+    typer.Option("--recover/--no-recover", help="Recovery when calibration data is given (on)."),
+]
 ModelArg = Annotated[
     Path, typer.Argument(help="Input ONNX model.", show_default=False, metavar="MODEL")
 ]

@@ -7,8 +7,10 @@ from typing import Annotated, Any
 import typer
 
 from mcompress.cli.common import (
+    CalibrationOpt,
     ExcludeOpt,
     ModelArg,
+    RecoverOpt,
     writes_model,
 )
 
@@ -35,8 +37,19 @@ def prune(
         typer.Option("--structured", help="Remove whole channels: smaller dense model."),
     ] = None,
     criterion: Annotated[
-        str | None, typer.Option("--criterion", help="Channel ranking: l1 (default) or l2.")
+        str | None,
+        typer.Option(
+            "--criterion",
+            help="Structured: l1 (default) or l2. Unstructured: magnitude, wanda or sparsegpt "
+            "(default with --calibration).",
+        ),
     ] = None,
+    n_m: Annotated[
+        str | None,
+        typer.Option("--n-m", metavar="N:M", help="Remove N of every M inputs, e.g. 2:4."),
+    ] = None,
+    calibration: CalibrationOpt = None,
+    recover: RecoverOpt = None,
     round_to: Annotated[
         int | None,
         typer.Option("--round-to", help="Keep channel counts multiples of N (default 4)."),
@@ -45,6 +58,7 @@ def prune(
     """Zero the smallest weights (the file shrinks), or remove whole channels (--structured).
 
     Example: mcompress prune model.onnx --sparsity 0.5   # writes model.pruned.onnx
+    With --calibration calib.npz each layer is re-fitted to the original's outputs.
     """
     return {
         "sparsity": sparsity,
@@ -55,4 +69,7 @@ def prune(
         "structured": structured,
         "criterion": criterion,
         "round_to": round_to,
+        "n_m": n_m,
+        "calibration": calibration,
+        "recover": recover,
     }

@@ -17,9 +17,15 @@ from pydantic import Field
 
 from mcompress.errors import PassError
 from mcompress.model_io import Model, Weight
-from mcompress.passes.base import PassConfig, PassContext, PassResult, node_excluded
+from mcompress.passes.base import PassContext, PassResult, node_excluded
 from mcompress.passes.prune import structured as prune_structured
 from mcompress.passes.prune.channel_groups import Key, Site, walk
+from mcompress.recover.options import (
+    NO_DATA_NOTE,
+    RecoveryConfig,
+    check_calibration,
+    wants_recovery,
+)
 
 summary = "Zero the smallest-magnitude weights, or remove whole channels (structured: true)."
 
@@ -43,11 +49,12 @@ BIAS_SLOTS: dict[str, tuple[int, ...]] = {
     "RNN": (3,),
 }
 _FLOATS = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE}
-_UNSTRUCTURED_ONLY = ("scope", "min_elements", "include_biases")
-_STRUCTURED_ONLY = ("criterion", "round_to")
+_UNSTRUCTURED_ONLY = ("scope", "min_elements", "include_biases", "n_m")
+_STRUCTURED_ONLY = ("round_to",)
+_CRITERIA = {True: ("l1", "l2"), False: ("magnitude", "wanda", "sparsegpt")}
 
 
-class Config(PassConfig):
+class Config(RecoveryConfig):
     """Options of the prune pass (YAML `{type: prune, ...}`)."""
 
     type: Literal["prune"] = "prune"
@@ -63,7 +70,18 @@ class Config(PassConfig):
         (), description="node names (globs), op types or weight names to leave alone"
     )
     structured: bool = Field(False, description="remove whole output channels")
-    criterion: Literal["l1", "l2"] = Field("l1", description="channel ranking norm (structured)")
+    criterion: Literal["l1", "l2", "magnitude", "wanda", "sparsegpt"] | None = Field(
+        None,
+        description="structured: channel ranking norm l1 (default) or l2; unstructured: "
+        "magnitude (default without calibration), wanda (|W| x input norm) or sparsegpt "
+        "(second-order, default with calibration); the last two need calibration data",
+    )
+    n_m: str | None = Field(
+        None,
+        pattern=r"^\d+:\d+$",
+        description="N:M pattern, e.g. '2:4': N of every M consecutive input weights removed "
+        "(unstructured, with calibration)",
+    )
     round_to: int = Field(
         4,
         ge=1,
@@ -78,6 +96,20 @@ def check(model: Model, cfg: Config) -> None:
         if key in cfg.model_fields_set:
             need = "structured: true" if key in _STRUCTURED_ONLY else "unstructured pruning"
             raise PassError(f"prune option '{key}' applies only to {need}")
+    if cfg.criterion is not None and cfg.criterion not in _CRITERIA[cfg.structured]:
+        kind = "structured" if cfg.structured else "unstructured"
+        raise PassError(
+            f"criterion '{cfg.criterion}' does not apply to {kind} pruning",
+            f"use one of: {', '.join(_CRITERIA[cfg.structured])}",
+        )
+    needs_data = cfg.criterion in ("wanda", "sparsegpt") or cfg.n_m is not None
+    if needs_data and not wants_recovery(cfg):
+        what = f"criterion '{cfg.criterion}'" if cfg.criterion else "n_m"
+        raise PassError(
+            f"{what} needs calibration data and recover: true",
+            "pass --calibration FILE.npz (or calibration: random)",
+        )
+    check_calibration(cfg)
     ops = {node.op_type for graph in model.graphs() for node in graph.node}
     wanted = set(prune_structured.LAYER_OPS if cfg.structured else WEIGHT_SLOTS)
     if not ops & wanted:
@@ -90,20 +122,24 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Prune in place; stats list every tensor touched and every tensor skipped, with why."""
     if cfg.structured:
         return prune_structured.apply(model, cfg, ctx)
+    if wants_recovery(cfg):
+        from mcompress.passes.prune import recovered as prune_recovered
+
+        return prune_recovered.apply(model, cfg, ctx)
     candidates, skipped = find_candidates(model, cfg.min_elements, cfg.include_biases, cfg.exclude)
-    if cfg.scope == "global":
-        counts = global_counts([c.weight for c in candidates], cfg.sparsity)
-    else:
-        counts = [int(round(cfg.sparsity * c.weight.size)) for c in candidates]
+    counts = layer_counts(candidates, cfg)
     tensors = []
     for done, (cand, k) in enumerate(zip(candidates, counts, strict=True)):
         ctx.progress("prune", done, len(candidates))
         tensors.append(prune_tensor(cand, k))
     ctx.progress("prune", len(candidates), len(candidates))
-    totals = _totals(tensors)
+    totals = totals_of(tensors)
     notes = [] if tensors else ["prune: no weight was large enough to prune (see skipped)"]
+    if cfg.recover:
+        notes.append(NO_DATA_NOTE.format(name="prune"))
     stats: dict[str, Any] = {
         "mode": "unstructured",
+        "criterion": "magnitude",
         "scope": cfg.scope,
         "target_sparsity": cfg.sparsity,
         "totals": totals,
@@ -113,6 +149,13 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     return PassResult(
         modified=totals["zeros_after"] > totals["zeros_before"], stats=stats, notes=notes
     )
+
+
+def layer_counts(candidates: list[Candidate], cfg: Config) -> list[int]:
+    """Weights to remove per candidate: one share per tensor, or one global threshold."""
+    if cfg.scope == "global":
+        return global_counts([c.weight for c in candidates], cfg.sparsity)
+    return [int(round(cfg.sparsity * c.weight.size)) for c in candidates]
 
 
 # ---------------------------------------------------------------- which tensors
@@ -219,11 +262,17 @@ def prune_tensor(cand: Candidate, k: int) -> dict[str, Any]:
     """Zero the `k` smallest-magnitude entries of one weight; return its stats row."""
     weight = cand.weight
     values = np.asarray(weight.array())
-    zeros_before = int(np.count_nonzero(values == 0))
     pruned = zero_smallest(values, k)
-    zeros_after = int(np.count_nonzero(pruned == 0))
-    if zeros_after > zeros_before:
+    if np.count_nonzero(pruned == 0) > np.count_nonzero(values == 0):
         weight.replace(pruned)
+    return tensor_row(cand, values, pruned)
+
+
+def tensor_row(cand: Candidate, values: np.ndarray, pruned: np.ndarray) -> dict[str, Any]:
+    """The stats row of one pruned weight."""
+    weight = cand.weight
+    zeros_before = int(np.count_nonzero(values == 0))
+    zeros_after = int(np.count_nonzero(pruned == 0))
     return {
         "name": weight.name,
         "ops": cand.ops,
@@ -236,7 +285,7 @@ def prune_tensor(cand: Candidate, k: int) -> dict[str, Any]:
     }
 
 
-def _totals(tensors: list[dict[str, Any]]) -> dict[str, Any]:
+def totals_of(tensors: list[dict[str, Any]]) -> dict[str, Any]:
     elements = sum(t["elements"] for t in tensors)
     zeros_after = sum(t["zeros_after"] for t in tensors)
     return {

@@ -41,7 +41,7 @@ class StructuredConfig(Protocol):
     @property
     def sparsity(self) -> float: ...
     @property
-    def criterion(self) -> str: ...
+    def criterion(self) -> str | None: ...
     @property
     def round_to(self) -> int: ...
     @property
@@ -66,7 +66,7 @@ def apply(model: Model, cfg: StructuredConfig, ctx: PassContext) -> PassResult:
     params_after = count_parameters(model.proto)
     stats: dict[str, Any] = {
         "mode": "structured",
-        "criterion": cfg.criterion,
+        "criterion": cfg.criterion or "l1",
         "target_sparsity": cfg.sparsity,
         "parameters_before": params_before,
         "parameters_after": params_after,
@@ -119,7 +119,9 @@ def choose_channels(
             continue
         values = np.asarray(edit.init.weight.array(), dtype=np.float64)
         rows = np.moveaxis(values, edit.axis, 0).reshape(values.shape[edit.axis], -1)
-        norms = np.abs(rows).sum(1) if cfg.criterion == "l1" else np.sqrt((rows**2).sum(1))
+        norms = (
+            np.abs(rows).sum(1) if (cfg.criterion or "l1") == "l1" else np.sqrt((rows**2).sum(1))
+        )
         offset = 0
         for seg in edit.segments:
             span = seg.channels * seg.block

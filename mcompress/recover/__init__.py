@@ -1,0 +1,1 @@
+"""Calibration-based recovery: layer statistics from onnxruntime runs, numpy reconstruction."""

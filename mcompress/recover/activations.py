@@ -1,0 +1,179 @@
+"""The one place recovery runs onnxruntime: a layer's input on calibration data, in the
+original model and in the model compressed so far, without re-running the whole model.
+
+The main graph is cut just before each layer to recover. The nodes between two cuts run as a
+small model of their own on the activations cached at the previous cut, so one sweep over all
+layers costs about one forward pass of each model. The cache holds only the values that cross
+the current cut, for every calibration batch; layer statistics are accumulated from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+from mcompress.model_io import Model, read_array, subgraphs
+from mcompress.recover.layers import Layer
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass
+class LayerInputs:
+    """One calibration batch of a layer's input: in the compressed model (`xc`) and in the
+    original (`xo`; None while nothing upstream has changed, so both are equal)."""
+
+    xc: np.ndarray
+    xo: np.ndarray | None
+
+
+def batches(feeds: list[Batch], model: Model, size: int = 16) -> list[Batch]:
+    """Join per-sample feeds into batches when every input has a free first dimension."""
+    free = all(
+        vi.type.tensor_type.shape.dim and vi.type.tensor_type.shape.dim[0].dim_value <= 0
+        for vi in model.proto.graph.input
+        if vi.name in feeds[0]
+    )
+    if not free or size <= 1:
+        return feeds
+    return [
+        {k: np.concatenate([f[k] for f in feeds[s : s + size]]) for k in feeds[s]}
+        for s in range(0, len(feeds), size)
+    ]
+
+
+class SegmentRunner:
+    """Walks a model's main graph layer by layer, keeping both models' activations at the cut.
+
+    Call `remember(layer)` before changing a layer's weights, and `inputs(layer)` for layers in
+    graph order; the weights of layers visited before are read when the next segment runs.
+    """
+
+    def __init__(self, model: Model, feeds: list[Batch]) -> None:
+        self.model = model
+        self.graph = model.proto.graph
+        self.last_use: dict[str, int] = {o.name: len(self.graph.node) for o in self.graph.output}
+        for i, node in enumerate(self.graph.node):
+            for name in _reads(node):
+                self.last_use[name] = i
+        self.cut = 0
+        self.compressed = [dict(f) for f in feeds]
+        self.original: list[Batch] | None = None
+        self.original_weights: dict[str, np.ndarray] = {}
+        self.runs = 0
+
+    def remember(self, layer: Layer) -> None:
+        """Keep a layer's original weight and bias (zeros if it has none) before a change."""
+        self.original_weights[layer.weight.name] = np.array(layer.weight.array(), copy=True)
+        if layer.bias is not None:
+            self.original_weights[layer.bias.name] = np.array(layer.bias.array(), copy=True)
+
+    def inputs(self, layer: Layer) -> Iterator[LayerInputs]:
+        """Move the cut to just before `layer` and yield its input, batch by batch."""
+        self._advance(layer.position)
+        name = layer.node.input[0]
+        for i, batch in enumerate(self.compressed):
+            yield LayerInputs(
+                batch[name], None if self.original is None else self.original[i][name]
+            )
+
+    def _advance(self, stop: int) -> None:
+        if stop <= self.cut:
+            return
+        inits = {t.name: t for t in self.graph.initializer}
+        nodes = list(self.graph.node)[self.cut : stop]
+        produced = {o for n in nodes for o in n.output if o}
+        needed = sorted({r for n in nodes for r in _reads(n)} - produced)
+        varying = [n for n in needed if n in inits and self._differs(n, inits[n])]
+        feeds = [n for n in needed if n not in inits]
+        outputs = sorted(n for n in produced if self.last_use.get(n, -1) >= stop)
+        session = self._session(nodes, inits, needed, varying, feeds, outputs)
+        current = {n: read_array(inits[n], self.model.base_dir) for n in varying}
+        before = {n: self._original(n, current[n]) for n in varying}
+        source = self.original if self.original is not None else self.compressed
+        if varying or self.original is not None:
+            self.original = [self._step(session, feeds, outputs, b, before, stop) for b in source]
+        self.compressed = [
+            self._step(session, feeds, outputs, b, current, stop) for b in self.compressed
+        ]
+        self.cut = stop
+
+    def _original(self, name: str, current: np.ndarray) -> np.ndarray:
+        return self.original_weights.get(name, np.zeros_like(current))
+
+    def _differs(self, name: str, tensor: onnx.TensorProto) -> bool:
+        """A weight whose value in the compressed model differs from the original's (a bias
+        that recovery added exists only in the compressed model)."""
+        if name in self.original_weights:
+            current = read_array(tensor, self.model.base_dir)
+            return not np.array_equal(current, self.original_weights[name])
+        owners = [n for n in self.graph.node if len(n.input) > 2 and n.input[2] == name]
+        return any(o.input[1] in self.original_weights for o in owners)
+
+    def _session(
+        self,
+        nodes: list[onnx.NodeProto],
+        inits: dict[str, onnx.TensorProto],
+        needed: list[str],
+        varying: list[str],
+        feeds: list[str],
+        outputs: list[str],
+    ) -> ort.InferenceSession:
+        sample = self.compressed[0]
+        inputs = [helper.make_tensor_value_info(n, _elem(sample[n]), None) for n in feeds]
+        inputs += [helper.make_tensor_value_info(n, inits[n].data_type, None) for n in varying]
+        constants = [self._tensor(inits[n]) for n in needed if n in inits and n not in varying]
+        graph = helper.make_graph(
+            nodes, "segment", inputs, [onnx.ValueInfoProto(name=n) for n in outputs], constants
+        )
+        proto = helper.make_model(
+            graph,
+            opset_imports=list(self.model.proto.opset_import),
+            ir_version=self.model.proto.ir_version,
+        )
+        proto.functions.extend(self.model.proto.functions)
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        # Idle onnxruntime threads spin for a while after each run and starve numpy's BLAS.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        return ort.InferenceSession(proto.SerializeToString(), opts, ["CPUExecutionProvider"])
+
+    def _tensor(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            return numpy_helper.from_array(read_array(tensor, self.model.base_dir), tensor.name)
+        return tensor
+
+    def _step(
+        self,
+        session: ort.InferenceSession,
+        feeds: list[str],
+        outputs: list[str],
+        batch: Batch,
+        weights: dict[str, np.ndarray],
+        stop: int,
+    ) -> Batch:
+        self.runs += 1
+        values = session.run(outputs, {**{n: batch[n] for n in feeds}, **weights})
+        kept = {n: v for n, v in batch.items() if self.last_use.get(n, -1) >= stop}
+        kept.update(zip(outputs, values, strict=True))
+        return kept
+
+
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """Names a node reads, including outer-scope names read inside its subgraphs."""
+    names = {n for n in node.input if n}
+    for sub in subgraphs(node):
+        inner = {o for n in sub.node for o in n.output} | {t.name for t in sub.initializer}
+        inner |= {i.name for i in sub.input}
+        names |= {r for n in sub.node for r in _reads(n)} - inner
+    return names
+
+
+def _elem(array: np.ndarray) -> int:
+    return helper.np_dtype_to_tensor_dtype(array.dtype)

@@ -1,0 +1,165 @@
+"""Weighted layers (Conv, Gemm, MatMul with a constant weight) seen as per-group matrices.
+
+Every algorithm in `mcompress.recover` works on `[groups, rows, inputs(+1)]` matrices: one
+output row per output channel, one column per input element (im2col order for Conv), and a last
+column for the bias when the layer has one (or gets one: the re-fit solves for it too).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from mcompress.model_io import FreshNames, Model, Weight, add_initializer, iter_graphs
+
+
+@dataclass
+class Layer:
+    """One weighted node of the main graph and how its weight maps to matrices."""
+
+    node: onnx.NodeProto
+    position: int
+    weight: Weight
+    bias: Weight | None
+    kind: str  # "conv" | "gemm" | "matmul"
+    groups: int = 1
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()
+    dilations: tuple[int, ...] = ()
+    trans_b: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.node.name or self.weight.name
+
+    @property
+    def has_bias_column(self) -> bool:
+        """Conv and Gemm re-fit a bias (added when missing); MatMul has none."""
+        return self.kind != "matmul"
+
+    def matrices(self, values: np.ndarray | None = None) -> np.ndarray:
+        """`[groups, rows, inputs(+1)]` float64 view of the weight (and bias column)."""
+        w = np.asarray(self.weight.array() if values is None else values, dtype=np.float64)
+        if self.kind == "conv":
+            mats = w.reshape(self.groups, w.shape[0] // self.groups, -1)
+        elif self.kind == "gemm":
+            mats = (w if self.trans_b else w.T)[None]
+        else:
+            mats = w.T[None]
+        if not self.has_bias_column:
+            return np.ascontiguousarray(mats)
+        bias = np.zeros(mats.shape[0] * mats.shape[1])
+        if self.bias is not None:
+            bias = np.asarray(self.bias.array(), dtype=np.float64).reshape(-1)
+        return np.concatenate([mats, bias.reshape(mats.shape[0], mats.shape[1], 1)], axis=2)
+
+    def weight_values(self, mats: np.ndarray) -> np.ndarray:
+        """The weight tensor (original layout and dtype) from matrices."""
+        core = mats[..., :-1] if self.has_bias_column else mats
+        shape, dtype = self.weight.shape, self.weight.array().dtype
+        if self.kind == "conv":
+            return core.reshape(shape).astype(dtype)
+        flat = core[0]
+        return (flat if self.trans_b and self.kind == "gemm" else flat.T).astype(dtype)
+
+    def store(self, mats: np.ndarray, model: Model, names: FreshNames | None = None) -> None:
+        """Write matrices back as weight and bias (a Conv/Gemm without bias gets one)."""
+        self.weight.replace(self.weight_values(mats))
+        if not self.has_bias_column:
+            return
+        bias = mats[..., -1].reshape(-1).astype(self.weight.array().dtype)
+        if self.bias is not None:
+            self.bias.replace(bias)
+            return
+        if not np.any(bias):
+            return
+        graph = self.weight.graph
+        name = (names or FreshNames(model.proto)).fresh(f"{self.weight.name}_bias")
+        tensor = add_initializer(graph, bias, name)
+        while len(self.node.input) < 3:
+            self.node.input.append("")
+        self.node.input[2] = name
+        self.bias = Weight(tensor, graph, model)
+
+
+def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def find_layers(model: Model, weight_names: set[str] | None = None) -> list[Layer]:
+    """Main-graph Conv (1-D/2-D, explicit pads), Gemm (A not transposed, alpha 1) and MatMul
+    (x @ W, 2-D W) whose weight is an initializer read by that node alone, in graph order."""
+    graph = model.proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    readers: dict[str, int] = {}
+    for g in iter_graphs(graph):
+        for node in g.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
+    found = []
+    for position, node in enumerate(graph.node):
+        if len(node.input) < 2 or node.input[1] not in inits or node.domain not in ("", "ai.onnx"):
+            continue
+        wname = node.input[1]
+        if readers.get(wname, 0) != 1 or (weight_names is not None and wname not in weight_names):
+            continue
+        tensor = inits[wname]
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        layer = _layer(model, node, position, Weight(tensor, graph, model), inits, readers)
+        if layer is not None:
+            found.append(layer)
+    return found
+
+
+def _layer(
+    model: Model,
+    node: onnx.NodeProto,
+    position: int,
+    weight: Weight,
+    inits: dict[str, onnx.TensorProto],
+    readers: dict[str, int],
+) -> Layer | None:
+    bias = None
+    if len(node.input) > 2 and node.input[2]:
+        tensor = inits.get(node.input[2])
+        if tensor is None or readers.get(node.input[2], 0) != 1:
+            return None
+        bias = Weight(tensor, weight.graph, model)
+    shape = weight.shape
+    if node.op_type == "Conv" and len(shape) in (3, 4):
+        if _attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
+            return None
+        spatial = len(shape) - 2
+        pads = tuple(_attr(node, "pads", [0] * 2 * spatial))
+        return Layer(
+            node, position, weight, bias, "conv",
+            groups=int(_attr(node, "group", 1)),
+            kernel=tuple(shape[2:]),
+            strides=tuple(_attr(node, "strides", [1] * spatial)),
+            pads=pads,
+            dilations=tuple(_attr(node, "dilations", [1] * spatial)),
+        )  # fmt: skip
+    if node.op_type == "Gemm" and len(shape) == 2:
+        if _attr(node, "transA", 0) or _attr(node, "alpha", 1.0) != 1.0:
+            return None
+        if bias is not None and (
+            _attr(node, "beta", 1.0) != 1.0 or bias.size != _gemm_out(node, shape)
+        ):
+            return None
+        return Layer(node, position, weight, bias, "gemm", trans_b=bool(_attr(node, "transB", 0)))
+    if node.op_type == "MatMul" and len(shape) == 2:
+        return Layer(node, position, weight, None, "matmul")
+    return None
+
+
+def _gemm_out(node: onnx.NodeProto, shape: tuple[int, ...]) -> int:
+    return shape[0] if _attr(node, "transB", 0) else shape[1]
