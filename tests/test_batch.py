@@ -168,6 +168,7 @@ def test_internal_error_in_a_model_is_row_exit_1_with_a_log(tmp_path: Path, monk
     assert "RuntimeError: unexpected" in Path(row["error"]["log"]).read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_a_worker_that_dies_fails_only_its_own_model(tmp_path: Path) -> None:
     models = [_mlp(tmp_path / "in" / f"m{i}.onnx", seed=i, hidden=256) for i in range(4)]
     out = tmp_path / "out"
@@ -237,6 +238,7 @@ def test_batch_duplicate_stems_and_summary(tmp_path: Path) -> None:
     assert "net-2" in result.output and "summary.json" in result.output
 
 
+@pytest.mark.slow
 def test_bad_data_fails_only_its_model_and_leaves_no_output(tmp_path: Path) -> None:
     _mlp(tmp_path / "in" / "good.onnx")
     _mlp(tmp_path / "in" / "bad.onnx", seed=1)
@@ -264,6 +266,7 @@ def test_bad_data_fails_only_its_model_and_leaves_no_output(tmp_path: Path) -> N
     }
 
 
+@pytest.mark.slow
 def test_batch_level1_over_real_and_sample_models_with_a_corrupt_one(tmp_path: Path) -> None:
     """The issue's demonstration: every good model compressed, the corrupt one failed, exit 2."""
     corrupt = tmp_path / "corrupt.onnx"
@@ -339,6 +342,7 @@ def _wait_for(stream, text: str, timeout: float) -> list[str]:
     raise AssertionError(f"never saw {text!r}: {lines}")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupt_stops_workers_and_leaves_no_partial_outputs(tmp_path: Path, signum: int) -> None:
     models = [_mlp(tmp_path / "in" / f"m{i}.onnx", seed=i, hidden=512) for i in range(4)]

@@ -66,6 +66,7 @@ def _rows(out: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
 
 
+@pytest.mark.slow
 def test_ray_batch_writes_what_the_local_pool_writes(
     ray_instance: Any, tmp_path: Path, monkeypatch
 ) -> None:
@@ -95,6 +96,7 @@ def test_ray_batch_writes_what_the_local_pool_writes(
     assert "Ray at default" in on_ray.output and "[3/3]" in on_ray.output
 
 
+@pytest.mark.slow
 def test_a_ray_worker_that_dies_fails_only_its_own_model(ray_instance: Any, tmp_path: Path) -> None:
     names = ["m0", "crash", "m2"]
     models = [
@@ -120,6 +122,7 @@ def test_a_ray_worker_that_dies_fails_only_its_own_model(ray_instance: Any, tmp_
     ]
 
 
+@pytest.mark.slow
 def test_every_node_must_see_the_inputs(ray_instance: Any, tmp_path: Path) -> None:
     model = builders.save(builders.mlp(hidden=8), tmp_path / "m.onnx")
     (tmp_path / "out").mkdir()

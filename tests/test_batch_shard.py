@@ -66,6 +66,7 @@ def _without_timings(summary: dict) -> dict:
     return {**{k: v for k, v in summary.items() if k != "seconds"}, "models": rows}
 
 
+@pytest.mark.slow
 def test_three_shards_merge_into_the_unsharded_summary(tmp_path: Path, monkeypatch) -> None:
     paths = _models(tmp_path / "in")
     cfg = tmp_path / "strip.yaml"
@@ -128,6 +129,7 @@ def test_merge_names_a_missing_or_repeated_shard(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_readme_matrix_example_runs_as_written(tmp_path: Path) -> None:
     """Each matrix job's shell steps in its own checkout, then the merge job over the union of
     their uploads (download-artifact with merge-multiple puts them in one folder)."""

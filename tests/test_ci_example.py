@@ -70,6 +70,7 @@ def _project(tmp_path: Path, model: str, data: str) -> Path:
     return tmp_path
 
 
+@pytest.mark.slow
 def test_github_actions_example_runs_as_written(tmp_path: Path) -> None:
     workflow = _workflow()
     [job] = workflow["jobs"].values()
@@ -104,6 +105,7 @@ def test_github_actions_example_runs_as_written(tmp_path: Path) -> None:
     assert "|" in (project / "step_summary.md").read_text(encoding="utf-8")
 
 
+@pytest.mark.slow
 def test_shell_script_example_tells_gate_failures_apart(tmp_path: Path) -> None:
     [script] = [s for s in _fenced(_readme(), "bash") if "case $?" in s]
     project = _project(tmp_path, "model.onnx", "val.npz")
@@ -121,6 +123,7 @@ def test_shell_script_example_tells_gate_failures_apart(tmp_path: Path) -> None:
     assert (result.returncode, "a gate failed" in result.stdout) == (1, True), result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
 def test_makefile_example_builds_the_model(tmp_path: Path) -> None:
     [makefile] = _fenced(_readme(), "make")
@@ -138,6 +141,7 @@ def test_makefile_example_builds_the_model(tmp_path: Path) -> None:
     assert (project / "out" / "report.html").is_file()
 
 
+@pytest.mark.slow
 def test_version_and_shell_completion() -> None:
     def mcompress(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

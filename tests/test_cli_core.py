@@ -30,6 +30,7 @@ def test_help_lists_commands_and_exit_codes() -> None:
         assert word in result.stdout
 
 
+@pytest.mark.slow
 def test_inspect_real_models_counts_parameters(classifier: Path, vad: Path) -> None:
     for path, params in ((classifier, 133_700), (vad, 545_671)):
         result = mcompress("inspect", path, "--json")
@@ -96,6 +97,7 @@ def test_bad_input_is_one_line_exit_2(tmp_path: Path, make_args) -> None:  # typ
     assert model.read_bytes() == before
 
 
+@pytest.mark.slow
 def test_existing_output_needs_force(tmp_path: Path) -> None:
     model = builders.save(builders.mlp(), tmp_path / "m.onnx")
     assert mcompress("strip", model, "--no-validate").returncode == 0

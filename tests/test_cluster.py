@@ -350,6 +350,7 @@ REAL = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("clusters", [16, 256])
 @pytest.mark.parametrize("fixture", ["classifier", "vad"])
 def test_real_models_shrink_to_target_with_at_most_k_values(

@@ -209,6 +209,7 @@ def _vad_outputs(path: Path) -> np.ndarray:
     return np.concatenate(probs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("fixture", "outputs", "limit"),
     [("classifier", _classifier_outputs, 0.56), ("vad", _vad_outputs, 0.62)],
@@ -525,6 +526,7 @@ def test_cpu_kernel_table_matches_onnxruntime(op: str, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_end_to_end(tmp_path: Path) -> None:
     src = save(overflow_model(), tmp_path / "model.onnx")
     data = overflow_data(tmp_path / "x.npz")

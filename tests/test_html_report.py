@@ -112,6 +112,7 @@ def _report(tmp_path: Path) -> RunReport:
     return report
 
 
+@pytest.mark.slow
 def test_html_renders_in_chromium_with_charts(tmp_path: Path) -> None:
     report = _report(tmp_path)
     page = tmp_path / "report.html"
@@ -134,6 +135,7 @@ def test_html_renders_in_chromium_with_charts(tmp_path: Path) -> None:
     assert "min_cosine" in dom and "PASSED" in dom
 
 
+@pytest.mark.slow
 def test_console_errors_are_detected(tmp_path: Path) -> None:
     """The check above would see a blocked request: this page makes one."""
     page = tmp_path / "bad.html"

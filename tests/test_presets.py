@@ -61,6 +61,7 @@ def test_configs_show_prints_the_file_and_rejects_unknown_names() -> None:
     assert "level2" in wrong.stderr
 
 
+@pytest.mark.slow
 def test_levels_are_monotonically_smaller_within_their_gates(tmp_path: Path) -> None:
     sizes = {}
     for level, bound in MAX_ACCURACY_DROP.items():

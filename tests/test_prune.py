@@ -119,6 +119,7 @@ def matmul_heavy(width: int = 256, layers: int = 4) -> onnx.ModelProto:
     return model
 
 
+@pytest.mark.slow
 def test_ninety_percent_on_matmul_model_is_at_most_17_percent_of_input(tmp_path: Path) -> None:
     source = builders.save(matmul_heavy(), tmp_path / "mm.onnx")
     out = tmp_path / "mm.pruned.onnx"
@@ -229,6 +230,7 @@ def test_option_mix_and_nothing_to_prune_are_one_line_errors(tmp_path: Path) -> 
 # ---------------------------------------------------------------- structured
 
 
+@pytest.mark.slow
 def test_structured_classifier_runs_with_fewer_parameters(classifier: Path, tmp_path: Path) -> None:
     out = tmp_path / "cls.onnx"
     report = run_cli("prune", classifier, "--structured", "--sparsity", "0.3", "-o", out)

@@ -74,6 +74,7 @@ def ops(path: Path) -> set[str]:
 # ---------------------------------------------------------------- end to end
 
 
+@pytest.mark.slow
 def test_cli_transformer_int8_and_int4_sizes_and_agreement(tmp_path: Path) -> None:
     src = builders.save(builders.transformer_like(), tmp_path / "tl.onnx")
     tokens = np.random.default_rng(1).integers(0, 2000, (4, 16)).astype(np.int64)
@@ -202,6 +203,7 @@ def test_static_on_sample_cnn_keeps_accuracy_and_lists_ranges(tmp_path: Path) ->
     assert accuracy[0] - accuracy[1] <= 0.01
 
 
+@pytest.mark.slow
 def test_static_without_data_exits_2_and_says_how(tmp_path: Path) -> None:
     src = builders.save(builders.conv_bn(), tmp_path / "m.onnx")
     result = mcompress("quantize", src, "--mode", "static", "-o", tmp_path / "o.onnx")
@@ -554,6 +556,7 @@ def test_failing_4bit_quantizer_falls_back_to_int8_weight_only(
 # ---------------------------------------------------------------- real models
 
 
+@pytest.mark.slow
 def test_classifier_default_is_small_and_agrees(tmp_path: Path, classifier: Path) -> None:
     out = tmp_path / "cls.int8.onnx"
     report = quantize_file(classifier, out)
