@@ -28,7 +28,21 @@ class ValidateConfig(BaseModel):
     latency_runs: int = Field(20, ge=1, le=10_000)
     max_accuracy_drop: float | None = Field(None, ge=0, le=1)
     min_cosine: float | None = Field(None, ge=-1, le=1)
-    min_top1_agreement: float | None = Field(None, ge=0, le=1)
+    min_sqnr: float | None = Field(
+        None,
+        description="fidelity floor: SQNR in dB of every output that is not class scores "
+        "(default 1 on random inputs, 6 on --data)",
+    )
+    min_top1_agreement: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="fidelity floor: top-1 agreement of class-score outputs "
+        "(default 0.5 on random inputs, 0.9 on --data)",
+    )
+    gates: bool = Field(
+        True, description="false: measure and report only; no gate, not even the floor, fails"
+    )
     max_latency_ratio: float | None = Field(None, gt=0)
     min_compression_ratio: float | None = Field(None, gt=0)
     optional_gates: list[str] = Field(

@@ -14,7 +14,7 @@ from rich.table import Table
 from mcompress import __version__
 
 # Bump when a field changes meaning or is removed; adding fields keeps the version.
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # A compressed model slower than this ratio of the original (and than the original's p90) is
 # called out in the summary.
 SLOWER_RATIO = 1.05
@@ -50,6 +50,7 @@ class Gate:
     threshold: float
     value: float | None
     passed: bool
+    output: str | None = None  # the output a fidelity-floor gate was judged on (its worst)
 
 
 @dataclass
@@ -159,9 +160,50 @@ def summary_table(report: RunReport) -> Table:
     for gate in report.gates:
         status = "[green]pass[/green]" if gate.passed else "[red]FAIL[/red]"
         value = "-" if gate.value is None else f"{gate.value:.4g}"
-        table.add_row(f"gate {gate.name}", f"{gate.threshold:g}", f"{value} {status}")
+        where = f" ({escape(gate.output)})" if gate.output else ""
+        table.add_row(f"gate {gate.name}", f"{gate.threshold:g}", f"{value}{where} {status}")
     table.add_row("time", "", f"{report.seconds:.2f}s")
     return table
+
+
+# Gates that make up the fidelity floor; failing one means the model is broken.
+FLOOR_GATES = ("min_sqnr", "min_top1_agreement")
+
+
+def verdict(report: RunReport) -> str:
+    """One line: PASSED, FAILED: gate ..., or BROKEN: ... (a fidelity floor failed)."""
+    failed = [g for g in report.gates if not g.passed]
+    broken = [g for g in failed if g.name in FLOOR_GATES]
+    others = [g for g in failed if g.name not in FLOOR_GATES]
+    parts = []
+    if broken:
+        random = ((report.validation or {}).get("floor") or {}).get("inputs") == "random"
+        judged = " on random inputs" if random else ""
+        parts.append("BROKEN: " + "; ".join(_gate_text(g) for g in broken) + judged)
+    if others:
+        parts.append("FAILED: " + "; ".join(_gate_text(g) for g in others))
+    if parts:
+        return "; ".join(parts)
+    if report.validation is None:
+        return "PASSED (not validated)"
+    if not report.gates and any("--no-gates" in n for n in report.notes):
+        return "PASSED (--no-gates: nothing judged)"
+    return "PASSED"
+
+
+def _gate_text(gate: Gate) -> str:
+    """'output 'y' SQNR -4.3 dB < 1 dB' or 'gate max_accuracy_drop 0.05 > 0.01'."""
+    if gate.value is None:
+        return f"gate {gate.name} not measured"
+    if gate.name == "min_sqnr":
+        sqnr = round(gate.value, 1) + 0.0  # no "-0.0"
+        return f"output '{gate.output}' SQNR {sqnr:.1f} dB < floor {gate.threshold:g} dB"
+    if gate.name == "min_top1_agreement" and gate.output:
+        return (
+            f"output '{gate.output}' top-1 agreement {gate.value:.1%} < floor {gate.threshold:.0%}"
+        )
+    relation = ">" if gate.name.startswith("max_") else "<"
+    return f"gate {gate.name} {gate.value:.4g} {relation} {gate.threshold:g}"
 
 
 def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, str]]:

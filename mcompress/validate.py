@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mcompress import runtime
+from mcompress import fidelity, runtime
 from mcompress.config import ValidateConfig
 from mcompress.errors import DataError, GateError, McompressError, ModelError
 from mcompress.inputs import InputSet, make_feeds
@@ -59,8 +59,18 @@ def validate_pair(
     sessions = [_session(Path(original), "original"), _session(Path(compressed), "compressed")]
     names, pairs, notes = _outputs(sessions)
     total = len(inputs.feeds) + cfg.latency_runs
-    results = _run_all(sessions, pairs, inputs.feeds, lambda i: progress("validating", i, total))
-    outputs = {name: output_metrics(results[0][k], results[1][k]) for k, name in enumerate(names)}
+    results, states = _run_all(
+        sessions, pairs, inputs.feeds, lambda i: progress("validating", i, total)
+    )
+    outputs = {
+        name: output_metrics(results[0][k], results[1][k], name) for k, name in enumerate(names)
+    }
+    for out, inp in states.items():
+        outputs[out]["recurrent_state_of"] = inp
+        notes.append(
+            f"'{out}' is recurrent state fed back to '{inp}': the samples ran as one sequence, "
+            f"each model fed its own '{out}', and it is judged through the other outputs"
+        )
     latency = _latency(
         sessions, inputs.feeds[0], cfg.latency_runs,
         lambda i: progress("validating", len(inputs.feeds) + i, total),
@@ -77,6 +87,7 @@ def validate_pair(
         "samples": len(inputs.feeds),
         "outputs": outputs,
         "overall": overall(outputs),
+        "floor": floor_section(cfg, outputs, synthetic=inputs.synthetic),
         "task": task,
         "latency": latency,
         "memory": memory,
@@ -114,16 +125,29 @@ def _run_all(
     pairs: list[list[str]],
     feeds: list[dict[str, np.ndarray]],
     tick: Callable[[int], None],
-) -> list[list[list[np.ndarray]]]:
-    """results[model][output][sample] for both models over every feed."""
+) -> tuple[list[list[list[np.ndarray]]], dict[str, str]]:
+    """results[model][output][sample] for both models over every feed, and the recurrent
+    state outputs ({output: input}). A state input left at zeros (not given by the data) is
+    fed each model's own state from the previous sample, so the feeds run as one sequence and
+    an error in the state shows in the outputs it feeds."""
     results: list[list[list[np.ndarray]]] = [[[] for _ in pairs[0]] for _ in sessions]
+    states: dict[str, str] = {}
     for i, feed in enumerate(feeds):
         for which, session in enumerate(sessions):
             role = ("original", "compressed")[which]
-            for k, value in enumerate(_run(session, role, feed, i, pairs[which])):
+            own = dict(feed)
+            for out, inp in states.items():
+                if not own[inp].any():
+                    own[inp] = results[which][pairs[0].index(out)][-1]
+            for k, value in enumerate(_run(session, role, own, i, pairs[which])):
                 results[which][k].append(np.asarray(value))
+        if i == 0:
+            states = fidelity.state_outputs(
+                {name: list(v.shape) for name, v in feed.items() if v.dtype.kind == "f"},
+                {name: list(results[0][k][0].shape) for k, name in enumerate(pairs[0])},
+            )
         tick(i + 1)
-    return results
+    return results, states
 
 
 def _run(
@@ -141,8 +165,10 @@ def _run(
 # ---------------------------------------------------------------- fidelity
 
 
-def output_metrics(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict[str, Any]:
-    """Errors of one output over all samples; top-1 agreement when it looks like class scores."""
+def output_metrics(
+    original: list[np.ndarray], compressed: list[np.ndarray], name: str = ""
+) -> dict[str, Any]:
+    """Errors of one output over all samples; top-1 agreement when it holds class scores."""
     a = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in original])
     b = np.concatenate([np.asarray(x, np.float64).reshape(-1) for x in compressed])
     if a.shape != b.shape:
@@ -158,13 +184,14 @@ def output_metrics(original: list[np.ndarray], compressed: list[np.ndarray]) -> 
         "max_abs_error": math.inf if broken else (float(diff.max()) if diff.size else 0.0),
         "mean_abs_error": math.inf if broken else (float(diff.mean()) if diff.size else 0.0),
         "cosine": math.nan if broken else cosine(a[finite], b[finite]),
-        "sqnr_db": -math.inf if broken else sqnr_db(a[finite], b[finite]),
+        "sqnr_db": -math.inf if broken else fidelity.sqnr_db(a[finite], b[finite]),
+        "relative_l2_error": math.inf if broken else fidelity.relative_l2(a[finite], b[finite]),
         "nan_count": int(np.isnan(b).sum()),
         "inf_count": int(np.isinf(b).sum()),
         "original_nan_count": int(np.isnan(a).sum()),
         "original_inf_count": int(np.isinf(a).sum()),
     }
-    if is_class_scores(original[0]):
+    if fidelity.is_class_scores(original, name):
         metrics.update(agreement(original, compressed))
     return metrics
 
@@ -179,19 +206,9 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.clip(np.dot(a, b) / (na * nb), -1.0, 1.0))
 
 
-def sqnr_db(a: np.ndarray, b: np.ndarray) -> float:
-    """Signal-to-quantisation-noise ratio in dB (infinite when the outputs are identical)."""
-    noise = float(np.sum((a - b) ** 2))
-    signal = float(np.sum(a**2))
-    if noise == 0:
-        return math.inf
-    if signal == 0:
-        return -math.inf
-    return 10 * math.log10(signal / noise)
-
-
-def is_class_scores(value: np.ndarray) -> bool:
-    """A [batch, classes] (or [classes]) float output with at least two classes."""
+def might_be_class_scores(value: np.ndarray) -> bool:
+    """A [batch, classes] (or [classes]) float output with at least two classes: with labels
+    given, the first such output is scored for accuracy."""
     return value.dtype.kind == "f" and value.ndim in (1, 2) and value.shape[-1] >= 2
 
 
@@ -222,10 +239,13 @@ def agreement(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict[
 
 
 def overall(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """The worst value of each metric over all outputs."""
+    """The worst value of each metric over the outputs judged directly (recurrent state is
+    judged through the outputs it feeds); NaN/inf counts over every output."""
+    judged = [m for m in outputs.values() if not m.get("recurrent_state_of")]
+    judged = judged or list(outputs.values())
 
     def pick(key: str, worst: Callable[..., Any]) -> Any:
-        values = [m[key] for m in outputs.values() if m.get(key) is not None]
+        values = [m[key] for m in judged if m.get(key) is not None]
         if any(math.isnan(v) for v in values):
             return math.nan
         return worst(values) if values else None
@@ -235,10 +255,31 @@ def overall(outputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
         "mean_abs_error": pick("mean_abs_error", max),
         "cosine": pick("cosine", min),
         "sqnr_db": pick("sqnr_db", min),
+        "relative_l2_error": pick("relative_l2_error", max),
         "nan_count": sum(m["nan_count"] for m in outputs.values()),
         "inf_count": sum(m["inf_count"] for m in outputs.values()),
         "top1_agreement": pick("top1_agreement", min),
         "top1_agreement_confident": pick("top1_agreement_confident", min),
+    }
+
+
+def floor_section(
+    cfg: ValidateConfig, outputs: dict[str, dict[str, Any]], synthetic: bool
+) -> dict[str, Any]:
+    """The fidelity floor (defaults for random or real inputs, or the configured thresholds)
+    and its check on each judged output."""
+    default = fidelity.default_floor(real_data=not synthetic)
+    floor = fidelity.Floor(
+        min_sqnr_db=default.min_sqnr_db if cfg.min_sqnr is None else cfg.min_sqnr,
+        min_top1_agreement=(
+            default.min_top1_agreement if cfg.min_top1_agreement is None else cfg.min_top1_agreement
+        ),
+    )
+    return {
+        "inputs": "random" if synthetic else "data",
+        "min_sqnr_db": floor.min_sqnr_db,
+        "min_top1_agreement": floor.min_top1_agreement,
+        "checks": fidelity.floor_checks(outputs, floor),
     }
 
 
@@ -251,7 +292,7 @@ def _task(
     """Accuracy and macro precision/recall/F1 of both models on the first class-score output."""
     for k, name in enumerate(names):
         first = results[0][k][0]
-        if not is_class_scores(first) or int(labels.max()) >= first.shape[-1]:
+        if not might_be_class_scores(first) or int(labels.max()) >= first.shape[-1]:
             continue
         preds = [
             np.concatenate(
@@ -446,11 +487,6 @@ _GATES: dict[str, tuple[str, str, Callable[[RunReport], Any]]] = {
         "cosine similarity of the outputs",
         lambda r: ((r.validation or {}).get("overall") or {}).get("cosine"),
     ),
-    "min_top1_agreement": (
-        "min",
-        "top-1 agreement (needs an output of class scores)",
-        lambda r: ((r.validation or {}).get("overall") or {}).get("top1_agreement"),
-    ),
     "max_latency_ratio": (
         "max",
         "latency ratio compressed/original",
@@ -460,9 +496,16 @@ _GATES: dict[str, tuple[str, str, Callable[[RunReport], Any]]] = {
 }
 
 
+# The fidelity floor: gates that always apply (with default thresholds) unless gates are off.
+FLOOR_GATES = {"min_sqnr": "sqnr_db", "min_top1_agreement": "top1_agreement"}
+
+
 def evaluate_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
-    """Compare the report's measurements to the configured thresholds. A gate whose metric is
+    """The fidelity floor, then the configured gates. A configured gate whose metric is
     unavailable fails, and a note on the report says why, unless it is listed as optional."""
+    if not cfg.gates:
+        report.notes.append("gates are off (--no-gates): nothing was judged, not even the floor")
+        return []
     gates = []
     for name, (direction, what, read) in _GATES.items():
         threshold = getattr(cfg, name)
@@ -480,4 +523,38 @@ def evaluate_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
         value = float(value)
         passed = value <= threshold if direction == "max" else value >= threshold
         gates.append(Gate(name, threshold, value, passed))
+    return gates + _floor_gates(cfg, report)
+
+
+def _floor_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
+    """One gate per floor metric (SQNR, top-1 agreement) at its worst judged output. A
+    threshold set explicitly fails when no output has that metric; a default one is absent."""
+    floor = (report.validation or {}).get("floor")
+    if report.validation is None:
+        report.notes.append("not validated: the fidelity floor was not checked")
+    if floor is None:
+        return []
+    gates = []
+    for name, metric in FLOOR_GATES.items():
+        checks = [c for c in floor["checks"] if c["metric"] == metric]
+        if not checks:
+            if getattr(cfg, name) is not None:
+                report.notes.append(f"gate {name} fails: no output has {metric}")
+                gates.append(Gate(name, getattr(cfg, name), None, False))
+            continue
+        worst = min(checks, key=_margin)
+        gates.append(
+            Gate(name, worst["threshold"], worst["value"], worst["passed"], worst["output"])
+        )
+    if floor["inputs"] == "random":
+        report.notes.append(
+            "the fidelity floor was judged on random inputs (lenient); pass --data with real "
+            "inputs for a real judgement"
+        )
     return gates
+
+
+def _margin(check: dict[str, Any]) -> float:
+    """How far a floor check is above its threshold (NaN counts as infinitely below)."""
+    value = check["value"]
+    return -math.inf if math.isnan(value) else value - check["threshold"]

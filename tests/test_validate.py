@@ -95,10 +95,14 @@ def test_weights_scaled_by_ten_fail_the_cosine_gate(tmp_path: Path) -> None:
     report_path = tmp_path / "report.json"
     result = _mcompress(original, broken, "--min-cosine", "0.99", "--report", report_path)
     assert result.returncode == 3, result.stderr
-    assert "quality gate failed: min_cosine" in result.stderr
+    assert result.stderr == (
+        f"mcompress: FAILED: gate min_cosine 0.7249 < 0.99 (report written to {report_path})\n"
+    )
     report = json.loads(report_path.read_text())
     assert report["passed"] is False
-    (gate,) = report["gates"]
+    # The floor judges the softmax by top-1: scaling every layer keeps most predictions.
+    gate, floor = report["gates"]
+    assert (floor["name"], floor["value"], floor["passed"]) == ("min_top1_agreement", 0.875, True)
     assert gate["name"] == "min_cosine" and gate["threshold"] == 0.99 and not gate["passed"]
     assert gate["value"] == report["validation"]["overall"]["cosine"] < 0.9
     assert report["validation"]["overall"]["max_abs_error"] > 0.1
@@ -119,7 +123,7 @@ def test_accuracy_precision_recall_f1_hand_computed(tmp_path: Path) -> None:
     np.savez(tmp_path / "val.npz", x=x, labels=np.array([0, 0, 1, 1, 2, 2]))
     original = _scores_model(tmp_path / "a.onnx", [0, 0, 0])
     compressed = _scores_model(tmp_path / "b.onnx", [0, 0, 0.5])
-    code, out = _cli(original, compressed, "--data", tmp_path / "val.npz", "--json")
+    code, out = _cli(original, compressed, "--data", tmp_path / "val.npz", "--json", "--no-gates")
     assert code == 0, out
     task = json.loads(out)["validation"]["task"]
     assert task["output"] == "scores" and task["samples"] == 6
@@ -170,10 +174,12 @@ def test_vad_against_itself_runs_unaided(vad: Path) -> None:
 def test_output_metrics_numbers() -> None:
     a = [np.array([[3.0, 4.0]], np.float32)]
     b = [np.array([[3.0, 5.0]], np.float32)]
-    m = output_metrics(a, b)
+    m = output_metrics(a, b, "logits")
     assert m["max_abs_error"] == 1.0 and m["mean_abs_error"] == 0.5
     assert m["cosine"] == pytest.approx(29 / (5 * math.sqrt(34)))
-    assert m["sqnr_db"] == pytest.approx(10 * math.log10(25 / 1))
+    # variance of the original 0.25, mean squared error 0.5
+    assert m["sqnr_db"] == pytest.approx(10 * math.log10(0.25 / 0.5))
+    assert m["relative_l2_error"] == pytest.approx(1 / 5)
     assert m["top1_agreement"] == 1.0 and m["classes"] == 2
 
 
@@ -218,8 +224,10 @@ def _report(validation: dict | None, ratio: float = 2.0) -> RunReport:
 
 
 def test_gates_compare_in_the_right_direction() -> None:
+    check = {"output": "y", "metric": "top1_agreement", "value": 0.97, "threshold": 0.98}
     validation = {
         "overall": {"cosine": 0.995, "top1_agreement": 0.97},
+        "floor": {"inputs": "data", "checks": [{**check, "passed": False}]},
         "task": {"accuracy_drop": 0.02},
         "latency": {"ratio": 1.3},
     }

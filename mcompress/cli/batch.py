@@ -132,6 +132,12 @@ def batch(
         float | None,
         typer.Option("--min-compression-ratio", help="Gate: input size / output size."),
     ] = None,
+    min_sqnr: Annotated[
+        float | None, typer.Option("--min-sqnr", help="Floor: SQNR dB of non-class outputs.")
+    ] = None,
+    no_gates: Annotated[
+        bool, typer.Option("--no-gates", help="Measure only: no gate fails, not even the floor.")
+    ] = False,
 ) -> None:
     """Compress many models with one config, in parallel worker processes.
 
@@ -149,6 +155,8 @@ def batch(
         min_cosine=min_cosine,
         min_top1_agreement=min_top1_agreement,
         min_compression_ratio=min_compression_ratio,
+        min_sqnr=min_sqnr,
+        gates=False if no_gates else None,
     )
     _check_executor(executor, address, jobs)
     part = Shard.parse(shard) if shard else None

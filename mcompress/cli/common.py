@@ -12,12 +12,13 @@ from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from typer.core import TyperGroup
 
 from mcompress import __version__, config, model_io, pipeline
 from mcompress.errors import EXIT_GATE_FAILED, McompressError
-from mcompress.report import RunReport, summary_table, write_text_atomic
+from mcompress.report import RunReport, summary_table, verdict, write_text_atomic
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success · 1 internal error (traceback saved to a log file) · "
@@ -96,6 +97,8 @@ class WriteOptions:
     min_top1_agreement: float | None
     max_latency_ratio: float | None
     min_compression_ratio: float | None
+    min_sqnr: float | None = None
+    no_gates: bool = False
 
 
 def _opt(*names: str, help: str, **kw: Any) -> Any:
@@ -135,7 +138,10 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
     (
         "min_top1_agreement",
         float | None,
-        _opt("--min-top1-agreement", help="Gate: top-1 agreement."),
+        _opt(
+            "--min-top1-agreement",
+            help="Floor: top-1 agreement of class-score outputs (default 0.5 random, 0.9 --data).",
+        ),
     ),
     (
         "max_latency_ratio",
@@ -147,8 +153,26 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
         float | None,
         _opt("--min-compression-ratio", help="Gate: input size / output size."),
     ),
+    (
+        "min_sqnr",
+        float | None,
+        _opt(
+            "--min-sqnr",
+            help="Floor: SQNR (dB) of other outputs (default 1 random, 6 with --data).",
+        ),
+    ),
+    (
+        "no_gates",
+        bool,
+        _opt("--no-gates", help="Measure only: no gate fails, not even the fidelity floor."),
+    ),
 ]
-_WRITE_DEFAULTS: dict[str, Any] = {"force": False, "json_out": False, "no_validate": False}
+_WRITE_DEFAULTS: dict[str, Any] = {
+    "force": False,
+    "json_out": False,
+    "no_validate": False,
+    "no_gates": False,
+}
 
 
 def writes_model(
@@ -210,9 +234,12 @@ def with_cli_validation(cfg: config.PipelineConfig, opts: WriteOptions) -> confi
             "min_top1_agreement",
             "max_latency_ratio",
             "min_compression_ratio",
+            "min_sqnr",
         )
         if getattr(opts, key) is not None
     }
+    if opts.no_gates:
+        overrides["gates"] = False
     if opts.data is not None:
         overrides["data"] = str(opts.data)
     if opts.no_validate:
@@ -267,20 +294,35 @@ def _execute(
 
 
 def emit(report: RunReport, opts: WriteOptions) -> None:
-    """Write the requested report files, print the summary (or JSON), exit 3 on a failed gate."""
+    """Write the requested report files, print the summary (or JSON) ending with the output's
+    path and the verdict; exit 3 on a failed gate, saying truthfully what was written."""
     if opts.report:
         write_text_atomic(opts.report, report.to_json())
     write_documents(report, opts.markdown, opts.html)
+    line = verdict(report)
     if opts.json_out:
         sys.stdout.write(report.to_json() + "\n")
     else:
         out.print(summary_table(report))
         for note in report.notes:
             out.print(f"note: {note}")
+        label = "checked" if report.command == "validate" else "output"
+        if report.output:
+            out.print(f"{label}: {Path(report.output.path).resolve()}", soft_wrap=True)
+        color = "green" if report.passed else "red"
+        out.print(f"[{color}]{escape(line)}[/{color}]", soft_wrap=True)
     if not report.passed:
-        failed = ", ".join(g.name for g in report.gates if not g.passed)
-        err.print(f"mcompress: quality gate failed: {failed} (model and report written)")
+        err.print(f"mcompress: {escape(line)} ({_written(report, opts)})", soft_wrap=True)
         raise typer.Exit(EXIT_GATE_FAILED)
+
+
+def _written(report: RunReport, opts: WriteOptions) -> str:
+    """What a run that failed a gate left behind, for its error line."""
+    files = [str(p) for p in (opts.report, opts.markdown, opts.html) if p]
+    reports = f"report written to {', '.join(files)}" if files else "no report file requested"
+    if report.command == "validate" or report.output is None:
+        return reports
+    return f"model written to {report.output.path}; {reports}"
 
 
 def write_documents(report: RunReport, markdown: Path | None, html: Path | None) -> None:

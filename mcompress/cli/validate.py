@@ -44,8 +44,15 @@ def validate_command(
         float | None, _opt("--min-cosine", help="Gate: cosine similarity of every output.")
     ] = None,
     min_top1_agreement: Annotated[
-        float | None, _opt("--min-top1-agreement", help="Gate: top-1 agreement.")
+        float | None,
+        _opt("--min-top1-agreement", help="Floor: top-1 agreement (default 0.5 random, 0.9 data)."),
     ] = None,
+    min_sqnr: Annotated[
+        float | None, _opt("--min-sqnr", help="Floor: SQNR dB (default 1 random, 6 data).")
+    ] = None,
+    no_gates: Annotated[
+        bool, typer.Option("--no-gates", help="Measure only: no gate fails, not even the floor.")
+    ] = False,
     max_latency_ratio: Annotated[
         float | None, _opt("--max-latency-ratio", help="Gate: latency compressed/original.")
     ] = None,
@@ -78,6 +85,8 @@ def validate_command(
         min_top1_agreement=min_top1_agreement,
         max_latency_ratio=max_latency_ratio,
         min_compression_ratio=min_compression_ratio,
+        min_sqnr=min_sqnr,
+        no_gates=no_gates,
         markdown=markdown,
         html=html,
     )

@@ -1,0 +1,150 @@
+"""Fidelity metrics that offsets, near-constant outputs and class scores do not fool, and the
+default floor below which a compressed model counts as broken.
+
+Cosine similarity misled on real models: an output with a large constant offset scores ~1 however
+wrong its variation is, and a near-constant probability (a VAD's speech probability on random
+audio) scores 0.90 for an error of 0.0016. So the floor judges class scores by top-1 agreement
+and every other output by SQNR against the original's variance around its mean, with a minimum
+signal for probabilities (an error far below 0.01 cannot change a decision).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Variance assumed at least for outputs whose values all lie in [0, 1] (probabilities): a
+# standard deviation of 0.01, one hundredth of their range.
+PROBABILITY_MIN_VARIANCE = 1e-4
+_CLASS_NAME_HINTS = ("logit", "score", "prob", "class", "cls", "softmax", "pred")
+_SUM_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Floor:
+    """The fidelity every compressed model must keep unless gates are turned off."""
+
+    min_sqnr_db: float
+    min_top1_agreement: float
+
+
+# Chosen from measurements (README, "Fidelity floor"): on random inputs lenient enough that
+# int8 and fp16 pass on every model tried, strict enough that a collapsed output (SQNR <= 0 dB:
+# no better than predicting the mean) or a classifier agreeing on fewer than half its top-1
+# predictions stops. Real data (--data) lets the floor be stricter.
+RANDOM_FLOOR = Floor(min_sqnr_db=1.0, min_top1_agreement=0.5)
+DATA_FLOOR = Floor(min_sqnr_db=6.0, min_top1_agreement=0.9)
+
+
+def is_probability(values: np.ndarray) -> bool:
+    """All values within [0, 1] (sigmoid or softmax outputs)."""
+    return values.size > 0 and float(values.min()) >= 0.0 and float(values.max()) <= 1.0
+
+
+def sqnr_db(original: np.ndarray, compressed: np.ndarray) -> float:
+    """10 log10(variance of the original / mean squared error), in dB.
+
+    Offset-insensitive: the signal is the original's variation around its mean, so a constant
+    offset in the output neither hides nor creates error. For probabilities the signal is at
+    least PROBABILITY_MIN_VARIANCE. Infinite when the outputs are identical.
+    """
+    a = np.asarray(original, np.float64).reshape(-1)
+    b = np.asarray(compressed, np.float64).reshape(-1)
+    noise = float(np.mean((b - a) ** 2)) if a.size else 0.0
+    if noise == 0:
+        return math.inf
+    signal = float(np.var(a))
+    if is_probability(a):
+        signal = max(signal, PROBABILITY_MIN_VARIANCE)
+    if signal == 0:
+        return -math.inf
+    return 10 * math.log10(signal / noise)
+
+
+def relative_l2(original: np.ndarray, compressed: np.ndarray) -> float:
+    """||compressed - original|| / ||original|| (infinite for any error on an all-zero output)."""
+    a = np.asarray(original, np.float64).reshape(-1)
+    b = np.asarray(compressed, np.float64).reshape(-1)
+    error, norm = float(np.linalg.norm(b - a)), float(np.linalg.norm(a))
+    if error == 0:
+        return 0.0
+    return error / norm if norm else math.inf
+
+
+def is_class_scores(samples: list[np.ndarray], name: str = "") -> bool:
+    """Class scores, judged conservatively: a float output of rank 1-3 with at least two
+    classes on the last axis whose rows are probabilities (softmax: non-negative, sum 1) or
+    log-probabilities, or whose name says scores/logits. An embedding is not class scores."""
+    first = np.asarray(samples[0])
+    if first.dtype.kind != "f" or first.ndim not in (1, 2, 3) or first.shape[-1] < 2:
+        return False
+    if any(hint in name.lower() for hint in _CLASS_NAME_HINTS):
+        return True
+    rows = np.concatenate([np.asarray(s, np.float64).reshape(-1, first.shape[-1]) for s in samples])
+    if not np.isfinite(rows).all():
+        return False
+    if rows.min() >= 0 and np.allclose(rows.sum(axis=1), 1, atol=_SUM_TOLERANCE):
+        return True
+    return bool(rows.max() <= 0 and np.allclose(np.exp(rows).sum(axis=1), 1, atol=_SUM_TOLERANCE))
+
+
+def state_outputs(inputs: dict[str, list[int]], outputs: dict[str, list[int]]) -> dict[str, str]:
+    """{output: input} for recurrent state: an output named after an input it feeds back
+    (`state` -> `stateN`, `h` -> `h_out`, `past*` -> `present*`) with that input's shape."""
+    pairs = {}
+    for out_name, out_shape in outputs.items():
+        for in_name, in_shape in inputs.items():
+            if out_name.lower() in fed_back_names(in_name) and list(out_shape) == list(in_shape):
+                pairs[out_name] = in_name
+                break
+    return pairs
+
+
+def fed_back_names(input_name: str) -> set[str]:
+    """Lower-case output names that feed an input of this name back, by exporter convention."""
+    base = input_name.lower()
+    names = {f"{base}n", f"{base}_out", f"{base}_n", f"next_{base}", f"new_{base}"}
+    if "past" in base:
+        names.add(base.replace("past", "present"))
+    return names
+
+
+def default_floor(real_data: bool) -> Floor:
+    """The floor for validation on real data (--data) or on random inputs."""
+    return DATA_FLOOR if real_data else RANDOM_FLOOR
+
+
+def floor_checks(outputs: dict[str, dict[str, Any]], floor: Floor) -> list[dict[str, Any]]:
+    """One check per judged output: top-1 agreement for class scores, SQNR otherwise.
+    Recurrent-state outputs are judged through the outputs they feed, not here."""
+    checks = []
+    for name, metrics in outputs.items():
+        if metrics.get("recurrent_state_of"):
+            continue
+        if metrics.get("top1_agreement") is not None:
+            metric, value, threshold = (
+                "top1_agreement", metrics["top1_agreement"], floor.min_top1_agreement,
+            )  # fmt: skip
+        else:
+            metric, value, threshold = "sqnr_db", metrics["sqnr_db"], floor.min_sqnr_db
+        passed = not math.isnan(value) and value >= threshold
+        checks.append(
+            {"output": name, "metric": metric, "value": value, "threshold": threshold,
+             "passed": passed}
+        )  # fmt: skip
+    return checks
+
+
+def describe(check: dict[str, Any]) -> str:
+    """'output 'y': SQNR -4.3 dB < floor 1 dB' for a summary line."""
+    if check["metric"] == "top1_agreement":
+        figure = f"top-1 agreement {check['value']:.1%}"
+        limit = f"{check['threshold']:.0%}"
+    else:
+        figure = f"SQNR {check['value']:.1f} dB"
+        limit = f"{check['threshold']:g} dB"
+    relation = ">=" if check["passed"] else "<"
+    return f"output '{check['output']}': {figure} {relation} floor {limit}"
