@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mcompress.report import RunReport, gzip_text, human_bytes
+from mcompress.report import FLOOR_GATES, RunReport, gzip_text, human_bytes
 
 MAX_BARS = 15
 _BEFORE = "#9aa5b1"
@@ -67,7 +67,11 @@ def _as_float(value: Any) -> float | None:
 
 
 def _status(data: dict[str, Any]) -> str:
-    return "PASSED" if data.get("passed", True) else "FAILED"
+    """PASSED, BROKEN (below the fidelity floor) or FAILED (another gate)."""
+    if data.get("passed", True):
+        return "PASSED"
+    failed = {g["name"] for g in data.get("gates", []) if not g["passed"]}
+    return "BROKEN" if failed & set(FLOOR_GATES) else "FAILED"
 
 
 def _size_rows(data: dict[str, Any]) -> list[tuple[str, str, str]]:
