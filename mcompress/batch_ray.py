@@ -20,13 +20,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mcompress import batch
+from mcompress import __version__, batch
 from mcompress.batch import Job, Listener, Outcome, Row
 from mcompress.errors import EXIT_INTERNAL, UsageError
 
 INSTALL_COMMAND = "pip install 'mcompress[ray]'"
 _POLL_SECONDS = 0.1
 _PROBE_TIMEOUT_SECONDS = 120.0
+_MARKER_PREFIX = ".mcompress-probe-"
 
 
 def import_ray() -> ModuleType:
@@ -47,7 +48,7 @@ def run_batch(jobs: list[Job], listener: Listener, address: str | None = None) -
     with _connected(address) as ray:
         if not jobs:
             return Outcome([], 0, 0.0)
-        check_shared_storage(ray, jobs)
+        check_nodes(ray, jobs)
         return _Run(ray, jobs, listener).run()
 
 
@@ -73,11 +74,12 @@ def _connected(address: str | None) -> Iterator[ModuleType]:
 # ---------------------------------------------------------------- shared storage
 
 
-def check_shared_storage(ray: ModuleType, jobs: list[Job]) -> None:
-    """Before submitting: every alive node sees the working directory, every input (models,
-    validation data) and the output folders, at the same paths as this process."""
+def check_nodes(ray: ModuleType, jobs: list[Job]) -> None:
+    """Before submitting: every alive node runs this mcompress version and sees the working
+    directory, every input (models, validation data) and the output folders, at the same
+    paths as this process (it must find a marker file written here into each output folder)."""
     folders = sorted({job.output.parent.resolve() for job in jobs})
-    markers = [folder / f".mcompress-probe-{uuid.uuid4().hex}" for folder in folders]
+    markers = [folder / f"{_MARKER_PREFIX}{uuid.uuid4().hex}" for folder in folders]
     paths = [str(path) for path in markers]
     for job in jobs:
         paths.append(str(job.input_path))
@@ -87,13 +89,53 @@ def check_shared_storage(ray: ModuleType, jobs: list[Job]) -> None:
     try:
         for marker in markers:
             marker.write_bytes(b"")
-        missing = _probe_nodes(ray, os.getcwd(), paths)
+        for node, (missing, version) in _ask_nodes(ray, os.getcwd(), paths):
+            _refuse_node(node, missing, version)
     finally:
         for marker in markers:
             marker.unlink(missing_ok=True)
-    if missing:
-        node, path = missing
-        shown = Path(path).parent if Path(path).name.startswith(".mcompress-probe-") else path
+
+
+def _ask_nodes(
+    ray: ModuleType, cwd: str, paths: list[str]
+) -> Iterator[tuple[str, tuple[str | None, str]]]:
+    """(node address, answer of `_node_check`) for every alive node."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    check = ray.remote(_node_check)
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    refs = [
+        check.options(
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        ).remote(cwd, paths)
+        for node in nodes
+    ]
+    deadline = time.monotonic() + _PROBE_TIMEOUT_SECONDS
+    for node, ref in zip(nodes, refs, strict=True):
+        address = node.get("NodeManagerAddress", node["NodeID"])
+        try:
+            answer = ray.get(ref, timeout=max(0.0, deadline - time.monotonic()))
+        except ray.exceptions.GetTimeoutError:
+            raise UsageError(
+                f"Ray node {address} did not answer within {_PROBE_TIMEOUT_SECONDS:.0f} s"
+            ) from None
+        except ray.exceptions.RayError as exc:
+            raise UsageError(
+                f"Ray node {address} cannot run mcompress: {_first_line(exc)}",
+                f"install mcompress {__version__} on every node",
+            ) from None
+        yield address, answer
+
+
+def _refuse_node(node: str, missing: str | None, version: str) -> None:
+    if version != __version__:
+        raise UsageError(
+            f"Ray node {node} runs mcompress {version}, this is {__version__}",
+            "install the same mcompress on every node: outputs must not depend on the node",
+        )
+    if missing is not None:
+        shown = Path(missing).parent if Path(missing).name.startswith(_MARKER_PREFIX) else missing
         raise UsageError(
             f"Ray node {node} does not see '{shown}': inputs and outputs must be on storage "
             "every node mounts at the same path",
@@ -101,38 +143,14 @@ def check_shared_storage(ray: ModuleType, jobs: list[Job]) -> None:
         )
 
 
-def _probe_nodes(ray: ModuleType, cwd: str, paths: list[str]) -> tuple[str, str] | None:
-    """(node address, first path it cannot see) for the first node missing one, else None."""
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    probe = ray.remote(_missing_paths)
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    refs = [
-        probe.options(
-            num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        ).remote(cwd, paths)
-        for node in nodes
-    ]
-    try:
-        answers = ray.get(refs, timeout=_PROBE_TIMEOUT_SECONDS)
-    except ray.exceptions.GetTimeoutError:
-        raise UsageError(
-            f"a Ray node did not answer the storage check within {_PROBE_TIMEOUT_SECONDS:.0f} s"
-        ) from None
-    for node, missing in zip(nodes, answers, strict=True):
-        if missing is not None:
-            return node.get("NodeManagerAddress", node["NodeID"]), missing
-    return None
-
-
-def _missing_paths(cwd: str, paths: list[str]) -> str | None:
-    """On a node: the working directory or the first of `paths` (relative to it) it lacks."""
+def _node_check(cwd: str, paths: list[str]) -> tuple[str | None, str]:
+    """On a node: the working directory or the first of `paths` (relative to it) it lacks,
+    and the mcompress version it runs."""
     try:
         os.chdir(cwd)
     except OSError:
-        return cwd
-    return next((path for path in paths if not os.path.exists(path)), None)
+        return cwd, __version__
+    return next((path for path in paths if not os.path.exists(path)), None), __version__
 
 
 # ---------------------------------------------------------------- worker side

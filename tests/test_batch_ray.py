@@ -135,6 +135,17 @@ def test_every_node_must_see_the_inputs(ray_instance: Any, tmp_path: Path) -> No
     assert list((tmp_path / "out").iterdir()) == []  # the probe's marker is gone
 
 
+def test_every_node_must_run_this_mcompress_version(
+    ray_instance: Any, tmp_path: Path, monkeypatch
+) -> None:
+    model = builders.save(builders.mlp(hidden=8), tmp_path / "m.onnx")
+    jobs = batch.plan([model], config.build({"passes": [{"type": "strip"}]}), tmp_path, "s")
+    monkeypatch.setattr(batch_ray, "__version__", "0.0.1")  # this process only, not the nodes
+
+    with pytest.raises(UsageError, match=r"runs mcompress \S+, this is 0.0.1$"):
+        batch_ray.run_batch(jobs, lambda *event: None)
+
+
 def test_executor_options_are_checked_before_any_work(tmp_path: Path, monkeypatch) -> None:
     model = builders.save(builders.mlp(hidden=8), tmp_path / "m.onnx")
     args = ["batch", str(model), "-c", "level1", "-o", str(tmp_path / "out")]

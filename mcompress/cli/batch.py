@@ -100,7 +100,7 @@ def batch(
             "--address",
             metavar="ADDRESS",
             help="Ray cluster for --executor ray: auto or ray://HOST:10001 "
-            "(default: RAY_ADDRESS, else a local Ray instance).",
+            "(default: RAY_ADDRESS, else this machine's Ray cluster or a new one).",
         ),
     ] = None,
     json_out: Annotated[
