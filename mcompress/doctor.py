@@ -225,7 +225,7 @@ def _check_inputs(ctx: _Context) -> Iterator[Finding]:
         return
     if ctx.data is not None:
         try:
-            inputs.make_feeds(
+            made = inputs.make_feeds(
                 ctx.path, data=ctx.data, samples=1, seed=0, input_shapes=ctx.input_shapes
             )
         except McompressError as exc:
@@ -235,6 +235,9 @@ def _check_inputs(ctx: _Context) -> Iterator[Finding]:
                 exc.message,
                 exc.hint or "pass an .npz keyed by input names, first axis = samples",
             )
+            return
+        for note in made.description.get("notes", []):
+            yield Finding("note", "data", note, "nothing to do: only model inputs are read")
         return
     initializers = {t.name for t in ctx.model.proto.graph.initializer}
     graph_inputs = [

@@ -152,7 +152,11 @@ def _inputs_line(validation: dict[str, Any]) -> str:
         f"{n} {'x'.join(map(str, i.get('shape', []))) or 'scalar'} ({i.get('fill')})"
         for n, i in desc.get("inputs", {}).items()
     )
-    return f"{count} RANDOM samples, seed {desc.get('seed')}: {shapes}"
+    guessed = "; ".join(
+        f"{n}: {'x'.join(map(str, dims))}" for n, dims in (desc.get("guessed") or {}).items()
+    )
+    note = f" (guessed dynamic sizes {guessed}; pin with --input-shape)" if guessed else ""
+    return f"{count} RANDOM samples, seed {desc.get('seed')}: {shapes}{note}"
 
 
 def _pass_rows(data: dict[str, Any]) -> list[list[str]]:

@@ -17,7 +17,6 @@ from mcompress import __version__
 SCHEMA_VERSION = 2
 # A compressed model slower than this ratio of the original (and than the original's p90) is
 # called out in the summary.
-SLOWER_RATIO = 1.05
 
 
 @dataclass
@@ -216,6 +215,10 @@ def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, 
         "random (synthetic)" if inputs.get("synthetic") else Path(inputs.get("path", "data")).name
     )
     rows.append(("validated on", "", f"{validation.get('samples', 0)} samples, {source}"))
+    guessed = inputs.get("guessed") or {}
+    if guessed:
+        sizes = ", ".join(f"{name} {'x'.join(map(str, dims))}" for name, dims in guessed.items())
+        rows.append(("guessed sizes", "", f"{escape(sizes)} (pin with --input-shape)"))
     overall = validation.get("overall") or {}
     outputs = validation.get("outputs") or {}
     for key, label, fmt in (
@@ -239,12 +242,11 @@ def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, 
     latency = validation.get("latency") or {}
     if latency.get("ratio"):
         ratio = latency["ratio"]
-        # Slower beyond timer noise: also above the original's own 90th percentile.
-        slower = (
-            ratio > SLOWER_RATIO
-            and latency["compressed"]["median_ms"] > latency["original"]["p90_ms"]
-        )
-        verdict = f" [red]SLOWER ({ratio:.2f}x)[/red]" if slower else f" ({ratio:.2f}x)"
+        if latency.get("slower"):
+            confidence = latency.get("confidence_slower", 0.0)
+            verdict = f" [red]SLOWER ({ratio:.2f}x, {confidence:.1%} confidence)[/red]"
+        else:
+            verdict = f" ({ratio:.2f}x)"
         rows.append(
             (
                 "latency (median)",

@@ -9,28 +9,38 @@ commands that never run a model do not pay its import time.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnx
 
 if TYPE_CHECKING:
     import onnxruntime
 
 CPU = ["CPUExecutionProvider"]
+Feed = dict[str, np.ndarray]
 # Only fatal messages: failures come back as exceptions, reported by mcompress as one line.
 QUIET = 4
 
 
 def options(
-    *, optimize: bool = True, external_folder: Path | None = None
+    *,
+    optimize: bool = True,
+    external_folder: Path | None = None,
+    spinning: bool = True,
 ) -> onnxruntime.SessionOptions:
     """Session options: silent logging; `optimize=False` skips graph optimizations (load time
     only matters when the session runs once); `external_folder` resolves external data of a
     model given as bytes."""
     import onnxruntime as ort
 
+    ort.set_default_logger_severity(QUIET)  # sessions made inside onnxruntime's own tools
     opts = ort.SessionOptions()
     opts.log_severity_level = QUIET
     if not optimize:
@@ -39,6 +49,8 @@ def options(
         opts.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(external_folder)
         )
+    if not spinning:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
@@ -47,6 +59,7 @@ def session(
     *,
     optimize: bool = True,
     external_folder: Path | None = None,
+    spinning: bool = True,
 ) -> onnxruntime.InferenceSession:
     """A CPU session for a model file (read by onnxruntime), serialised bytes, or a proto
     (serialised here, once). Raises whatever onnxruntime raises; see `error_line`."""
@@ -58,7 +71,7 @@ def session(
         source = model
     else:
         source = os.fspath(model)
-    opts = options(optimize=optimize, external_folder=external_folder)
+    opts = options(optimize=optimize, external_folder=external_folder, spinning=spinning)
     return ort.InferenceSession(source, sess_options=opts, providers=CPU)
 
 
@@ -67,3 +80,91 @@ def error_line(exc: BaseException, limit: int = 300) -> str:
     text after its last `Status Message:`), first line, at most `limit` characters."""
     text = str(exc).strip().rsplit("Status Message:", 1)[-1].strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+def run_error(runner: Any, feed: Feed) -> str | None:
+    """None when `runner` (a session) runs `feed`; else onnxruntime's first error line."""
+    try:
+        runner.run(None, feed)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        return error_line(exc)
+    return None
+
+
+# ---------------------------------------------------------------- memory estimate
+
+# The largest single activation a run on guessed sizes may produce before mcompress picks
+# smaller sizes: a run holds a few such tensors at once, far below the 1 GB a command may take.
+ACTIVATION_BUDGET = 16 * 2**20
+
+
+def node_output_bytes(source: Path | str | bytes, feeds: list[Feed]) -> list[dict[str, int]]:
+    """Bytes each node writes, per feed, from onnxruntime's profiler (one session, no graph
+    changes): the measure a memory estimate extrapolates from."""
+    import onnxruntime as ort
+
+    opts = options()
+    with tempfile.TemporaryDirectory() as tmp:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "probe")
+        model = source if isinstance(source, bytes) else os.fspath(source)
+        sess = ort.InferenceSession(model, sess_options=opts, providers=CPU)
+        for feed in feeds:
+            sess.run(None, feed)
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    starts = sorted(
+        e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    runs: list[dict[str, int]] = [{} for _ in starts]
+    for event in events:
+        size = event.get("args", {}).get("output_size")
+        if event.get("cat") != "Node" or size is None or not starts:
+            continue
+        index = max(sum(1 for start in starts if start <= event["ts"]) - 1, 0)
+        runs[index][event["name"]] = runs[index].get(event["name"], 0) + int(size)
+    return runs
+
+
+def extrapolate(small: dict[str, int], large: dict[str, int], ratio: float, scale: float) -> int:
+    """Largest node output at `scale` times the `large` run's sizes, from the growth of each
+    node between two runs whose guessed sizes differ by `ratio`: each node's bytes grow as a
+    power of the size (linear for a convolution, quadratic for attention scores)."""
+    worst = 0.0
+    for name, size in large.items():
+        before = small.get(name, 0)
+        power = round(math.log(size / before) / math.log(ratio)) if before and size else 0
+        worst = max(worst, size * scale ** max(power, 0))
+    return int(worst)
+
+
+def estimate(
+    source: Path | str | bytes,
+    feed_at: Callable[[int], Feed],
+    low: int,
+    targets: list[int],
+) -> dict[int, int]:
+    """Estimated largest activation (bytes) for each target size, from profiled runs at
+    `low` and `2 * low` (both must run)."""
+    small, large = node_output_bytes(source, [feed_at(low), feed_at(2 * low)])
+    return {t: extrapolate(small, large, 2.0, t / (2 * low)) for t in targets}
+
+
+_NUMPY_TYPES = {
+    "tensor(float16)": np.float16,
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+}
+
+
+def typed_feed(sess: Any, feed: Feed) -> Feed:
+    """`feed` cast to the types `sess` declares for its inputs: a model written with float16
+    inputs and outputs (`fp16 --half-io`) is fed the same values as its float32 original."""
+    declared = {i.name: _NUMPY_TYPES.get(i.type) for i in sess.get_inputs()}
+    return {
+        name: value.astype(declared[name])
+        if declared.get(name) is not None and value.dtype != declared[name]
+        else value
+        for name, value in feed.items()
+    }

@@ -220,3 +220,83 @@ def run(path: Path | str, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return session.run(None, feeds)
+
+
+def reflect_pad_vad(seed: int = 0) -> onnx.ModelProto:
+    """Like the silero-vad package's export: `input [?, ?]`, `state [2, ?, 16]`, scalar `sr`,
+    weights in `If` branches; its reflect Pad (64 each side) rejects inputs of <= 64 samples."""
+    r = rng(seed)
+    branches = []
+    for label in ("then", "else"):
+        w = _init(f"{label}_w", r.normal(0, 0.2, (16, 16)).astype(np.float32))
+        nodes = [
+            helper.make_node(
+                "Pad", ["input", "pads"], ["padded"], name=f"{label}_pad", mode="reflect"
+            ),
+            helper.make_node("ReduceMean", ["padded"], ["mean"], axes=[1], keepdims=1),
+            helper.make_node("Expand", ["mean", "wide"], ["feat"]),
+            helper.make_node("MatMul", ["feat", f"{label}_w"], [f"{label}_out"]),
+        ]
+        out = helper.make_tensor_value_info(f"{label}_out", TensorProto.FLOAT, None)
+        branches.append(helper.make_graph(nodes, label, [], [out], [w]))
+    inits = [
+        _init("pads", np.array([0, 64, 0, 64], np.int64)),
+        _init("wide", np.array([1, 16], np.int64)),
+        _init("rate", np.array(16000, np.int64)),
+        _init("zero", np.array([0], np.int64)),
+        _init("one", np.array([1], np.int64)),
+        _init("three", np.array([3], np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Equal", ["sr", "rate"], ["is16k"]),
+        helper.make_node(
+            "If", ["is16k"], ["feat"], then_branch=branches[0], else_branch=branches[1]
+        ),
+        helper.make_node("Unsqueeze", ["feat", "zero"], ["feat3"]),
+        helper.make_node("Concat", ["state", "feat3"], ["both"], axis=0),  # batch must match
+        helper.make_node("Slice", ["both", "one", "three", "zero"], ["stateN"]),
+        helper.make_node("ReduceMean", ["feat"], ["score"], axes=[1], keepdims=1),
+        helper.make_node("Sigmoid", ["score"], ["output"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "vad",
+        [
+            helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, None]),
+            helper.make_tensor_value_info("state", TensorProto.FLOAT, [2, None, 16]),
+            helper.make_tensor_value_info("sr", TensorProto.INT64, []),
+        ],
+        [
+            helper.make_tensor_value_info("output", TensorProto.FLOAT, [None, 1]),
+            helper.make_tensor_value_info("stateN", TensorProto.FLOAT, [2, None, 16]),
+        ],
+        inits,
+    )
+    return _model(graph)
+
+
+def pixel_attention(channels: int = 8, seed: int = 0) -> onnx.ModelProto:
+    """Self-attention over the pixels of `x [N, C, H, W]` (H, W dynamic): scores
+    [N, H*W, D] x [N, D, H*W] -> [N, H*W, H*W], quartic in the image side (10 GB at 224x224)."""
+    r = rng(seed)
+    inits = [
+        _init("to_seq", np.array([0, channels, -1], np.int64)),
+        _init("wq", r.normal(0, 0.2, (channels, channels)).astype(np.float32)),
+    ]
+    nodes = [
+        helper.make_node("Reshape", ["x", "to_seq"], ["seq_t"]),
+        helper.make_node("Transpose", ["seq_t"], ["seq"], perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["seq", "wq"], ["q"]),
+        helper.make_node("MatMul", ["q", "seq_t"], ["scores"]),
+        helper.make_node("Softmax", ["scores"], ["attn"], axis=-1),
+        helper.make_node("MatMul", ["attn", "seq"], ["mixed"]),
+        helper.make_node("ReduceMean", ["mixed"], ["y"], axes=[1], keepdims=0),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "pixel_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", channels, "H", "W"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", channels])],
+        inits,
+    )
+    return _model(graph)

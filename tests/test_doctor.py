@@ -193,7 +193,7 @@ def test_problems_exit_2(tmp_path: Path) -> None:
     code, report = _doctor_json(model, "--data", wrong)
     [problem] = [f for f in report["findings"] if f["severity"] == "problem"]
     assert code == 2 and problem["check"] == "data"
-    assert "has array 'tokens', which is not a model input" in problem["message"]
+    assert "has no array for input 'x'" in problem["message"]
 
 
 def test_text_output_lists_severity_message_and_fix(tmp_path: Path) -> None:

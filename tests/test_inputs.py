@@ -33,9 +33,11 @@ def test_vad_runs_unaided_with_sr_from_its_constant_and_zero_state(vad: Path) ->
     feed = inputs.feeds[0]
     assert feed["sr"].dtype == np.int64 and feed["sr"].shape == () and int(feed["sr"]) == 16000
     assert feed["state"].shape == (2, 1, 128) and not feed["state"].any()
-    # The default sequence length (64) is rejected by the model; the ladder finds 512.
-    assert feed["input"].shape == (1, 512) and feed["input"].dtype == np.float32
-    assert "512 runs" in " ".join(desc["dimensions"])
+    # The default sequence length (64) is rejected by the model; the smallest size of the
+    # ladder that runs is 256.
+    assert feed["input"].shape == (1, 256) and feed["input"].dtype == np.float32
+    assert desc["guessed"] == {"input": [256]}
+    assert "guessed: 256 (the default sizes do not run)" in " ".join(desc["dimensions"])
     assert "16000" in desc["inputs"]["sr"]["fill"]
     for f in inputs.feeds:
         prob, state = builders.run(vad, f)
@@ -120,7 +122,7 @@ def test_vad_data_without_state_or_sr_is_completed(vad: Path, tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("arrays", "message"),
     [
-        ({"y": np.zeros((2, 32), np.float32)}, "has array 'y', which is not a model input"),
+        ({"y": np.zeros((2, 32), np.float32)}, "has no array for input 'x' (expected float32"),
         ({"labels": np.zeros(2, np.int64)}, "has no array for input 'x' (expected float32"),
         ({"x": np.zeros((2, 32), np.int64)}, "input 'x' is int64, the model expects float32"),
         ({"x": np.zeros((2, 31), np.float32)}, "input 'x' has shape [2, 31]; the model expects"),

@@ -65,7 +65,6 @@ def quiet() -> Iterator[None]:
             warnings.simplefilter("ignore")
             yield
     finally:
-        ort.set_default_logger_severity(2)  # onnxruntime's default (warnings)
         logging.disable(previous)
         if guard is not None:
             root.removeHandler(guard)
@@ -252,7 +251,13 @@ def runs_once(
         return error_line(exc)
     try:
         feeds = make_feeds(
-            inputs_of, data=None, samples=1, seed=seed, input_shapes=input_shapes, session=session
+            inputs_of,
+            data=None,
+            samples=1,
+            seed=seed,
+            input_shapes=input_shapes,
+            session=session,
+            smallest=True,
         ).feeds[0]
     except McompressError:
         return None

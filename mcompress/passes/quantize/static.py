@@ -98,6 +98,7 @@ def run(work: Path, cfg: Config, ctx: PassContext, calibration: Calibration) -> 
     )
     if feeds.synthetic:
         notes.append("static calibration used synthetic random inputs (calibration: random)")
+    notes += [f"calibration {note}" for note in feeds.description.get("notes", [])]
     summary = {
         "synthetic": feeds.synthetic,
         "source": "random" if calibration == "random" else str(calibration),
