@@ -581,3 +581,20 @@ def test_half_embedding_transposed_into_a_matmul_loads_in_onnxruntime(tmp_path: 
     tokens = r.integers(0, 100, (2, 8)).astype(np.int64)
     reference = run(src, {"tokens": tokens})[0]
     assert np.abs(run(out, {"tokens": tokens})[0] - reference).max() < 0.01
+
+
+def test_half_io_output_validates_with_inputs_cast_to_its_declared_types(tmp_path: Path) -> None:
+    """`fp16 --compute all --half-io` (the README's GPU recipe): validation casts the float32
+    inputs to the compressed model's float16 inputs instead of failing on them."""
+    src = save(mlp(), tmp_path / "mlp.onnx")
+    out = tmp_path / "mlp.fp16.onnx"
+    result = CliRunner().invoke(
+        app, ["fp16", str(src), "--compute", "all", "--half-io", "-o", str(out), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    model = onnx.load(str(out))
+    assert model.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    validation = json.loads(result.output)["validation"]
+    assert validation["overall"]["cosine"] > 0.9999
+    assert validation["overall"]["top1_agreement"] == 1.0
+    assert validation["memory"]["compressed_peak_bytes"] > 0
