@@ -229,7 +229,7 @@ def test_gates_compare_in_the_right_direction() -> None:
         "overall": {"cosine": 0.995, "top1_agreement": 0.97},
         "floor": {"inputs": "data", "checks": [{**check, "passed": False}]},
         "task": {"accuracy_drop": 0.02},
-        "latency": {"ratio": 1.6, "ratio_ci95": [1.3, 1.9]},  # gated on the interval's low end
+        "latency": {"ratio": 1.6, "ratio_ci95": [1.3, 1.9], "gate_ratio": 1.3},
     }
     cfg = ValidateConfig(
         max_accuracy_drop=0.01,
