@@ -15,8 +15,6 @@ from mcompress import __version__
 
 # Bump when a field changes meaning or is removed; adding fields keeps the version.
 SCHEMA_VERSION = 2
-# A compressed model slower than this ratio of the original (and than the original's p90) is
-# called out in the summary.
 
 
 @dataclass
