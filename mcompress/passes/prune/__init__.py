@@ -231,8 +231,11 @@ def smallest_mask(magnitudes: np.ndarray, k: int) -> np.ndarray:
     if k == 0:
         return np.zeros(n, bool)
     threshold = np.partition(magnitudes, k - 1)[k - 1]
-    mask = magnitudes < threshold
-    ties = np.flatnonzero(magnitudes == threshold)[: k - int(mask.sum())]
+    mask = magnitudes <= threshold
+    if np.count_nonzero(mask) == k:  # no ties at the threshold: one pass fewer
+        return mask
+    np.less(magnitudes, threshold, out=mask)
+    ties = np.flatnonzero(magnitudes == threshold)[: k - int(np.count_nonzero(mask))]
     mask[ties] = True
     return mask
 
@@ -262,17 +265,20 @@ def prune_tensor(cand: Candidate, k: int) -> dict[str, Any]:
     """Zero the `k` smallest-magnitude entries of one weight; return its stats row."""
     weight = cand.weight
     values = np.asarray(weight.array())
-    pruned = zero_smallest(values, k)
-    if np.count_nonzero(pruned == 0) > np.count_nonzero(values == 0):
+    # Zeros have the smallest magnitudes: with k above their count, pruning adds zeros.
+    if k > values.size - int(np.count_nonzero(values)):
+        pruned = zero_smallest(values, k)
         weight.replace(pruned)
+    else:
+        pruned = values
     return tensor_row(cand, values, pruned)
 
 
 def tensor_row(cand: Candidate, values: np.ndarray, pruned: np.ndarray) -> dict[str, Any]:
     """The stats row of one pruned weight."""
     weight = cand.weight
-    zeros_before = int(np.count_nonzero(values == 0))
-    zeros_after = int(np.count_nonzero(pruned == 0))
+    zeros_before = values.size - int(np.count_nonzero(values))
+    zeros_after = pruned.size - int(np.count_nonzero(pruned))
     return {
         "name": weight.name,
         "ops": cand.ops,

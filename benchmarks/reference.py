@@ -1,0 +1,86 @@
+"""The tools a user would otherwise run, one per pass, as child-process entry points.
+
+    python benchmarks/reference.py quantize|fp16|prune|cluster SRC DST
+
+- quantize: onnxruntime.quantization.quantize_dynamic with its defaults;
+- fp16: onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types);
+- prune: numpy magnitude pruning, 50% of every float weight of >= 1024 values, per tensor;
+- cluster: plain numpy 1-D Lloyd k-means (K=256, linear init, 20 steps), per tensor.
+
+Models over 2 GB are written with external data, like mcompress does.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+MIN_ELEMENTS = 1024
+SPARSITY = 0.5
+CLUSTERS = 256
+LLOYD_STEPS = 20
+
+
+def _save(model: onnx.ModelProto, dst: Path, big: bool) -> None:
+    onnx.save_model(
+        model, str(dst), save_as_external_data=big, location=dst.name + ".data", size_threshold=1024
+    )
+
+
+def _float_weights(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    return [
+        t
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= MIN_ELEMENTS
+    ]
+
+
+def magnitude_prune(values: np.ndarray) -> np.ndarray:
+    flat = values.reshape(-1).copy()
+    k = int(round(SPARSITY * flat.size))
+    magnitudes = np.abs(flat)
+    flat[magnitudes <= np.partition(magnitudes, k - 1)[k - 1]] = 0
+    return flat.reshape(values.shape)
+
+
+def lloyd(values: np.ndarray) -> np.ndarray:
+    flat = values.reshape(-1)
+    centroids = np.linspace(flat.min(), flat.max(), CLUSTERS, dtype=np.float32)
+    for _ in range(LLOYD_STEPS):
+        labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, flat)
+        sums = np.bincount(labels, weights=flat, minlength=CLUSTERS)
+        counts = np.bincount(labels, minlength=CLUSTERS)
+        centroids = np.where(counts > 0, sums / np.maximum(counts, 1), centroids).astype(np.float32)
+    labels = np.searchsorted((centroids[1:] + centroids[:-1]) / 2, flat)
+    return centroids[labels].reshape(values.shape)
+
+
+def main(kind: str, src: Path, dst: Path) -> None:
+    logging.disable(logging.WARNING)
+    big = sum(p.stat().st_size for p in src.parent.glob(src.name + "*")) > 2**31 - 2**26
+    if kind == "quantize":
+        from onnxruntime.quantization import quantize_dynamic
+
+        quantize_dynamic(src, dst, use_external_data_format=big)
+        return
+    model = onnx.load(str(src))
+    if kind == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+
+        model = convert_float_to_float16(model, keep_io_types=True)
+    else:
+        edit = magnitude_prune if kind == "prune" else lloyd
+        for tensor in _float_weights(model):
+            tensor.CopyFrom(
+                numpy_helper.from_array(edit(numpy_helper.to_array(tensor)), tensor.name)
+            )
+    _save(model, dst, big)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
