@@ -64,6 +64,8 @@ def test_passes_on_external_data_keep_the_proto_small(
         return pack(model, **kw)
 
     monkeypatch.setattr(encoding, "pack", measuring_pack)
+    # Spill folders of this test only: other runs on the machine use the system temp folder.
+    monkeypatch.setattr(spill.tempfile, "tempdir", str(tmp_path))
     outputs = []
     for external in (True, False):
         src = save(mlp(), tmp_path / f"mlp{external}.onnx", external=external)
@@ -74,4 +76,4 @@ def test_passes_on_external_data_keep_the_proto_small(
         outputs.append(run(out, {"x": x})[0])
     assert proto_bytes[0] < 50_000 < 3 * 2**20 < proto_bytes[1]
     np.testing.assert_array_equal(outputs[0], outputs[1])
-    assert not list(Path(spill.tempfile.gettempdir()).glob("mcompress-spill-*"))
+    assert not list(tmp_path.glob("mcompress-spill-*"))
