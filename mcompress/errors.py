@@ -39,6 +39,11 @@ class PassError(McompressError):
     """A pass that cannot be applied to this model."""
 
 
+class NothingToDo(PassError):
+    """A pass that finds nothing it could change in this model (no layer of its kinds): an
+    error when it is the only pass, a skipped step (noted) in a pipeline of several."""
+
+
 class GateError(McompressError):
     """A quality gate failed; the model and report were still written."""
 

@@ -11,6 +11,7 @@ from typing import Any
 from mcompress import encoding, model_io, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
+from mcompress.errors import NothingToDo
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext
 from mcompress.prepare import prepare, reject_nan_weights
@@ -97,14 +98,17 @@ def _compress(
         seed=cfg.validation.seed,
         progress=opts.progress,
     )
-    for pass_cfg in cfg.passes:
-        PASSES[pass_cfg.type].check(model, pass_cfg)
+    skipped = _check_all(cfg, model)
     if cfg.prepare and cfg.passes:
         report.prepare = prepare(model)
     if cfg.passes:
         reject_nan_weights(model)
-    for pass_cfg in cfg.passes:
-        report.passes.append(_apply(model, pass_cfg, ctx))
+    for index, pass_cfg in enumerate(cfg.passes):
+        if index in skipped:
+            note = f"{pass_cfg.type} skipped: {skipped[index]}"
+            report.passes.append(PassRecord(pass_cfg.type, 0.0, False, {"skipped": True}, [note]))
+        else:
+            report.passes.append(_apply(model, pass_cfg, ctx))
     parameters = count_parameters(model.proto)
     report.packing = encoding.pack(model)
     report.notes.extend(model.notes)
@@ -114,6 +118,22 @@ def _compress(
     files = model_io.external_files(model.proto, model.base_dir)
     report.output = _measure(opts.output, files, parameters)
     report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)
+
+
+def _check_all(cfg: PipelineConfig, model: model_io.Model) -> dict[int, str]:
+    """Every pass checks the model before any work; in a pipeline of several passes, one that
+    has nothing to do here is skipped ({index: why}) while the others run."""
+    skipped: dict[int, str] = {}
+    for index, pass_cfg in enumerate(cfg.passes):
+        try:
+            PASSES[pass_cfg.type].check(model, pass_cfg)
+        except NothingToDo as exc:
+            if len(cfg.passes) == 1:
+                raise
+            skipped[index] = exc.message
+    if cfg.passes and len(skipped) == len(cfg.passes):
+        raise NothingToDo("nothing to do: " + "; ".join(skipped.values()))
+    return skipped
 
 
 def _apply(model: model_io.Model, pass_cfg: Any, ctx: PassContext) -> PassRecord:

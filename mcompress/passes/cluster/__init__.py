@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 from pydantic import Field
 
-from mcompress.errors import PassError
+from mcompress.errors import NothingToDo
 from mcompress.model_io import Model
 from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS, KMeans1D, kmeans1d
@@ -59,7 +59,7 @@ def check(model: Model, cfg: Config) -> None:
     """Refuse models without any layer whose weights could be clustered."""
     ops = {node.op_type for graph in model.graphs() for node in graph.node}
     if not ops & set(WEIGHT_SLOTS):
-        raise PassError(
+        raise NothingToDo(
             "nothing to cluster: the model has no " + ", ".join(sorted(WEIGHT_SLOTS)) + " layer"
         )
 

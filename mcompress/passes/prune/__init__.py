@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from pydantic import Field
 
-from mcompress.errors import PassError
+from mcompress.errors import NothingToDo, PassError
 from mcompress.model_io import Model, Weight
 from mcompress.passes.base import PassContext, PassResult, node_excluded
 from mcompress.passes.prune import structured as prune_structured
@@ -113,7 +113,7 @@ def check(model: Model, cfg: Config) -> None:
     ops = {node.op_type for graph in model.graphs() for node in graph.node}
     wanted = set(prune_structured.LAYER_OPS if cfg.structured else WEIGHT_SLOTS)
     if not ops & wanted:
-        raise PassError(
+        raise NothingToDo(
             "nothing to prune: the model has no " + ", ".join(sorted(wanted)) + " layer"
         )
 

@@ -42,7 +42,12 @@ from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
 from mcompress.passes.quantize import static as quantize_static
-from mcompress.passes.quantize.weights import Target, find_targets, rewrite_all
+from mcompress.passes.quantize.weights import (
+    Target,
+    find_targets,
+    raise_opset_for_rewrite,
+    rewrite_all,
+)
 from mcompress.runtime import error_line
 
 summary = "int8 dynamic/static or 4-bit block-wise weight quantization (onnxruntime.quantization)."
@@ -141,7 +146,13 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         for node in graph.node:
             if not node.name:
                 node.name = names.fresh(f"{_ADDED}{node.op_type}")
+    upgrade = None if cfg.mode == "static" else raise_opset_for_rewrite(model)
     step, notes = _plan(model, cfg, targets)
+    if upgrade is not None:
+        notes.append(
+            f"opset raised from {upgrade['from']} to {upgrade['to']}: int8 weights are rebuilt "
+            f"with Mul, which onnxruntime runs from opset {upgrade['to']}"
+        )
     try:
         if step is None or step.kind == "dynamic":
             outcome = _in_memory(model, step, cfg, ctx)
@@ -153,6 +164,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
                 if node.name.startswith(_ADDED):
                     node.name = ""
     ctx.progress("quantize", 3, 3)
+    outcome.opset = outcome.opset or upgrade
     return PassResult(bool(outcome.rows), _stats(cfg, outcome), [*notes, *outcome.notes])
 
 

@@ -22,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.version_converter
 from onnx import TensorProto, helper
 
 from mcompress.model_io import (
     FreshNames,
+    Model,
     add_initializer,
     iter_graphs,
     read_array,
@@ -290,3 +292,28 @@ def _gather_nodes(node: onnx.NodeProto, plan: _Plan, names: FreshNames) -> list[
     add("Mul", [current, scale], output=out)
     nodes[0].name = node.name
     return nodes
+
+
+# onnxruntime has no CPU kernel for Mul or Sub before opset 7 (their broadcast attribute era).
+MIN_REWRITE_OPSET = 7
+
+
+def raise_opset_for_rewrite(model: Model) -> dict[str, int] | None:
+    """Convert a model older than `MIN_REWRITE_OPSET` to that opset (onnx's version converter
+    rewrites the old broadcast attributes), so the Cast/Mul rebuilding int8 weights runs in
+    onnxruntime; {"from", "to"} when it did."""
+    opset = model.opset()
+    if opset >= MIN_REWRITE_OPSET:
+        return None
+    graph = model.proto.graph
+    listed = {i.name for i in graph.input}
+    # The converter looks initializers up among the graph inputs (as IR < 4 requires).
+    added = [t for t in graph.initializer if t.name not in listed]
+    graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, t.dims) for t in added)
+    converted = onnx.version_converter.convert_version(model.proto, MIN_REWRITE_OPSET)
+    names = {t.name for t in added}
+    kept = [i for i in converted.graph.input if i.name not in names]
+    del converted.graph.input[:]
+    converted.graph.input.extend(kept)
+    model.proto.CopyFrom(converted)
+    return {"from": opset, "to": MIN_REWRITE_OPSET}
