@@ -3,6 +3,7 @@ for GitHub's job summary page."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from mcompress.render import _md_table
@@ -56,3 +57,12 @@ def to_markdown(summary: dict[str, Any]) -> str:
     ]
     lines += _md_table(COLUMNS, [cells(row) for row in summary["models"]])
     return "\n".join(lines)
+
+
+def append_to_step_summary(summary: dict[str, Any]) -> None:
+    """Append the Markdown summary to $GITHUB_STEP_SUMMARY when set (GitHub Actions' job page),
+    as the single-model commands do."""
+    path = os.environ.get("GITHUB_STEP_SUMMARY")
+    if path:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(to_markdown(summary) + "\n")

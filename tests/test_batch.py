@@ -386,3 +386,46 @@ def test_interrupt_stops_workers_and_leaves_no_partial_outputs(tmp_path: Path, s
     for name in finished:
         expected |= {f"{name}.slow.onnx", f"{name}.report.json"}
     assert {p.name for p in out.iterdir()} == expected  # no temp files, no unfinished outputs
+
+
+def test_batch_appends_its_summary_to_the_step_summary_and_logs_start_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _mlp(tmp_path / "models" / "one.onnx", seed=1)
+    _mlp(tmp_path / "models" / "two.onnx", seed=2)
+    step_summary = tmp_path / "step.md"
+    step_summary.write_text("earlier step\n", encoding="utf-8")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
+    out = tmp_path / "out"
+    args = ["batch", str(tmp_path / "models"), "-c", str(_strip_config(tmp_path)), "-o", str(out)]
+    result = runner.invoke(app, [*args, "--jobs", "2", "--no-validate"])
+    assert result.exit_code == 0, result.output
+    text = step_summary.read_text(encoding="utf-8")
+    assert text.startswith("earlier step\n## mcompress batch (")
+    assert "| one |" in text and "| two |" in text and "2 ok, exit 0" in text
+    lines = result.stderr.splitlines()
+    for name in ("one", "two"):
+        start = next(i for i, line in enumerate(lines) if line.endswith(f"{name}.onnx"))
+        done = next(
+            i
+            for i, line in enumerate(lines)
+            if line.startswith("[") and f"ok {name}" in line.replace(f"{tmp_path}/models/", "")
+        )
+        assert lines[start].startswith("[start] ") and start < done
+
+
+def test_plain_log_never_prints_a_result_before_its_start(tmp_path: Path) -> None:
+    """Events from the worker pool can arrive out of order (a retried model's start)."""
+    from mcompress.cli.batch import _BatchDisplay
+
+    src = _mlp(tmp_path / "m.onnx")
+    cfg = config.load(_strip_config(tmp_path))
+    [job] = batch.plan([src], cfg, tmp_path / "out", "strip", force=False, data_map=[])
+    display = _BatchDisplay([job], quiet=False)
+    logged: list[str] = []
+    display.log = logged.append  # type: ignore[method-assign]
+    row = batch.Row(model=str(src), name="m", status="ok", exit_code=0, seconds=0.1)
+    display.event("done", job.index, row)
+    display.event("start", job.index, None)
+    assert logged[0] == f"[start] {src}" and logged[1].startswith(f"[1/1] ok {src}")
+    assert len(logged) == 2

@@ -191,6 +191,7 @@ def batch(
     data = batch_mod.summary(outcome, config_path, out_dir, shard=described)
     summary_name = part.summary_name if part else "summary.json"
     summary_path = batch_mod.write_summary(data, out_dir, summary_name)
+    render_batch.append_to_step_summary(data)
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
@@ -241,6 +242,7 @@ class _BatchDisplay:
         )
         self.overall: TaskID | None = None
         self.running: dict[int, TaskID] = {}
+        self.logged_start: set[int] = set()
 
     def __enter__(self) -> _BatchDisplay:
         if self.live:
@@ -267,7 +269,7 @@ class _BatchDisplay:
             if self.live:
                 self.running[index] = self.progress.add_task(f"  {label}", total=None)
             else:
-                self.log(f"[start] {job.input_path}")
+                self._log_start(index)
         elif kind == "progress" and self.live and index in self.running:
             stage, done, total = payload
             self.progress.update(
@@ -277,12 +279,20 @@ class _BatchDisplay:
                 total=total,
             )
         elif kind == "done":
+            if not self.live:
+                self._log_start(index)  # a retried or fast model's start may arrive late
             self.finished += 1
             if index in self.running:
                 self.progress.remove_task(self.running.pop(index))
             if self.overall is not None:
                 self.progress.update(self.overall, completed=self.finished)
             self.log(f"[{self.finished}/{len(self.jobs)}] {_row_line(payload)}")
+
+    def _log_start(self, index: int) -> None:
+        """One [start] line per model, always before its result."""
+        if index not in self.logged_start:
+            self.logged_start.add(index)
+            self.log(f"[start] {self.jobs[index].input_path}")
 
 
 def _row_line(row: batch_mod.Row) -> str:

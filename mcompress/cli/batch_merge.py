@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -50,10 +49,7 @@ def batch_merge_command(
     target.mkdir(parents=True, exist_ok=True)
     data = batch_mod.summary(outcome, config_name, target)
     summary_path = batch_mod.write_summary(data, target)
-    step_summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if step_summary:
-        with open(step_summary, "a", encoding="utf-8") as f:
-            f.write(render_batch.to_markdown(data) + "\n")
+    render_batch.append_to_step_summary(data)
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
