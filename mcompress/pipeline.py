@@ -13,7 +13,7 @@ from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.errors import NothingToDo
 from mcompress.passes import PASSES
-from mcompress.passes.base import PassContext
+from mcompress.passes.base import PassContext, unmatched_patterns
 from mcompress.prepare import prepare, reject_nan_weights
 from mcompress.report import FileInfo, PassRecord, RunReport
 
@@ -133,6 +133,12 @@ def _check_all(cfg: PipelineConfig, model: model_io.Model) -> dict[int, str]:
             skipped[index] = exc.message
     if cfg.passes and len(skipped) == len(cfg.passes):
         raise NothingToDo("nothing to do: " + "; ".join(skipped.values()))
+    for pass_cfg in cfg.passes:
+        for pattern in unmatched_patterns(model, getattr(pass_cfg, "exclude", ())):
+            model.notes.append(
+                f"warning: {pass_cfg.type} exclude pattern '{pattern}' matches no node name, "
+                "op type or weight name; it keeps nothing in float"
+            )
     return skipped
 
 

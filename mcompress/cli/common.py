@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect as pyinspect
 import os
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,14 @@ class _OrderedGroup(TyperGroup):
         rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
         return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
 
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        from mcompress.cli import completion
+
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            completion.attach(command, cmd_name)
+        return command
+
 
 app = typer.Typer(
     name="mcompress",
@@ -55,8 +64,22 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-out = Console()
-err = Console(stderr=True, soft_wrap=True)
+# Off a terminal (CI logs, pipes) rich assumes 80 columns and cuts table cells with "...": layer
+# names a user copies into `exclude:` must come out whole, so such output is never narrowed.
+WIDE = 1000
+
+
+def _console(stderr: bool) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty():
+        return Console(stderr=stderr, soft_wrap=stderr)
+    return Console(stderr=stderr, soft_wrap=stderr, width=WIDE)
+
+
+out = _console(stderr=False)
+err = _console(stderr=True)
+# Without a terminal, long work logs a plain progress line at most this often (per stage).
+PROGRESS_EVERY_S = 10.0
 
 
 def _version(value: bool) -> None:
@@ -305,7 +328,8 @@ def emit(report: RunReport, opts: WriteOptions) -> None:
     else:
         out.print(summary_table(report))
         for note in report.notes:
-            out.print(f"note: {note}")
+            warning = note.startswith("warning: ")
+            out.print(note if warning else f"note: {note}", markup=False, highlight=False)
         label = "checked" if report.command == "validate" else "output"
         if report.output:
             out.print(f"{label}: {Path(report.output.path).resolve()}", soft_wrap=True)
@@ -340,10 +364,15 @@ def write_documents(report: RunReport, markdown: Path | None, html: Path | None)
 
 
 class ProgressDisplay:
-    """A rich progress display on stderr; the pipeline reports (label, done, total)."""
+    """Progress on stderr; the pipeline reports (label, done, total). A rich bar on a
+    terminal; otherwise (CI logs) a plain line per stage every PROGRESS_EVERY_S seconds once
+    it has run that long, and a last line when such a stage finishes: nothing for quick work."""
 
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet or not err.is_terminal
+    def __init__(self, quiet: bool, clock: Callable[[], float] = time.monotonic) -> None:
+        self.plain = not quiet and not err.is_terminal
+        self.quiet = quiet or self.plain
+        self.clock = clock
+        self.stages: dict[str, list[float]] = {}  # label -> [started, last line, lines]
         self.bar = Progress(
             TextColumn("{task.description}"),
             BarColumn(),
@@ -364,11 +393,29 @@ class ProgressDisplay:
             self.bar.stop()
 
     def update(self, label: str, done: int, total: int) -> None:
+        if self.plain:
+            self._line(label, done, total)
         if self.quiet:
             return
         if label not in self.tasks:
             self.tasks[label] = self.bar.add_task(label, total=total)
         self.bar.update(self.tasks[label], completed=done, total=total)
+
+    def _line(self, label: str, done: int, total: int) -> None:
+        now = self.clock()
+        started, last, lines = self.stages.setdefault(label, [now, now, 0])
+        finished = total > 0 and done >= total
+        if now - last < PROGRESS_EVERY_S and not (finished and lines):
+            return
+        if finished and lines < 0:
+            return
+        share = f" ({done / total:.0%})" if total > 0 else ""
+        err.print(
+            f"[progress] {label}: {done}/{total}{share}, {now - started:.0f} s",
+            markup=False,
+            highlight=False,
+        )
+        self.stages[label] = [started, now, -1 if finished else lines + 1]
 
 
 ExcludeOpt = Annotated[
@@ -407,4 +454,4 @@ ModelArg = Annotated[
 
 def wide_console() -> Console:
     """stdout for tables: off a terminal (CI logs) rich would assume 80 columns and wrap."""
-    return out if out.is_terminal else Console(width=200)
+    return out if out.is_terminal else Console(width=WIDE)

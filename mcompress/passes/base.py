@@ -54,3 +54,16 @@ class Pass(Protocol):
 def node_excluded(node: onnx.NodeProto, patterns: tuple[str, ...] | list[str]) -> bool:
     """True when a node's name or op type matches one of the `exclude` patterns (globs)."""
     return any(node.op_type == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)
+
+
+def unmatched_patterns(model: Model, patterns: tuple[str, ...] | list[str]) -> list[str]:
+    """The `exclude` patterns that match no node name, op type or weight name anywhere in the
+    model: usually a typo, and then nothing is kept in float."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        names.update(t.name for t in graph.initializer)
+        for node in graph.node:
+            names.update((node.name, node.op_type))
+            if node.op_type == "Constant":
+                names.update(node.output)
+    return [p for p in patterns if p not in names and not fnmatch.filter(names, p)]
