@@ -12,6 +12,7 @@ import onnx
 from onnx import helper
 
 from mcompress.model_io import (
+    FLOAT_TYPES,
     Model,
     disk_size,
     external_files,
@@ -62,6 +63,16 @@ def tensor_sites(proto: onnx.ModelProto, sparse_values: bool = True) -> list[Ten
                     if attr.type == onnx.AttributeProto.TENSOR:
                         sites.append(TensorSite(attr.t, node.output[0], True))
     return sites
+
+
+def constant_node_weights(proto: onnx.ModelProto) -> list[TensorSite]:
+    """Weights stored in Constant nodes: float tensors of more than one element (shape and
+    index constants are not weights). `inspect` and `doctor` count these same tensors."""
+    return [
+        site
+        for site in tensor_sites(proto)
+        if site.in_constant and site.tensor.data_type in FLOAT_TYPES and _count(site.tensor) > 1
+    ]
 
 
 def _count(tensor: onnx.TensorProto) -> int:
@@ -125,9 +136,7 @@ def describe(model: Model, top: int = 10) -> dict[str, Any]:
         "gzip_estimated": gzip_estimated(disk_size(model.path, files)),
         "external_data": model.had_external_data,
         "nodes": sum(ops.values()),
-        "weights_in_constant_nodes": sum(
-            1 for s in sites if s.in_constant and _count(s.tensor) > 1
-        ),
+        "weights_in_constant_nodes": len(constant_node_weights(proto)),
         "subgraphs": sum(1 for _ in iter_graphs(graph)) - 1,
         "bytes_by_dtype": dict(by_dtype.most_common()),
         "ops": {op: {"count": n, "weight_bytes": op_bytes[op]} for op, n in ops.most_common()},

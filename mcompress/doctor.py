@@ -19,7 +19,7 @@ import onnx
 from onnx import helper
 
 from mcompress import inputs, model_io, runtime
-from mcompress.analysis import tensor_sites
+from mcompress.analysis import constant_node_weights, tensor_sites
 from mcompress.config import PipelineConfig
 from mcompress.errors import McompressError
 from mcompress.passes import PASSES
@@ -586,12 +586,9 @@ def _check_duplicates(ctx: _Context) -> Iterator[Finding]:
 def _check_constants(ctx: _Context) -> Iterator[Finding]:
     count = 0
     size = 0
-    for site in tensor_sites(ctx.model.proto):
-        tensor = site.tensor
-        elements = int(np.prod(tensor.dims, dtype=np.int64))
-        if site.in_constant and tensor.data_type in model_io.FLOAT_TYPES and elements > 1:
-            count += 1
-            size += _nbytes(tensor)
+    for site in constant_node_weights(ctx.model.proto):
+        count += 1
+        size += _nbytes(site.tensor)
     if not count:
         return
     needs_prepare = ctx.cfg is not None and bool(ctx.cfg.passes) and not ctx.cfg.prepare

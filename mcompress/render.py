@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,12 @@ def _num(value: Any, digits: int = 4) -> str:
             return "NaN"
         if math.isinf(value):
             return "∞" if value > 0 else "-∞"
-        return f"{value:.{digits}g}"
+        text = f"{value:.{digits}g}"
+        # Never round a near-perfect figure to a perfect one: cosine 0.99996 is not "1".
+        while float(text) != value and float(text) in (1.0, -1.0, 0.0) and digits < 12:
+            digits += 1
+            text = f"{value:.{digits}g}"
+        return text
     return str(value)
 
 
@@ -266,6 +272,11 @@ _LATENCY_HEADER = ["model", "median", "p90", "peak memory"]
 
 def _esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _inline(text: Any) -> str:
+    """Escaped text with Markdown's `code` spans (shared with the Markdown report) as <code>."""
+    return re.sub(r"`([^`]*)`", r"<code>\1</code>", _esc(text))
 
 
 def _short(text: str, limit: int = 34) -> str:
@@ -569,7 +580,7 @@ def to_html(report: RunReport | dict[str, Any]) -> str:
         ]
     validation = data.get("validation")
     if validation:
-        body += ["<h2>Validation</h2>", f"<p>{_esc(_inputs_line(validation))}</p>"]
+        body += ["<h2>Validation</h2>", f"<p>{_inline(_inputs_line(validation))}</p>"]
         body.append(_html_table(["output", *(c for c, _ in _OUTPUT_COLUMNS)],
                                 _output_rows(validation)))  # fmt: skip
         task = validation.get("task")
@@ -583,7 +594,7 @@ def to_html(report: RunReport | dict[str, Any]) -> str:
             )
         latency = _latency(validation)
         if latency:
-            body += [f"<p>{_esc(latency[0])}</p>", _html_table(_LATENCY_HEADER, latency[1])]
+            body += [f"<p>{_inline(latency[0])}</p>", _html_table(_LATENCY_HEADER, latency[1])]
     elif data.get("output"):
         body.append("<p>Validation was skipped.</p>")
     charts = _charts(data)
@@ -596,7 +607,7 @@ def to_html(report: RunReport | dict[str, Any]) -> str:
         ]
     notes = _notes(data)
     if notes:
-        body += ["<h2>Notes</h2>", "<ul>", *(f"<li>{_esc(n)}</li>" for n in notes), "</ul>"]
+        body += ["<h2>Notes</h2>", "<ul>", *(f"<li>{_inline(n)}</li>" for n in notes), "</ul>"]
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; '

@@ -147,6 +147,10 @@ def summary_table(report: RunReport) -> Table:
     if report.compression_ratio:
         pct = 100 / report.compression_ratio
         table.add_row("ratio", "", f"{report.compression_ratio:.2f}x ({pct:.1f}% of input)")
+    done = prepare_text(report.prepare)
+    if done:
+        # What every pass's preparation changed: the file can shrink with no pass changing it.
+        table.add_row("prepare", "", done)
     for record in report.passes:
         changed = "" if record.modified else " (no change)"
         table.add_row(f"pass {record.type}", "", f"{record.seconds:.2f}s{changed}")
@@ -201,6 +205,21 @@ def _gate_text(gate: Gate) -> str:
         )
     relation = ">" if gate.name.startswith("max_") else "<"
     return f"gate {gate.name} {gate.value:.4g} {relation} {gate.threshold:g}"
+
+
+_PREPARE_LABELS = {
+    "constants_to_initializers": "Constant-node tensors moved to initializers",
+    "identities_bypassed": "Identity readers bypassed",
+    "batchnorms_folded": "BatchNorms folded",
+    "unused_initializers_removed": "unused initializers removed",
+}
+
+
+def prepare_text(prepare: dict[str, Any]) -> str:
+    """'35 BatchNorms folded, ...' for the non-zero counts of the preparation step."""
+    return ", ".join(
+        f"{prepare[key]} {label}" for key, label in _PREPARE_LABELS.items() if prepare.get(key)
+    )
 
 
 def validation_lines(validation: dict[str, Any] | None) -> list[tuple[str, str, str]]:
