@@ -93,7 +93,7 @@ def _agreement(report: dict[str, Any]) -> str:
 def _vad_cell(report: dict[str, Any]) -> str:
     speech = (report.get("validation") or {}).get("outputs", {}).get("output", {})
     error = speech.get("max_abs_error")
-    return _share(report) + (f", speech prob. max abs error {error:.1g}" if error else "")
+    return _share(report) + ("" if error is None else f", speech prob. max abs error {error:.1g}")
 
 
 def presets_table(workdir: Path, only: tuple[str, ...] = tuple(PRESETS)) -> list[str]:
