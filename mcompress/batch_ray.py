@@ -208,6 +208,7 @@ class _Run:
         self.sink = self.ray.remote(num_cpus=0)(_EventSink).remote()
         try:
             with batch._sigterm_as_interrupt():
+                self.ray.get(self.sink.take.remote())  # up before any task sends it events
                 self._submit()
                 while self.pending:
                     self._step()
@@ -238,9 +239,9 @@ class _Run:
         done, _ = self.ray.wait(
             list(self.pending), num_returns=len(self.pending), timeout=_POLL_SECONDS
         )
-        for ref in done:
-            job = self.pending.pop(ref)
-            self._finish(job, self._row(ref, job))
+        for ref in done:  # pending until its row is in: an interrupt may come at any point
+            self._finish(self.pending[ref], self._row(ref, self.pending[ref]))
+            del self.pending[ref]
         self._drain()
 
     def _drain(self) -> None:
@@ -287,6 +288,8 @@ class _Run:
         if stuck:  # their workers are being killed: let them go before removing outputs
             self.ray.wait(stuck, num_returns=len(stuck), timeout=batch._STOP_GRACE_SECONDS)
         for ref, job in self.pending.items():
+            if job.index in self.rows:
+                continue
             row = None
             if ref not in stuck:
                 with suppress(Exception):

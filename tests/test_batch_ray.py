@@ -146,6 +146,33 @@ def test_every_node_must_run_this_mcompress_version(
         batch_ray.run_batch(jobs, lambda *event: None)
 
 
+def test_interrupt_cancels_tasks_and_keeps_only_finished_models(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    models = [
+        builders.save(builders.mlp(hidden=256, seed=i), tmp_path / f"m{i}.onnx") for i in range(6)
+    ]
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = config.build(
+        {"passes": [{"type": "strip"}], "validate": {"samples": 1000, "latency_runs": 1000}}
+    )
+    jobs = batch.plan(models, cfg, out, "strip")
+
+    def listener(kind: str, index: int, payload: object) -> None:
+        if kind == "start":  # Ctrl-C once a model runs (2 CPUs, 6 models); last: kills workers
+            raise KeyboardInterrupt
+
+    outcome = batch_ray.run_batch(jobs, listener)
+
+    statuses = [row.status for row in outcome.rows]
+    assert outcome.interrupted and set(statuses) <= {"ok", "interrupted"}
+    assert statuses.count("interrupted") >= 4, statuses
+    finished = {row.name for row in outcome.rows if row.status == "ok"}
+    expected = {f"{name}.{kind}" for name in finished for kind in ("strip.onnx", "report.json")}
+    assert {p.name for p in out.iterdir()} == expected
+
+
 def test_executor_options_are_checked_before_any_work(tmp_path: Path, monkeypatch) -> None:
     model = builders.save(builders.mlp(hidden=8), tmp_path / "m.onnx")
     args = ["batch", str(model), "-c", "level1", "-o", str(tmp_path / "out")]
