@@ -1,6 +1,6 @@
 """One command for every benchmark: mcompress's passes against the reference tools, same run.
 
-    python benchmarks/run.py [--quick] [--big] [--passes quantize fp16 prune cluster]
+    python benchmarks/run.py [--quick] [--big | --only-big] [--passes quantize fp16 prune cluster]
 
 For each model and pass, `mcompress PASS MODEL --no-validate` and the reference tool
 (benchmarks/reference.py: quantize_dynamic, onnxruntime's float16 converter, numpy magnitude
@@ -128,6 +128,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2-layer encoder, 10 latency rounds")
     parser.add_argument("--big", action="store_true", help="also the 2.55 GB external-data MLP")
+    parser.add_argument("--only-big", action="store_true", help="only the 2.55 GB MLP")
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=list(PASSES))
     parser.add_argument("--latency", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=0, help="latency runs per model")
@@ -138,15 +139,16 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="mcompress-bench-") as tmp:
         work = Path(tmp)
-        encoder = generate(work / "encoder.onnx", f"encoder(path, layers={2 if args.quick else 6})")
-        found = [
-            ("encoder", encoder),
-            *[(p.stem, p) for p in (SHARED / "ppocr_mobile_v2_cls.onnx",) if p.is_file()],
-            *[(p.stem, p) for p in (SHARED / "silero_vad_op18_ifless.onnx",) if p.is_file()],
-        ]
-        for name, src in found:
-            bench(name, src, args.passes, work, rounds, timed=True)
-        if args.big:
+        if not args.only_big:
+            layers = 2 if args.quick else 6
+            found = [
+                ("encoder", generate(work / "encoder.onnx", f"encoder(path, layers={layers})")),
+                *[(p.stem, p) for p in (SHARED / "ppocr_mobile_v2_cls.onnx",) if p.is_file()],
+                *[(p.stem, p) for p in (SHARED / "silero_vad_op18_ifless.onnx",) if p.is_file()],
+            ]
+            for name, src in found:
+                bench(name, src, args.passes, work, rounds, timed=True)
+        if args.big or args.only_big:
             src = generate(work / "mlp.onnx", "big_mlp(path)")
             bench("mlp-2.5GB", src, args.passes, work, rounds, timed=False)
 

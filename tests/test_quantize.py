@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mcompress import config, model_io, pipeline
 from mcompress.model_io import iter_graphs
 from mcompress.passes import quantize as quantize_pass
+from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
 from mcompress.passes.quantize.math import (
@@ -101,7 +102,9 @@ def test_cli_transformer_int8_and_int4_sizes_and_agreement(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert int4.stat().st_size <= 0.18 * src.stat().st_size
     assert cosine(run(int4, {"tokens": tokens})[0], reference) >= 0.97
-    assert {"MatMulNBits", "GatherBlockQuantized"} <= ops(int4)
+    # MatMuls: 4-bit blocks run as int8 (faster than MatMulNBits); Gather: onnxruntime's 4-bit
+    assert {"MatMulInteger", "GatherBlockQuantized"} <= ops(int4)
+    assert "MatMulNBits" not in ops(int4)
     rows = json.loads(result.stdout)["passes"][0]["stats"]["tensors"]
     assert {r["bits"] for r in rows} == {4} and all(15 < r["sqnr_db"] < 30 for r in rows)
 
@@ -543,7 +546,8 @@ def test_failing_4bit_quantizer_falls_back_to_int8_weight_only(
     monkeypatch.setattr(quantize_ort, "nbits", crashing)
     src = builders.save(builders.mlp(), tmp_path / "mlp.onnx")
     out = tmp_path / "mlp.q4.onnx"
-    report = quantize_file(src, out, bits=4)
+    # asymmetric: MatMuls go to onnxruntime's MatMulNBits (symmetric ones are int4_storage's)
+    report = quantize_file(src, out, bits=4, symmetric=False)
     note, int8 = report.passes[0].notes
     assert note.startswith("onnxruntime cannot use the 4-bit model")
     assert "ShapeInferenceError" in note
@@ -689,3 +693,36 @@ def test_weights_sliced_before_an_lstm_in_if_branches_are_stored_int8(tmp_path: 
         got, want = run(out, {"x": x})[0], run(src, {"x": x})[0]
         assert np.array_equal(np.isinf(got), np.isinf(want))
         assert cosine(got[np.isfinite(got)], want[np.isfinite(want)]) > 0.9999
+
+
+def test_int4_storage_runs_as_a_fused_int8_matmul(tmp_path: Path) -> None:
+    """4-bit blocks with integer multipliers: within 1 dB of free float block scales, about
+    4 bits per weight on disk, and onnxruntime folds the rebuild and fuses the int8 MatMul."""
+    w = np.random.default_rng(0).normal(0, 0.05, (256, 128)).astype(np.float32)
+    stored = int4_storage.quantize(w, 32)
+    assert np.abs(stored.codes).max() == 7 and stored.multipliers.min() >= 1
+    assert stored.multipliers.max() <= 16 and np.abs(stored.int8().astype(int)).max() <= 112
+    blocks = w.reshape(8, 32, 128)
+    free = np.abs(blocks).max(axis=1, keepdims=True) / 7
+    ideal = error_stats(w, (np.clip(np.rint(blocks / free), -7, 7) * free).reshape(w.shape))[1]
+    ours = error_stats(w, stored.int8() * stored.scale)[1]
+    assert ideal - 1.0 < ours <= ideal
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 128])],
+        [numpy_helper.from_array(w, "w")],
+    )
+    src = builders.save(builders._model(graph), tmp_path / "one.onnx")
+    out = tmp_path / "one.int4.onnx"
+    quantize_file(src, out, bits=4)
+    assert model_io.disk_size(out) < 0.15 * model_io.disk_size(src)  # 4 bits: 0.125
+    options = ort.SessionOptions()
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(out), options, providers=["CPUExecutionProvider"])
+    fused = [n.op_type for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
+    assert fused == ["DynamicQuantizeMatMul"]
+    x = np.random.default_rng(1).standard_normal((16, 256)).astype(np.float32)
+    exact = x @ (stored.int8() * stored.scale)
+    assert cosine(run(out, {"x": x})[0], exact) > 0.9999

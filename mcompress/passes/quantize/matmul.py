@@ -30,6 +30,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from mcompress.model_io import FreshNames, add_initializer, read_array, remove_initializers
+from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize.math import error_stats, quantize
 
 # DynamicQuantizeLinear is opset 11; older models keep these weights weight-only.
@@ -71,9 +72,11 @@ def rewrite(
     *,
     per_channel: bool,
     symmetric: bool,
+    block_size: int | None = None,
 ) -> Rewritten:
     """Replace the named main-graph MatMul nodes, and Gemm nodes that `plain_gemm` accepts, by
-    dynamic int8 ones.
+    dynamic int8 ones; with `block_size`, symmetric weights are stored as 4-bit blocks
+    (`int4_storage`) that onnxruntime rebuilds as int8 at load.
 
     Each node's second input must be a float32 2-D initializer read only by these nodes.
     An activation read by several of them is quantized once.
@@ -94,14 +97,21 @@ def rewrite(
         key = (w, _attr(node, "transB", 0) == 1)
         if key not in weights:
             values, scale, zero_point, row = _quantize_weight(
-                inits[w], base_dir, per_channel, symmetric, transposed=key[1]
+                inits[w], base_dir, per_channel, symmetric, key[1], block_size
             )
             weights[key] = (
                 names.fresh(f"{w}_quantized"),
                 names.fresh(f"{w}_scale"),
                 names.fresh(f"{w}_zero_point"),
             )
-            for array, name in zip((values, scale, zero_point), weights[key], strict=True):
+            if isinstance(values, int4_storage.Int4Weight):
+                built, stored = int4_storage.rebuild_nodes(graph, values, w, weights[key][0], names)
+                body.extend(built)
+                done.added_nodes.update(n.name for n in built)
+                done.added_initializers.update(stored)
+            else:
+                add_initializer(graph, values, weights[key][0])
+            for array, name in zip((scale, zero_point), weights[key][1:], strict=True):
                 add_initializer(graph, array, name)
             done.added_initializers.update(weights[key])
             done.rows.append(row)
@@ -161,13 +171,24 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
 
 
 def _quantize_weight(
-    tensor: onnx.TensorProto, base_dir: Any, per_channel: bool, symmetric: bool, transposed: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    tensor: onnx.TensorProto,
+    base_dir: Any,
+    per_channel: bool,
+    symmetric: bool,
+    transposed: bool,
+    block_size: int | None,
+) -> tuple[np.ndarray | int4_storage.Int4Weight, np.ndarray, np.ndarray, dict[str, Any]]:
     """(values, scales, zero points, error row) of a [K, N] weight (stored [N, K] when
-    `transposed`), per column or tensor: int8 when symmetric, else uint8."""
+    `transposed`), per column or tensor: int8 when symmetric, else uint8; 4-bit blocks when
+    `block_size` is given, the weight symmetric and its rows whole blocks."""
     weight = np.asarray(read_array(tensor, base_dir), dtype=np.float32)
     if transposed:
         weight = np.ascontiguousarray(weight.T)
+    if block_size and symmetric and int4_storage.fits(weight.shape[0], block_size):
+        stored = int4_storage.quantize(weight, block_size)
+        mse, sqnr = error_stats(weight, stored.int8() * stored.scale)
+        row = _row(tensor, 4, mse, sqnr, weight.nbytes, stored.nbytes)
+        return stored, stored.scale, np.zeros(stored.scale.shape, np.int8), row
     bits = weight_bits() if symmetric else 8
     q = quantize(weight, axis=1 if per_channel else None, symmetric=symmetric, bits=bits)
     mse, sqnr = error_stats(weight, q.dequantize())
@@ -177,17 +198,23 @@ def _quantize_weight(
         values, zero_point = q.values, q.zero_point
     shape = (-1,) if per_channel else ()
     scale, zero_point = q.scale.reshape(shape), zero_point.reshape(shape)
-    row = {
+    after = values.nbytes + scale.nbytes + zero_point.nbytes
+    return values, scale, zero_point, _row(tensor, bits, mse, sqnr, weight.nbytes, after)
+
+
+def _row(
+    tensor: onnx.TensorProto, bits: int, mse: float, sqnr: float, before: int, after: int
+) -> dict[str, Any]:
+    return {
         "name": tensor.name,
         "shape": [int(d) for d in tensor.dims],
         "bits": bits,
         "method": METHOD,
         "mse": mse,
         "sqnr_db": sqnr,
-        "bytes_before": int(weight.nbytes),
-        "bytes_after": int(values.nbytes + scale.nbytes + zero_point.nbytes),
+        "bytes_before": int(before),
+        "bytes_after": int(after),
     }
-    return values, scale, zero_point, row
 
 
 def _matmul_nodes(
