@@ -22,12 +22,21 @@ class ValidateConfig(BaseModel):
 
     enabled: bool = True
     data: str | None = Field(None, description="an .npz (or folder of them) keyed by input names")
-    samples: int = Field(32, ge=1, le=100_000)
-    seed: int = 0
+    samples: int = Field(
+        32,
+        ge=1,
+        le=100_000,
+        description="random validation inputs; with data, all of its samples unless this is set",
+    )
+    seed: int = Field(0, description="seed for random validation inputs")
     input_shapes: dict[str, list[int]] = Field(default_factory=dict)
     latency_runs: int = Field(20, ge=1, le=10_000)
-    max_accuracy_drop: float | None = Field(None, ge=0, le=1)
-    min_cosine: float | None = Field(None, ge=-1, le=1)
+    max_accuracy_drop: float | None = Field(
+        None, ge=0, le=1, description="gate: accuracy drop at most this (needs labelled data)"
+    )
+    min_cosine: float | None = Field(
+        None, ge=-1, le=1, description="gate: cosine similarity of the outputs at least this"
+    )
     min_sqnr: float | None = Field(
         None,
         description="fidelity floor: SQNR in dB of every output that is not class scores "
@@ -43,8 +52,12 @@ class ValidateConfig(BaseModel):
     gates: bool = Field(
         True, description="false: measure and report only; no gate, not even the floor, fails"
     )
-    max_latency_ratio: float | None = Field(None, gt=0)
-    min_compression_ratio: float | None = Field(None, gt=0)
+    max_latency_ratio: float | None = Field(
+        None, gt=0, description="gate: compressed latency / original latency at most this"
+    )
+    min_compression_ratio: float | None = Field(
+        None, gt=0, description="gate: input size / output size at least this"
+    )
     optional_gates: list[str] = Field(
         default_factory=list,
         description="gates skipped with a note (not failed) when their metric is unavailable",
@@ -82,12 +95,39 @@ class PipelineConfig(BaseModel):
         return self.validate_
 
 
-def build(data: dict[str, Any], source: str = "<command line>") -> PipelineConfig:
-    """Validate a plain dict as a pipeline config, turning errors into one-line ConfigErrors."""
+def build(
+    data: dict[str, Any], source: str = "<command line>", flags: dict[str, str] | None = None
+) -> PipelineConfig:
+    """Validate a plain dict as a pipeline config, turning errors into one-line ConfigErrors.
+
+    `flags` maps a key path (`passes.0.sparsity`, `validate.samples`) to the command-line
+    option that set it: an error in that value names the option (`--sparsity: must be < 1`).
+    """
     try:
         return PipelineConfig.model_validate(data)
     except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(p) for p in _key_path(error["loc"]))
+        if flags and key in flags:
+            raise ConfigError(f"{flags[key]}: {option_message(error)}") from None
         raise _config_error(exc, data, source, None) from None
+
+
+def option_message(error: Any) -> str:
+    """A pydantic error as a short sentence about a command-line value."""
+    ctx = error.get("ctx", {})
+    bounds = {
+        "less_than": ("<", "lt"),
+        "less_than_equal": ("<=", "le"),
+        "greater_than": (">", "gt"),
+        "greater_than_equal": (">=", "ge"),
+    }
+    if error["type"] in bounds:
+        sign, key = bounds[error["type"]]
+        return f"must be {sign} {ctx[key]:g}"
+    if error["type"] == "literal_error":
+        return f"must be {ctx['expected']}, not {error['input']!r}"
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def build_pass(data: dict[str, Any]) -> Any:
@@ -141,9 +181,7 @@ def _config_error(
     exc: ValidationError, data: Any, source: str, root: yaml.Node | None
 ) -> ConfigError:
     err = exc.errors()[0]
-    loc = list(err["loc"])
-    if len(loc) > 2 and loc[0] == "passes" and loc[2] in _PASS_TAGS:
-        del loc[2]
+    loc = _key_path(err["loc"])
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_of(root, loc)
     where = f"{source}:{line}" if line else source
@@ -166,6 +204,14 @@ def _config_error(
 
 
 _PASS_TAGS = set(PASSES)
+
+
+def _key_path(loc: Any) -> list[Any]:
+    """An error location as the keys a user wrote (without pydantic's pass-type tag)."""
+    path = list(loc)
+    if len(path) > 2 and path[0] == "passes" and path[2] in _PASS_TAGS:
+        del path[2]
+    return path
 
 
 def _allowed_keys(data: Any, loc: list[Any]) -> list[str]:

@@ -128,3 +128,53 @@ def test_nan_weight_is_one_line_exit_2_naming_the_weight(tmp_path: Path) -> None
     assert result.stderr.count("\n") == 1
     assert f"weight '{weight.name}' has 3 NaN value(s)" in result.stderr
     assert not (tmp_path / "nan.int8.onnx").exists()
+
+
+def test_help_shows_each_default_from_the_config_with_readable_metavars() -> None:
+    """Option help is the Config field's description plus its default, written once."""
+    from typer.testing import CliRunner
+
+    from mcompress.cli import app
+    from mcompress.passes import fp16, prune, quantize
+
+    def help_text(command: str) -> str:
+        result = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "300"})
+        assert result.exit_code == 0
+        return " ".join(result.output.split())
+
+    text = help_text("quantize")
+    assert "--mode dynamic|static|weight-only" in text
+    assert f"[default: {quantize.Config().mode}]" in text
+    assert "--calibration-samples N Calibration inputs. [default: 128]" in text
+    assert "--per-channel / --per-tensor One scale per output channel" in text
+    assert "[default: --per-channel]" in text
+    assert "--samples N Random validation inputs" in text
+    assert "<" not in text.split("Options:")[1]  # no <str>, <int>, <path> metavars
+    sparsity = prune.Config.model_fields["sparsity"].default
+    assert (
+        f"-s, --sparsity NUMBER Fraction of weights (or channels) to remove. [default: {sparsity}]"
+        in help_text("prune")
+    )
+    assert "--dtype float16|bfloat16 bfloat16 is storage-only" in help_text("fp16")
+    assert fp16.Config().dtype == "float16"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["prune", "--sparsity", "1.5"], "--sparsity: must be < 1"),
+        (["prune", "-s", "0"], "--sparsity: must be > 0"),
+        (["quantize", "--block-size", "3"], "--block-size: must be >= 16"),
+        (
+            ["quantize", "--block-size", "48"],
+            "--block-size: block_size must be a power of two (16, 32, 64, 128, ...)",
+        ),
+        (["strip", "--min-cosine", "2"], "--min-cosine: must be <= 1"),
+        (["strip", "--samples", "0"], "--samples: must be >= 1"),
+    ],
+)
+def test_command_line_errors_name_the_option(tmp_path: Path, args: list[str], message: str) -> None:
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    result = mcompress(args[0], model, *args[1:])
+    assert (result.returncode, result.stderr) == (2, f"mcompress: error: {message}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]

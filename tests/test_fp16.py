@@ -546,7 +546,9 @@ def test_cli_end_to_end(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 2
-    assert "passes.0.dtype: Input should be 'float16' or 'bfloat16'" in bad.stderr
+    assert (
+        bad.stderr == "mcompress: error: --dtype: must be 'float16' or 'bfloat16', not 'float8'\n"
+    )
 
 
 def test_half_embedding_transposed_into_a_matmul_loads_in_onnxruntime(tmp_path: Path) -> None:

@@ -4,31 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import typer
-
-from mcompress.cli.common import ExcludeOpt, ModelArg, writes_model
+from mcompress.cli.common import ExcludeOpt, ModelArg, config_option, writes_model
+from mcompress.passes.cluster import Config
 
 
 @writes_model("clustered", pass_type="cluster")
 def cluster(
     model: ModelArg,
-    clusters: Annotated[
-        int | None,
-        typer.Option("-k", "--clusters", help="Shared values per tensor, 2..256 (default 16)."),
-    ] = None,
+    clusters: Annotated[int | None, config_option(Config, "clusters", "-k", "--clusters")] = None,
     per_channel: Annotated[
-        bool | None,
-        typer.Option("--per-channel/--per-tensor", help="One set of K values per output channel."),
+        bool | None, config_option(Config, "per_channel", "--per-channel/--per-tensor")
     ] = None,
-    init: Annotated[
-        str | None,
-        typer.Option(
-            "--init", help="Starting centroids: auto, linear, density, kmeans++ or random."
-        ),
-    ] = None,
-    max_iter: Annotated[int | None, typer.Option("--max-iter", help="Lloyd iterations.")] = None,
+    init: Annotated[str | None, config_option(Config, "init", "--init")] = None,
+    max_iter: Annotated[int | None, config_option(Config, "max_iter", "--max-iter")] = None,
     min_elements: Annotated[
-        int | None, typer.Option("--min-elements", help="Leave smaller tensors alone.")
+        int | None, config_option(Config, "min_elements", "--min-elements")
     ] = None,
     exclude: ExcludeOpt = None,
 ) -> dict[str, Any]:

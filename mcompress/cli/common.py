@@ -9,9 +9,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, get_type_hints
+from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
@@ -124,6 +125,58 @@ class WriteOptions:
     no_gates: bool = False
 
 
+def config_option(config: type[BaseModel], field: str, *flags: str, **kw: Any) -> Any:
+    """A command-line option documented once, by the Config field it sets: its help is the
+    field's description, its default the field's default (shown, never typed again), a choice
+    lists its values as the metavar, and a bad value is reported under the option's name."""
+    info = config.model_fields[field]
+    text = kw.pop("help", None) or info.description or ""
+    metavar = kw.pop("metavar", None) or _metavar(info.annotation)
+    if text.split(" ")[0].strip(":,") not in (metavar or "").split("|"):  # a value stays as is
+        text = text[:1].upper() + text[1:]
+    text += "" if text.endswith(".") else "."
+    shown = _default_text(info.get_default(call_default_factory=True), flags)
+    if shown:
+        text += f"  [default: {shown}]"
+    option = typer.Option(*flags, help=text, metavar=metavar, show_default=False, **kw)
+    option.config_field = field  # read by `writes_model` to name the option in errors
+    return option
+
+
+def _default_text(value: Any, flags: tuple[str, ...]) -> str:
+    if value is None or value == () or (isinstance(value, bool) and "/" not in flags[0]):
+        return ""
+    if isinstance(value, bool):
+        on, off = flags[0].split("/")
+        return on if value else off
+    if isinstance(value, tuple):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+def _metavar(annotation: Any) -> str | None:
+    """TEXT, N, NUMBER or the choices (a|b|c) for a Config field's type; None for flags."""
+    args = [a for a in get_args(annotation) if a is not type(None)] or [annotation]
+    kind = args[0] if len(args) == 1 else annotation
+    if get_origin(kind) is Literal:
+        return "|".join(str(a) for a in get_args(kind))
+    names = {bool: None, int: "N", float: "NUMBER"}
+    return names.get(kind, "TEXT") if isinstance(kind, type) else "TEXT"
+
+
+def option_flags(fn: Callable[..., Any]) -> dict[str, str]:
+    """Config field -> the long option that sets it, for the options of command `fn`."""
+    flags = {}
+    for hint in get_type_hints(fn, include_extras=True).values():
+        for meta in getattr(hint, "__metadata__", ()):
+            field = getattr(meta, "config_field", None)
+            if field:
+                # typer.Option's first argument (stored as the default) is the first flag
+                decls = [meta.default, *meta.param_decls]
+                flags[field] = next(d for d in decls if str(d).startswith("--")).split("/")[0]
+    return flags
+
+
 def _opt(*names: str, help: str, **kw: Any) -> Any:
     return typer.Option(*names, help=help, **kw)
 
@@ -132,17 +185,33 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
     (
         "output",
         Path | None,
-        _opt("-o", "--output", help="Output model (default: next to input)."),
+        _opt("-o", "--output", metavar="PATH", help="Output model (default: next to input)."),
     ),
     ("force", bool, _opt("--force", help="Overwrite an existing output file.")),
-    ("report", Path | None, _opt("--report", help="Write the JSON report to this file.")),
+    (
+        "report",
+        Path | None,
+        _opt("--report", metavar="PATH", help="Write the JSON report to this file."),
+    ),
     ("json_out", bool, _opt("--json", help="Print the JSON report to stdout and nothing else.")),
-    ("markdown", Path | None, _opt("--markdown", help="Write a Markdown report to this file.")),
-    ("html", Path | None, _opt("--html", help="Write a self-contained HTML report.")),
+    (
+        "markdown",
+        Path | None,
+        _opt("--markdown", metavar="PATH", help="Write a Markdown report to this file."),
+    ),
+    (
+        "html",
+        Path | None,
+        _opt("--html", metavar="PATH", help="Write a self-contained HTML report."),
+    ),
     ("no_validate", bool, _opt("--no-validate", help="Skip validation against the original.")),
-    ("data", Path | None, _opt("--data", help="Validation/calibration .npz (or folder).")),
-    ("samples", int | None, _opt("--samples", help="Validation samples (default 32).")),
-    ("seed", int | None, _opt("--seed", help="Seed for random validation inputs.")),
+    (
+        "data",
+        Path | None,
+        _opt("--data", metavar="PATH", help="Validation/calibration .npz (or folder)."),
+    ),
+    ("samples", int | None, config_option(config.ValidateConfig, "samples", "--samples")),
+    ("seed", int | None, config_option(config.ValidateConfig, "seed", "--seed")),
     (
         "input_shape",
         list[str],
@@ -155,34 +224,32 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
     (
         "max_accuracy_drop",
         float | None,
-        _opt("--max-accuracy-drop", help="Gate: accuracy drop."),
+        config_option(config.ValidateConfig, "max_accuracy_drop", "--max-accuracy-drop"),
     ),
-    ("min_cosine", float | None, _opt("--min-cosine", help="Gate: output cosine similarity.")),
+    (
+        "min_cosine",
+        float | None,
+        config_option(config.ValidateConfig, "min_cosine", "--min-cosine"),
+    ),
     (
         "min_top1_agreement",
         float | None,
-        _opt(
-            "--min-top1-agreement",
-            help="Floor: top-1 agreement of class-score outputs (default 0.5 random, 0.9 --data).",
-        ),
+        config_option(config.ValidateConfig, "min_top1_agreement", "--min-top1-agreement"),
     ),
     (
         "max_latency_ratio",
         float | None,
-        _opt("--max-latency-ratio", help="Gate: latency ratio."),
+        config_option(config.ValidateConfig, "max_latency_ratio", "--max-latency-ratio"),
     ),
     (
         "min_compression_ratio",
         float | None,
-        _opt("--min-compression-ratio", help="Gate: input size / output size."),
+        config_option(config.ValidateConfig, "min_compression_ratio", "--min-compression-ratio"),
     ),
     (
         "min_sqnr",
         float | None,
-        _opt(
-            "--min-sqnr",
-            help="Floor: SQNR (dB) of other outputs (default 1 random, 6 with --data).",
-        ),
+        config_option(config.ValidateConfig, "min_sqnr", "--min-sqnr"),
     ),
     (
         "no_gates",
@@ -229,7 +296,8 @@ def writes_model(
             produced = fn(**kwargs)
             if pass_type is not None:
                 options = {k: v for k, v in produced.items() if v is not None}
-                cfg = config.build({"passes": [{"type": pass_type, **options}]})
+                flags = {f"passes.0.{k}": v for k, v in option_flags(fn).items()}
+                cfg = config.build({"passes": [{"type": pass_type, **options}]}, flags=flags)
                 name = what(options) if callable(what) else what
             else:
                 cfg = produced
@@ -283,7 +351,22 @@ def override_validation(
     validate["optional_gates"] = [g for g in cfg.validation.optional_gates if g not in overrides]
     merged = cfg.model_dump(by_alias=True, exclude_unset=True)
     merged["validate"] = validate
-    return config.build(merged)
+    flags = {f"validate.{k}": "--" + k.replace("_", "-") for k in overrides if k in _VALIDATE_KEYS}
+    return config.build(merged, flags=flags)
+
+
+# Validation settings whose command-line option is the key with dashes (--samples, --min-cosine).
+_VALIDATE_KEYS = {
+    "samples",
+    "seed",
+    "data",
+    "max_accuracy_drop",
+    "min_cosine",
+    "min_sqnr",
+    "min_top1_agreement",
+    "max_latency_ratio",
+    "min_compression_ratio",
+}
 
 
 def parse_shape(text: str) -> tuple[str, list[int]]:

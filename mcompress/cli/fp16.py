@@ -4,70 +4,40 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import typer
-
-from mcompress.cli.common import ModelArg, writes_model
+from mcompress.cli.common import ModelArg, config_option, writes_model
+from mcompress.passes.fp16 import Config
 
 
 @writes_model(lambda o: "bf16" if o.get("dtype") == "bfloat16" else "fp16", pass_type="fp16")
 def fp16(
     model: ModelArg,
-    dtype: Annotated[
-        str | None,
-        typer.Option(
-            "--dtype",
-            help="float16 (default) or bfloat16 (storage-only on onnxruntime CPU: weights are "
-            "cast to float32 at load).",
-        ),
-    ] = None,
-    compute: Annotated[
-        str | None,
-        typer.Option(
-            "--compute",
-            help="cpu (default: half compute only for ops onnxruntime's CPU provider runs in "
-            "half; the rest computes in float32 from half weights), all (every op with a half "
-            "type, for GPU providers) or none (storage only).",
-        ),
-    ] = None,
+    dtype: Annotated[str | None, config_option(Config, "dtype", "--dtype")] = None,
+    compute: Annotated[str | None, config_option(Config, "compute", "--compute")] = None,
     keep_io_types: Annotated[
-        bool | None,
-        typer.Option(
-            "--keep-io-types/--half-io",
-            help="Keep model inputs/outputs float32 (default) or make them half.",
-        ),
+        bool | None, config_option(Config, "keep_io_types", "--keep-io-types/--half-io")
     ] = None,
     block_op: Annotated[
         list[str] | None,
-        typer.Option(
+        config_option(
+            Config,
+            "block_ops",
             "--block-op",
             metavar="OP",
-            help="Op type kept in float32 (repeatable; replaces the default list of fragile "
-            "ops such as Range, CumSum, TopK).",
+            help="op type kept in float32 (repeatable; replaces the default list)",
         ),
     ] = None,
     block_node: Annotated[
         list[str] | None,
-        typer.Option(
+        config_option(
+            Config,
+            "block_nodes",
             "--block-node",
             metavar="PATTERN",
-            help="Node name or glob kept in float32 (repeatable).",
+            help="node name or glob kept in float32 (repeatable)",
         ),
     ] = None,
-    auto: Annotated[
-        bool | None,
-        typer.Option(
-            "--auto/--no-auto",
-            help="Run the float32 model once (--data, else random inputs) and keep nodes whose "
-            "activations overflow half or lose precision in float32 (default: on).",
-        ),
-    ] = None,
-    clamp: Annotated[
-        bool | None,
-        typer.Option(
-            "--clamp/--no-clamp",
-            help="Clamp weights beyond the half range instead of keeping them float32.",
-        ),
-    ] = None,
+    auto: Annotated[bool | None, config_option(Config, "auto", "--auto/--no-auto")] = None,
+    clamp: Annotated[bool | None, config_option(Config, "clamp", "--clamp/--no-clamp")] = None,
 ) -> dict[str, Any]:
     """Convert weights to float16 (file ~2x smaller) without NaN/inf; inputs/outputs stay float32.
 

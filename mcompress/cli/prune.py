@@ -4,56 +4,35 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import typer
-
 from mcompress.cli.common import (
     CalibrationOpt,
     ExcludeOpt,
     ModelArg,
     RecoverOpt,
+    config_option,
     writes_model,
 )
+from mcompress.passes.prune import Config
 
 
 @writes_model("pruned", pass_type="prune")
 def prune(
     model: ModelArg,
-    sparsity: Annotated[
-        float | None,
-        typer.Option("--sparsity", "-s", help="Fraction of weights (or channels) to remove."),
-    ] = None,
-    scope: Annotated[
-        str | None, typer.Option("--scope", help="layer (default) or global threshold.")
-    ] = None,
+    sparsity: Annotated[float | None, config_option(Config, "sparsity", "--sparsity", "-s")] = None,
+    scope: Annotated[str | None, config_option(Config, "scope", "--scope")] = None,
     min_elements: Annotated[
-        int | None, typer.Option("--min-elements", help="Skip tensors smaller than this.")
+        int | None, config_option(Config, "min_elements", "--min-elements")
     ] = None,
     include_biases: Annotated[
-        bool | None, typer.Option("--include-biases", help="Also prune biases.")
+        bool | None, config_option(Config, "include_biases", "--include-biases")
     ] = None,
     exclude: ExcludeOpt = None,
-    structured: Annotated[
-        bool | None,
-        typer.Option("--structured", help="Remove whole channels: smaller dense model."),
-    ] = None,
-    criterion: Annotated[
-        str | None,
-        typer.Option(
-            "--criterion",
-            help="Structured: l1 (default) or l2. Unstructured: magnitude, wanda or sparsegpt "
-            "(default with --calibration).",
-        ),
-    ] = None,
-    n_m: Annotated[
-        str | None,
-        typer.Option("--n-m", metavar="N:M", help="Remove N of every M inputs, e.g. 2:4."),
-    ] = None,
+    structured: Annotated[bool | None, config_option(Config, "structured", "--structured")] = None,
+    criterion: Annotated[str | None, config_option(Config, "criterion", "--criterion")] = None,
+    n_m: Annotated[str | None, config_option(Config, "n_m", "--n-m", metavar="N:M")] = None,
     calibration: CalibrationOpt = None,
     recover: RecoverOpt = None,
-    round_to: Annotated[
-        int | None,
-        typer.Option("--round-to", help="Keep channel counts multiples of N (default 4)."),
-    ] = None,
+    round_to: Annotated[int | None, config_option(Config, "round_to", "--round-to")] = None,
 ) -> dict[str, Any]:
     """Zero the smallest weights (the file shrinks), or remove whole channels (--structured).
 

@@ -4,63 +4,40 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import typer
-
-from mcompress.cli.common import ModelArg, writes_model
+from mcompress.cli.common import ModelArg, config_option, writes_model
+from mcompress.passes.quantize import Config
 
 
 @writes_model(lambda o: "int4" if o.get("bits") == 4 else "int8", pass_type="quantize")
 def quantize(
     model: ModelArg,
-    mode: Annotated[
-        str | None,
-        typer.Option(
-            "--mode",
-            help="dynamic (default: int8 weights, MatMul activations at run time), static "
-            "(activations from calibration data), or weight-only.",
-        ),
-    ] = None,
-    bits: Annotated[
-        int | None, typer.Option("--bits", help="8 (default) or 4 (block-wise, MatMul/Gather).")
-    ] = None,
-    block_size: Annotated[
-        int | None, typer.Option("--block-size", help="Weights per scale for --bits 4 (32).")
-    ] = None,
+    mode: Annotated[str | None, config_option(Config, "mode", "--mode")] = None,
+    bits: Annotated[int | None, config_option(Config, "bits", "--bits", metavar="8|4")] = None,
+    block_size: Annotated[int | None, config_option(Config, "block_size", "--block-size")] = None,
     per_channel: Annotated[
-        bool | None,
-        typer.Option("--per-channel/--per-tensor", help="One scale per channel (default) or one."),
+        bool | None, config_option(Config, "per_channel", "--per-channel/--per-tensor")
     ] = None,
     symmetric: Annotated[
-        bool | None,
-        typer.Option(
-            "--symmetric/--asymmetric",
-            help="Weights and activations (default: symmetric weights, asymmetric activations).",
-        ),
+        bool | None, config_option(Config, "symmetric", "--symmetric/--asymmetric")
     ] = None,
     calibration: Annotated[
-        str | None,
-        typer.Option(
-            "--calibration",
-            help="Static: .npz keyed by input names, a folder of them, or 'random' "
-            "(default: --data).",
-        ),
+        str | None, config_option(Config, "calibration", "--calibration", metavar="PATH|random")
     ] = None,
     calibration_method: Annotated[
-        str | None,
-        typer.Option("--calibration-method", help="minmax (default), entropy or percentile."),
+        str | None, config_option(Config, "calibration_method", "--calibration-method")
     ] = None,
     calibration_samples: Annotated[
-        int | None, typer.Option("--calibration-samples", help="Calibration inputs (128).")
+        int | None, config_option(Config, "calibration_samples", "--calibration-samples")
     ] = None,
-    quant_format: Annotated[
-        str | None, typer.Option("--format", help="Static: qdq (default) or qoperator.")
-    ] = None,
+    quant_format: Annotated[str | None, config_option(Config, "format", "--format")] = None,
     exclude: Annotated[
         list[str] | None,
-        typer.Option(
+        config_option(
+            Config,
+            "exclude",
             "--exclude",
             metavar="PATTERN",
-            help="Keep in float: node name, glob or op type (repeatable).",
+            help="keep in float: node name, glob or op type (repeatable)",
         ),
     ] = None,
 ) -> dict[str, Any]:

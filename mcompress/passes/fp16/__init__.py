@@ -45,18 +45,38 @@ _CAST_NODE_BYTES = 24
 
 class Config(PassConfig):
     type: Literal["fp16"] = "fp16"
-    dtype: Literal["float16", "bfloat16"] = "float16"
-    # cpu: half compute only where onnxruntime's CPU provider has half kernels; all: every op
-    # with a half type (GPU providers); none: storage only.
-    compute: Literal["cpu", "all", "none"] = "cpu"
-    keep_io_types: bool = True
-    block_ops: tuple[str, ...] = DEFAULT_BLOCK_OPS  # replaces the default list; () blocks none
-    block_nodes: tuple[str, ...] = ()  # node names or globs kept in float32
-    auto: bool = True
-    auto_samples: int = Field(8, ge=1, le=10_000)  # inputs for the auto analysis run
-    headroom: float = Field(2.0, ge=1.0)  # keep activations with |x| > max_half / headroom
-    max_rel_error: float = Field(0.005, gt=0.0, lt=1.0)  # relative RMS rounding error allowed
-    clamp: bool = False
+    dtype: Literal["float16", "bfloat16"] = Field(
+        "float16",
+        description="bfloat16 is storage-only on onnxruntime CPU: weights are cast to float32 "
+        "at load",
+    )
+    compute: Literal["cpu", "all", "none"] = Field(
+        "cpu",
+        description="cpu: half compute only for ops onnxruntime's CPU provider runs in half, "
+        "the rest in float32 from half weights; all: every op with a half type (GPU "
+        "providers); none: storage only",
+    )
+    keep_io_types: bool = Field(True, description="keep model inputs/outputs float32")
+    block_ops: tuple[str, ...] = Field(
+        DEFAULT_BLOCK_OPS,
+        description="op types kept in float32 (replaces the default list; empty blocks none)",
+    )
+    block_nodes: tuple[str, ...] = Field((), description="node names or globs kept in float32")
+    auto: bool = Field(
+        True,
+        description="run the float32 model once (data, else random inputs) and keep nodes "
+        "whose activations overflow half or lose precision in float32",
+    )
+    auto_samples: int = Field(8, ge=1, le=10_000, description="inputs for the auto analysis run")
+    headroom: float = Field(
+        2.0, ge=1.0, description="auto: keep activations with |x| > max_half / headroom"
+    )
+    max_rel_error: float = Field(
+        0.005, gt=0.0, lt=1.0, description="auto: relative RMS rounding error allowed"
+    )
+    clamp: bool = Field(
+        False, description="clamp weights beyond the half range instead of keeping them float32"
+    )
 
 
 def check(model: Model, cfg: Config) -> None:

@@ -77,10 +77,14 @@ class Config(PassConfig):
         "unset: symmetric weights, asymmetric activations (onnxruntime's CPU defaults)",
     )
     calibration: str | None = Field(
-        None, description="static: .npz keyed by input names, a folder of them, or 'random'"
+        None,
+        description="static: .npz keyed by input names, a folder of them, or 'random' "
+        "(unset: the validation data)",
     )
-    calibration_method: Literal["minmax", "entropy", "percentile"] = "minmax"
-    calibration_samples: int = Field(128, ge=1, le=100_000)
+    calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
+        "minmax", description="static: how activation ranges are found from calibration data"
+    )
+    calibration_samples: int = Field(128, ge=1, le=100_000, description="calibration inputs")
     format: Literal["qdq", "qoperator"] = Field("qdq", description="static only")
     exclude: tuple[str, ...] = Field((), description="node names, glob patterns or op types")
 
