@@ -23,6 +23,7 @@ from typing import Any
 from mcompress import __version__, batch
 from mcompress.batch import Job, Listener, Outcome, Row
 from mcompress.errors import EXIT_INTERNAL, UsageError
+from mcompress.runtime import error_line
 
 INSTALL_COMMAND = "pip install 'mcompress[ray]'"
 _POLL_SECONDS = 0.1
@@ -64,7 +65,7 @@ def _connected(address: str | None) -> Iterator[ModuleType]:
         ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, **options)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = f"at '{address}'" if address else "(RAY_ADDRESS or a local instance)"
-        raise UsageError(f"cannot connect to Ray {where}: {_first_line(exc)}") from None
+        raise UsageError(f"cannot connect to Ray {where}: {error_line(exc)}") from None
     try:
         yield ray
     finally:
@@ -122,7 +123,7 @@ def _ask_nodes(
             ) from None
         except ray.exceptions.RayError as exc:
             raise UsageError(
-                f"Ray node {address} cannot run mcompress: {_first_line(exc)}",
+                f"Ray node {address} cannot run mcompress: {error_line(exc)}",
                 f"install mcompress {__version__} on every node",
             ) from None
         yield address, answer
@@ -264,7 +265,7 @@ class _Run:
         except exceptions.RayTaskError as exc:  # raised past _run_job, e.g. cannot import
             batch._remove_outputs(job)
             cause = exc.cause if exc.cause is not None else exc
-            return _failed(job, type(cause).__name__, _first_line(cause))
+            return _failed(job, type(cause).__name__, error_line(cause))
         except exceptions.RayError as exc:  # its worker (or node) died, twice: Ray retried
             batch._remove_outputs(job)
             return _failed(
@@ -314,8 +315,3 @@ def _failed(job: Job, kind: str, message: str) -> Row:
         exit_code=EXIT_INTERNAL,
         error={"type": kind, "message": message},
     )
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
