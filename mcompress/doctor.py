@@ -239,46 +239,31 @@ def _check_inputs(ctx: _Context) -> Iterator[Finding]:
         for note in made.description.get("notes", []):
             yield Finding("note", "data", note, "nothing to do: only model inputs are read")
         return
-    initializers = {t.name for t in ctx.model.proto.graph.initializer}
-    graph_inputs = [
-        vi
-        for vi in ctx.model.proto.graph.input
-        if vi.name not in initializers and vi.type.HasField("tensor_type")
-    ]
-    batch_names = set(inputs.BATCH_NAMES) | {
-        vi.type.tensor_type.shape.dim[0].dim_param.lower()
-        for vi in graph_inputs
-        if len(vi.type.tensor_type.shape.dim)
-    }
-    for vi in graph_inputs:
-        dims = vi.type.tensor_type.shape.dim
-        loose = [
-            i
-            for i, d in enumerate(dims)
-            if i > 0
-            and not (d.HasField("dim_value") and d.dim_value > 0)
-            and (not d.dim_param or d.dim_param.lower() not in batch_names)
-        ]
-        if not loose or vi.name in ctx.input_shapes:
+    from mcompress.inputs import facts, shapes
+
+    model_inputs = facts.graph_inputs(ctx.model.proto)
+    resolved, guessed, _ = shapes.resolve(ctx.model, model_inputs, ctx.input_shapes)
+    for inp in model_inputs:
+        loose = guessed.get(inp.name)
+        if not loose:
             continue
-        where = ", ".join(f"{i} ('{dims[i].dim_param or '?'}')" for i in loose)
-        example = "x".join(_example_dim(i, d) for i, d in enumerate(dims))
+        where = ", ".join(f"{i} ('{inp.dims[i] or '?'}')" for i in loose)
+        example = "x".join(
+            _placeholder(i, inp.dims[i]) if i in loose else str(size)
+            for i, size in enumerate(resolved[inp.name])
+        )
         yield Finding(
             "warning",
             "dynamic-dims",
-            f"input '{vi.name}' has dynamic dimension(s) {where} that no data pins; random "
-            "validation and calibration guess their size",
-            f"pass --data FILE with real inputs, or --input-shape {vi.name}={example} "
+            f"input '{inp.name}' has dynamic dimension(s) {where} that neither data nor the "
+            "model pins; random validation and calibration guess their size",
+            f"pass --data FILE with real inputs, or --input-shape {inp.name}={example} "
             "with the sizes you deploy with",
         )
 
 
-def _example_dim(index: int, dim: onnx.TensorShapeProto.Dimension) -> str:
-    if dim.HasField("dim_value") and dim.dim_value > 0:
-        return str(dim.dim_value)
-    if index == 0 or dim.dim_param.lower() in inputs.BATCH_NAMES:
-        return "1"
-    name = dim.dim_param if dim.dim_param.isidentifier() else f"d{index}"
+def _placeholder(index: int, dim: int | str | None) -> str:
+    name = dim if isinstance(dim, str) and dim.isidentifier() else f"d{index}"
     return f"<{name}>"
 
 

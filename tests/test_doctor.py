@@ -132,6 +132,21 @@ def test_dynamic_dims_are_flagged_unless_pinned(tmp_path: Path) -> None:
     assert "dynamic-dims" not in _by_check(pinned)
 
 
+def test_dynamic_dims_doctor_flags_are_the_ones_validation_guesses(tmp_path: Path) -> None:
+    """One home of shape guessing: recurrent state and sizes the model states are not
+    flagged; the unpinned audio length of the silero-vad package's export is."""
+    vad = builders.save(builders.reflect_pad_vad(), tmp_path / "vad.onnx")
+    finding = _by_check(doctor.diagnose(vad))["dynamic-dims"]
+    assert "input 'input' has dynamic dimension(s) 1 ('?')" in finding.message
+    assert "--input-shape input=1x<d1>" in finding.fix
+    flagged = [f for f in doctor.diagnose(vad) if f.check == "dynamic-dims"]
+    assert len(flagged) == 1  # not state [2, ?, 16]
+    stated = builders.pixel_attention()
+    helper.set_model_props(stated, {"input_shape": "8,48,192"})
+    path = builders.save(stated, tmp_path / "stated.onnx")
+    assert "dynamic-dims" not in _by_check(doctor.diagnose(path))
+
+
 def test_activation_beyond_float16_range_with_data(tmp_path: Path) -> None:
     scale = numpy_helper.from_array(np.full((4,), 3000.0, np.float32), "scale")
     nodes = [
