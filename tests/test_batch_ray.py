@@ -135,6 +135,7 @@ def test_every_node_must_see_the_inputs(ray_instance: Any, tmp_path: Path) -> No
     assert list((tmp_path / "out").iterdir()) == []  # the probe's marker is gone
 
 
+@pytest.mark.slow  # starts the module's Ray instance
 def test_every_node_must_run_this_mcompress_version(
     ray_instance: Any, tmp_path: Path, monkeypatch
 ) -> None:
@@ -146,6 +147,7 @@ def test_every_node_must_run_this_mcompress_version(
         batch_ray.run_batch(jobs, lambda *event: None)
 
 
+@pytest.mark.slow  # starts the module's Ray instance
 def test_interrupt_cancels_tasks_and_keeps_only_finished_models(
     ray_instance: Any, tmp_path: Path
 ) -> None:
