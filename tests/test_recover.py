@@ -136,3 +136,34 @@ def test_prune_with_calibration_cli(tmp_path: Path) -> None:
     without_sqnr = reports["--no-recover"]["validation"]["overall"]["sqnr_db"]
     assert with_sqnr > without_sqnr + 3
     assert "recovery" not in reports["--no-recover"]["passes"][0]["stats"]
+
+
+def test_cluster_with_calibration_cli(tmp_path: Path) -> None:
+    source = builders.save(chain(width=32), tmp_path / "chain.onnx")
+    np.savez(tmp_path / "calib.npz", x=_inputs(256, 32, seed=5))
+    np.savez(tmp_path / "val.npz", x=_inputs(64, 32, seed=6))
+    sqnr = {}
+    for flag in ("--recover", "--no-recover"):
+        result = subprocess.run(
+            [sys.executable, "-m", "mcompress", "cluster", str(source), "-k", "4",
+             "--min-elements", "0", "--calibration", str(tmp_path / "calib.npz"), flag,
+             "--data", str(tmp_path / "val.npz"), "-o", str(tmp_path / f"{flag}.onnx"), "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        sqnr[flag] = report["validation"]["overall"]["sqnr_db"]
+        tensors = report["passes"][0]["stats"]["tensors"]
+        assert sorted(t["name"] for t in tensors) == ["w0", "w1", "w2"]
+        assert all(t["unique_values_after"] <= 4 for t in tensors)
+    assert sqnr["--recover"] > sqnr["--no-recover"] + 3, sqnr
+
+
+def test_weighted_kmeans_follows_the_weights() -> None:
+    from mcompress.recover.clustering import weighted_kmeans
+
+    values = np.array([0.0, 1.0, 2.0, 10.0, 11.0])
+    plain = weighted_kmeans(values, np.ones(5), np.array([0.0, 10.0]))
+    heavy = weighted_kmeans(values, np.array([1.0, 1.0, 100.0, 1.0, 1.0]), np.array([0.0, 10.0]))
+    np.testing.assert_allclose(plain, [1.0, 10.5])
+    np.testing.assert_allclose(heavy, [(0 + 1 + 200) / 102, 10.5])

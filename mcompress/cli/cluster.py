@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from mcompress.cli.common import ExcludeOpt, ModelArg, config_option, writes_model
+from mcompress.cli.common import (
+    CalibrationOpt,
+    ExcludeOpt,
+    ModelArg,
+    RecoverOpt,
+    config_option,
+    writes_model,
+)
 from mcompress.passes.cluster import Config
 
 
@@ -21,6 +28,8 @@ def cluster(
         int | None, config_option(Config, "min_elements", "--min-elements")
     ] = None,
     exclude: ExcludeOpt = None,
+    calibration: CalibrationOpt = None,
+    recover: RecoverOpt = None,
 ) -> dict[str, Any]:
     """Share weights: replace each weight by the nearest of K values, stored as a codebook.
 
@@ -35,4 +44,6 @@ def cluster(
         "max_iter": max_iter,
         "min_elements": min_elements,
         "exclude": tuple(exclude) if exclude else None,
+        "calibration": calibration,
+        "recover": recover,
     }

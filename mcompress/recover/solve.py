@@ -166,18 +166,17 @@ def _block_mask(
 
 
 def codebook_refit(
-    target: np.ndarray, h: np.ndarray, codes: np.ndarray, codebook: np.ndarray, frozen: np.ndarray
-) -> np.ndarray:
-    """Codebook values minimising the output error for fixed assignments `codes` (one shared
-    codebook for all groups). `frozen` entries (zero, bias) keep their values.
-    Solves the K x K normal equations M c = v, M_kl = tr(A_k H A_lᵀ), v_k = tr(A_k H W*ᵀ)."""
+    target: np.ndarray, h: np.ndarray, codes: np.ndarray, codebook: np.ndarray, frozen: np.ndarray,
+    fixed: np.ndarray,
+) -> np.ndarray:  # fmt: skip
+    """Codebook values minimising the output error for fixed assignments `codes` (one codebook
+    shared by all groups); `frozen` entries (zeros, bias) keep their value in `fixed`.
+    Solves the K x K normal equations M c = v, M_kl = tr(A_k H A_lᵀ), v_k = tr(A_k H Rᵀ) with
+    R = W* - fixed part."""
     k = codebook.size
     onehot = np.zeros((*codes.shape, k))
-    live = ~frozen
-    np.put_along_axis(onehot, codes[..., None], live[..., None].astype(float), axis=-1)
-    base = np.where(frozen, target, 0.0)  # frozen part of Ŵ
-    resid = target - base
-    # A_k H: [g, rows, d, k] contracted over d with H -> [g, rows, d(H), k]
+    np.put_along_axis(onehot, codes[..., None], (~frozen)[..., None].astype(float), axis=-1)
+    resid = target - np.where(frozen, fixed, 0.0)
     ah = np.einsum("grdk,gde->grek", onehot, h)
     m = np.einsum("grek,grel->kl", ah, onehot)
     v = np.einsum("grek,gre->k", ah, resid)

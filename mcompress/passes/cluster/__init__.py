@@ -20,15 +20,21 @@ from pydantic import Field
 
 from mcompress.errors import NothingToDo
 from mcompress.model_io import Model
-from mcompress.passes.base import PassConfig, PassContext, PassResult
+from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS, KMeans1D, kmeans1d
 from mcompress.passes.prune import WEIGHT_SLOTS, Candidate, find_candidates
 from mcompress.passes.prune.channel_groups import Key, walk
+from mcompress.recover.options import (
+    NO_DATA_NOTE,
+    RecoveryConfig,
+    check_calibration,
+    wants_recovery,
+)
 
 summary = "Share weights: each weight becomes the nearest of K values (stored as a codebook)."
 
 
-class Config(PassConfig):
+class Config(RecoveryConfig):
     """Options of the cluster pass (YAML `{type: cluster, ...}`)."""
 
     type: Literal["cluster"] = "cluster"
@@ -62,10 +68,15 @@ def check(model: Model, cfg: Config) -> None:
         raise NothingToDo(
             "nothing to cluster: the model has no " + ", ".join(sorted(WEIGHT_SLOTS)) + " layer"
         )
+    check_calibration(cfg)
 
 
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Cluster every covered weight in place; stats list each tensor touched or skipped."""
+    if wants_recovery(cfg) and not cfg.per_channel:
+        from mcompress.passes.cluster import recovered
+
+        return recovered.apply(model, cfg, ctx)
     candidates, skipped = find_candidates(model, cfg.min_elements, False, cfg.exclude)
     axes = _channel_axes(model, candidates) if cfg.per_channel else {}
     tensors: list[dict[str, Any]] = []
@@ -78,11 +89,15 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
             tensors.append(row)
     ctx.progress("cluster", len(candidates), len(candidates))
     notes = [] if tensors else ["cluster: no weight was clustered (see skipped)"]
+    if wants_recovery(cfg):
+        notes.append("cluster: recovery works on per-tensor codebooks; per_channel ran without it")
+    elif cfg.recover and tensors:
+        notes.append(NO_DATA_NOTE.format(name="cluster"))
     stats: dict[str, Any] = {
         "clusters": cfg.clusters,
         "per_channel": cfg.per_channel,
         "init": cfg.init,
-        "totals": _totals(tensors),
+        "totals": totals_of(tensors),
         "tensors": tensors,
         "skipped": skipped,
     }
@@ -164,7 +179,7 @@ def _max_unique_per_slice(values: np.ndarray, axis: int) -> int:
     return int(((ordered[:, 1:] != ordered[:, :-1]).sum(axis=1) + 1).max())
 
 
-def _totals(tensors: list[dict[str, Any]]) -> dict[str, Any]:
+def totals_of(tensors: list[dict[str, Any]]) -> dict[str, Any]:
     elements = sum(t["elements"] for t in tensors)
     inertia = sum(t["inertia"] for t in tensors)
     return {

@@ -135,7 +135,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     ctx.progress("prune", len(candidates), len(candidates))
     totals = totals_of(tensors)
     notes = [] if tensors else ["prune: no weight was large enough to prune (see skipped)"]
-    if cfg.recover:
+    if cfg.recover and tensors:
         notes.append(NO_DATA_NOTE.format(name="prune"))
     stats: dict[str, Any] = {
         "mode": "unstructured",

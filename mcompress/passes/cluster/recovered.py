@@ -1,0 +1,123 @@
+"""`cluster` with calibration data: each layer's K shared values are chosen, assigned and
+re-fitted in graph order against the original model's outputs (mcompress.recover.clustering).
+
+Weights recovery cannot reach (inside subgraphs, shared by several nodes, other ops) are
+clustered as without data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mcompress.model_io import Model
+from mcompress.passes.base import PassContext, PassResult, node_excluded
+from mcompress.passes.cluster.kmeans1d import kmeans1d
+from mcompress.passes.prune import Candidate, find_candidates
+from mcompress.recover.clustering import clustered_baseline, clusterer
+from mcompress.recover.layers import find_layers
+from mcompress.recover.options import load_calibration
+from mcompress.recover.sequential import RecoveryStats, reconstruct
+
+if TYPE_CHECKING:
+    from mcompress.passes.cluster import Config
+
+
+def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
+    """Cluster with recovery; stats as without data plus a `recovery` section."""
+    from mcompress.passes import cluster
+
+    candidates, skipped = find_candidates(model, cfg.min_elements, False, cfg.exclude)
+    initial, reasons = _starting_centroids(candidates, cfg)
+    excluded = {row["name"] for row in skipped if row["reason"] == "excluded"}
+    layers = [
+        layer
+        for layer in find_layers(model)
+        if layer.weight.name in initial
+        or (layer.weight.name not in excluded and not node_excluded(layer.node, cfg.exclude))
+    ]
+    reachable = {layer.weight.name for layer in layers}
+    before = {c.weight.name: np.array(c.weight.array(), copy=True) for c in candidates}
+    calibration = load_calibration(model, cfg, ctx)
+    recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
+    reconstruct(
+        model,
+        layers,
+        calibration.feeds,
+        clusterer(cfg.clusters, {k: v for k, v in initial.items() if k in reachable}),
+        clustered_baseline(initial),
+        recovery,
+        ctx.progress,
+    )
+    tensors: list[dict[str, Any]] = []
+    for cand in candidates:
+        name = cand.weight.name
+        if name in reasons:
+            skipped.append({"name": name, "reason": reasons[name]})
+        elif name in reachable:
+            tensors.append(_row(cand, before[name], cfg.clusters))
+        else:
+            row, reason = cluster.cluster_weight(cand, cfg, None)
+            if row is None:
+                skipped.append({"name": name, "reason": reason})
+            else:
+                tensors.append({**row, "recovered": False})
+    stats: dict[str, Any] = {
+        "clusters": cfg.clusters,
+        "per_channel": False,
+        "init": cfg.init,
+        "totals": cluster.totals_of(tensors),
+        "tensors": tensors,
+        "skipped": skipped,
+        "recovery": asdict(recovery),
+    }
+    notes = [recovery.summary()]
+    if recovery.synthetic:
+        notes.append(
+            "cluster: recovery calibrated on synthetic random inputs (calibration: random)"
+        )
+    return PassResult(modified=bool(tensors) or bool(layers), stats=stats, notes=notes)
+
+
+def _starting_centroids(
+    candidates: list[Candidate], cfg: Config
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Plain k-means centroids (zero excluded) per weight to cluster, and why others are not."""
+    initial: dict[str, np.ndarray] = {}
+    reasons: dict[str, str] = {}
+    for cand in candidates:
+        values = np.asarray(cand.weight.array(), dtype=np.float32)
+        distinct = int(np.unique(values).size)
+        if cand.weight.size < 2 * cfg.clusters:
+            reasons[cand.weight.name] = f"{cand.weight.size} elements < 2 x clusters"
+        elif not np.isfinite(values).all():
+            reasons[cand.weight.name] = "contains NaN or infinity"
+        elif distinct <= cfg.clusters:
+            reasons[cand.weight.name] = f"already has {distinct} <= {cfg.clusters} distinct values"
+        else:
+            fit = kmeans1d(
+                values, cfg.clusters, init=cfg.init, max_iter=cfg.max_iter, seed=cfg.seed
+            )
+            initial[cand.weight.name] = fit.centroids[fit.centroids != 0].astype(np.float64)
+    return initial, reasons
+
+
+def _row(cand: Candidate, values: np.ndarray, clusters: int) -> dict[str, Any]:
+    new = np.asarray(cand.weight.array())
+    diff = np.square(new.astype(np.float64) - values, dtype=np.float64).sum()
+    power = float(np.square(values, dtype=np.float64).sum())
+    return {
+        "name": cand.weight.name,
+        "ops": cand.ops,
+        "shape": list(cand.weight.shape),
+        "elements": cand.weight.size,
+        "clusters": clusters,
+        "unique_values_before": int(np.unique(values).size),
+        "unique_values_after": int(np.unique(new).size),
+        "inertia": float(diff),
+        "mse": float(diff) / max(cand.weight.size, 1),
+        "relative_rmse": float(np.sqrt(diff / power)) if power > 0 else 0.0,
+        "bytes_before": int(values.nbytes),
+    }
