@@ -124,7 +124,7 @@ def test_prune_with_calibration_cli(tmp_path: Path) -> None:
              "--data", str(tmp_path / "val.npz"), "-o", str(out), "--json"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        assert result.returncode in ((0,) if flag == "--recover" else (0, 3)), result.stderr
         reports[flag] = json.loads(result.stdout)
     stats = reports["--recover"]["passes"][0]["stats"]
     assert stats["criterion"] == "sparsegpt"
@@ -150,7 +150,8 @@ def test_cluster_with_calibration_cli(tmp_path: Path) -> None:
              "--data", str(tmp_path / "val.npz"), "-o", str(tmp_path / f"{flag}.onnx"), "--json"],
             capture_output=True, text=True, timeout=120,
         )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        # without recovery the default fidelity floor may fail (exit 3); the report is written
+        assert result.returncode in ((0,) if flag == "--recover" else (0, 3)), result.stderr
         report = json.loads(result.stdout)
         sqnr[flag] = report["validation"]["overall"]["sqnr_db"]
         tensors = report["passes"][0]["stats"]["tensors"]
