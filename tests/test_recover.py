@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress import model_io
@@ -138,6 +139,7 @@ def test_prune_with_calibration_cli(tmp_path: Path) -> None:
     assert "recovery" not in reports["--no-recover"]["passes"][0]["stats"]
 
 
+@pytest.mark.slow
 def test_cluster_with_calibration_cli(tmp_path: Path) -> None:
     source = builders.save(chain(width=32), tmp_path / "chain.onnx")
     np.savez(tmp_path / "calib.npz", x=_inputs(256, 32, seed=5))
@@ -168,3 +170,23 @@ def test_weighted_kmeans_follows_the_weights() -> None:
     heavy = weighted_kmeans(values, np.array([1.0, 1.0, 100.0, 1.0, 1.0]), np.array([0.0, 10.0]))
     np.testing.assert_allclose(plain, [1.0, 10.5])
     np.testing.assert_allclose(heavy, [(0 + 1 + 200) / 102, 10.5])
+
+
+def test_run_calibration_reaches_every_pass_that_recovers() -> None:
+    from mcompress import config
+    from mcompress.cli.run import with_recovery
+
+    cfg = config.build(
+        {
+            "passes": [
+                {"type": "prune", "sparsity": 0.4},
+                {"type": "cluster", "calibration": "mine.npz"},
+                {"type": "quantize", "mode": "dynamic"},
+            ]
+        }
+    )
+    out = with_recovery(cfg, "calib.npz", None)
+    assert [getattr(p, "calibration", None) for p in out.passes] == ["calib.npz", "mine.npz", None]
+    assert out.passes[0].sparsity == 0.4
+    off = with_recovery(cfg, None, False)
+    assert [getattr(p, "recover", None) for p in off.passes] == [False, False, None]

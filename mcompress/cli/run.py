@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from mcompress import config
-from mcompress.cli.common import ModelArg, writes_model
+from mcompress.cli.common import CalibrationOpt, ModelArg, RecoverOpt, writes_model
+from mcompress.recover.options import RecoveryConfig
 
 
 @writes_model("compressed")
@@ -17,9 +18,29 @@ def run(
         str,
         typer.Option("-c", "--config", help="YAML pipeline file, or a preset name (level1...)."),
     ],
+    calibration: CalibrationOpt = None,
+    recover: RecoverOpt = None,
 ) -> config.PipelineConfig:
     """Run a YAML pipeline of passes on MODEL.
 
     Example: mcompress run model.onnx -c level2 --data val.npz --max-accuracy-drop 0.01
     """
-    return config.load(config_path)
+    return with_recovery(config.load(config_path), calibration, recover)
+
+
+def with_recovery(
+    cfg: config.PipelineConfig, calibration: str | None, recover: bool | None
+) -> config.PipelineConfig:
+    """`--calibration` / `--recover` apply to every pass with recovery that does not set them."""
+    if calibration is None and recover is None:
+        return cfg
+    data = cfg.model_dump(by_alias=True, exclude_unset=True)
+    for entry, pass_cfg in zip(data.get("passes", []), cfg.passes, strict=True):
+        entry["type"] = pass_cfg.type
+        if not isinstance(pass_cfg, RecoveryConfig):
+            continue
+        if calibration is not None and "calibration" not in entry:
+            entry["calibration"] = calibration
+        if recover is not None:
+            entry["recover"] = recover
+    return config.build(data)

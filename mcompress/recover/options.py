@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from pydantic import Field
 
@@ -37,6 +38,17 @@ class RecoveryConfig(PassConfig):
     )
 
 
+class Calibrated(Protocol):
+    """What recovery reads from a pass config."""
+
+    @property
+    def calibration(self) -> str | None: ...
+    @property
+    def calibration_samples(self) -> int: ...
+    @property
+    def recover(self) -> bool: ...
+
+
 @dataclass
 class Calibration:
     """Calibration feeds (one dict per sample) and where they came from."""
@@ -46,7 +58,7 @@ class Calibration:
     synthetic: bool
 
 
-def check_calibration(cfg: RecoveryConfig) -> None:
+def check_calibration(cfg: Calibrated) -> None:
     """Fail before any work on a calibration path that does not exist."""
     if cfg.calibration not in (None, "random") and not Path(str(cfg.calibration)).exists():
         raise PassError(
@@ -55,12 +67,12 @@ def check_calibration(cfg: RecoveryConfig) -> None:
         )
 
 
-def wants_recovery(cfg: RecoveryConfig) -> bool:
+def wants_recovery(cfg: Calibrated) -> bool:
     """Recovery runs when it is on and calibration data is given."""
     return cfg.recover and cfg.calibration is not None
 
 
-def load_calibration(model: Model, cfg: RecoveryConfig, ctx: PassContext) -> Calibration:
+def load_calibration(model: Model, cfg: Calibrated, ctx: PassContext) -> Calibration:
     """Calibration inputs for `model`, read like `--data` (inputs.make_feeds)."""
     from mcompress.inputs import make_feeds
 

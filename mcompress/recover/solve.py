@@ -77,6 +77,12 @@ def refit_masked(target: np.ndarray, h: np.ndarray, mask: np.ndarray) -> np.ndar
     out = np.zeros_like(target)
     hw = target @ h  # [g, rows, d]; H symmetric
     for gi in range(target.shape[0]):
+        if (mask[gi] == mask[gi, :1]).all():  # one mask for every row: one solve
+            keep = ~mask[gi, 0]
+            if keep.any():
+                sub = h[gi][np.ix_(keep, keep)]
+                out[gi][:, keep] = np.linalg.solve(sub, hw[gi][:, keep].T).T
+            continue
         for r in range(target.shape[1]):
             keep = ~mask[gi, r]
             if keep.any():

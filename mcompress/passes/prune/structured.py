@@ -7,6 +7,7 @@ consistently is left alone and listed in the stats with the reason.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Any, Protocol
 
 import numpy as np
@@ -31,6 +32,7 @@ from mcompress.passes.prune.channel_groups import (
     walk,
 )
 from mcompress.prepare import remove_unused_initializers
+from mcompress.recover.options import NO_DATA_NOTE, wants_recovery
 
 LAYER_OPS = LAYERS
 
@@ -46,6 +48,12 @@ class StructuredConfig(Protocol):
     def round_to(self) -> int: ...
     @property
     def exclude(self) -> tuple[str, ...]: ...
+    @property
+    def calibration(self) -> str | None: ...
+    @property
+    def calibration_samples(self) -> int: ...
+    @property
+    def recover(self) -> bool: ...
 
 
 def apply(model: Model, cfg: StructuredConfig, ctx: PassContext) -> PassResult:
@@ -58,6 +66,11 @@ def apply(model: Model, cfg: StructuredConfig, ctx: PassContext) -> PassResult:
     keep, unchanged = choose_channels(analysis, cfg)
     for gid, reason in unchanged.items():
         analysis.groups[gid].reasons.append(reason)
+    recovery = None
+    if keep and wants_recovery(cfg):
+        from mcompress.passes.prune import structured_recovered
+
+        keep, recovery = structured_recovered.run(model, analysis, keep, cfg, ctx, cfg.round_to)
     apply_edits(model, analysis, keep)
     if keep:
         remove_unused_initializers(model)
@@ -97,6 +110,12 @@ def apply(model: Model, cfg: StructuredConfig, ctx: PassContext) -> PassResult:
     notes = []
     if not keep:
         notes.append("structured prune: no channel group could be pruned (see left_alone)")
+    if recovery is not None:
+        stats["criterion"] = "reconstruction"
+        stats["recovery"] = asdict(recovery)
+        notes.append(recovery.summary())
+    elif keep and cfg.recover:
+        notes.append(NO_DATA_NOTE.format(name="prune"))
     return PassResult(modified=bool(keep) or folded > 0, stats=stats, notes=notes)
 
 
