@@ -236,7 +236,6 @@ def test_static_random_calibration_on_old_opset_upgrades_and_marks_synthetic(
     ("args", "message"),
     [
         (["--bits", "4", "--mode", "static"], "bits: 4 is block-wise weight-only"),
-        (["--calibration", "random"], "calibration is only used by mode: static"),
         (["--block-size", "48", "--bits", "4"], "block_size must be a power of two"),
         (["--format", "qoperator"], "format applies to mode: static only"),
     ],

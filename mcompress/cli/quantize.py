@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from mcompress.cli.common import ModelArg, config_option, writes_model
+from mcompress.cli.common import ModelArg, RecoverOpt, config_option, writes_model
 from mcompress.passes.quantize import Config
 
 
@@ -26,6 +26,7 @@ def quantize(
     calibration_method: Annotated[
         str | None, config_option(Config, "calibration_method", "--calibration-method")
     ] = None,
+    recover: RecoverOpt = None,
     calibration_samples: Annotated[
         int | None, config_option(Config, "calibration_samples", "--calibration-samples")
     ] = None,
@@ -54,6 +55,7 @@ def quantize(
         "calibration": calibration,
         "calibration_method": calibration_method,
         "calibration_samples": calibration_samples,
+        "recover": recover,
         "format": quant_format,
         "exclude": exclude or None,
     }

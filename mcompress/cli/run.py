@@ -8,7 +8,6 @@ import typer
 
 from mcompress import config
 from mcompress.cli.common import CalibrationOpt, ModelArg, RecoverOpt, writes_model
-from mcompress.recover.options import RecoveryConfig
 
 
 @writes_model("compressed")
@@ -37,7 +36,7 @@ def with_recovery(
     data = cfg.model_dump(by_alias=True, exclude_unset=True)
     for entry, pass_cfg in zip(data.get("passes", []), cfg.passes, strict=True):
         entry["type"] = pass_cfg.type
-        if not isinstance(pass_cfg, RecoveryConfig):
+        if not {"calibration", "recover"} <= set(type(pass_cfg).model_fields):
             continue
         if calibration is not None and "calibration" not in entry:
             entry["calibration"] = calibration

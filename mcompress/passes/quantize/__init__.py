@@ -41,6 +41,7 @@ from mcompress.model_io import Model, iter_graphs
 from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
+from mcompress.passes.quantize import recovered
 from mcompress.passes.quantize import static as quantize_static
 from mcompress.passes.quantize.weights import (
     Target,
@@ -78,14 +79,18 @@ class Config(PassConfig):
     )
     calibration: str | None = Field(
         None,
-        description="static: .npz keyed by input names, a folder of them, or 'random' "
-        "(unset: the validation data)",
+        description=".npz keyed by input names, a folder of them, or 'random': static "
+        "activation ranges (unset: the validation data); in every mode also GPTQ rounding of "
+        "int8 weights (recover)",
     )
     calibration_method: Literal["minmax", "entropy", "percentile"] = Field(
         "minmax", description="static: how activation ranges are found from calibration data"
     )
     calibration_samples: int = Field(128, ge=1, le=100_000, description="calibration inputs")
     format: Literal["qdq", "qoperator"] = Field("qdq", description="static only")
+    recover: bool = Field(
+        True, description="with calibration data: GPTQ rounding against the original's outputs"
+    )
     exclude: tuple[str, ...] = Field((), description="node names, glob patterns or op types")
 
     @field_validator("block_size")
@@ -111,8 +116,6 @@ def check(model: Model, cfg: Config) -> None:
             "bits: 4 is block-wise weight-only quantization and cannot be static",
             "use mode: weight-only (or dynamic) with bits: 4, or bits: 8 with mode: static",
         )
-    if cfg.calibration is not None and cfg.mode != "static":
-        raise PassError(f"calibration is only used by mode: static (mode is {cfg.mode})")
     if "format" in cfg.model_fields_set and cfg.mode != "static":
         raise PassError(f"format applies to mode: static only (mode is {cfg.mode})")
     if cfg.calibration not in (None, "random") and not Path(str(cfg.calibration)).exists():
@@ -150,8 +153,10 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         for node in graph.node:
             if not node.name:
                 node.name = names.fresh(f"{_ADDED}{node.op_type}")
+    recovery, recovery_notes = recovered.pre_round(model, cfg, ctx, {t.name for t in targets})
     upgrade = None if cfg.mode == "static" else raise_opset_for_rewrite(model)
     step, notes = _plan(model, cfg, targets)
+    notes = [*recovery_notes, *notes]
     if upgrade is not None:
         notes.append(
             f"opset raised from {upgrade['from']} to {upgrade['to']}: int8 weights are rebuilt "
@@ -171,7 +176,10 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
                     node.name = ""
     ctx.progress("quantize", 3, 3)
     outcome.opset = outcome.opset or upgrade
-    return PassResult(bool(outcome.rows), _stats(cfg, outcome), [*notes, *outcome.notes])
+    stats = _stats(cfg, outcome)
+    if recovery is not None:
+        stats["recovery"] = recovery
+    return PassResult(bool(outcome.rows), stats, [*notes, *outcome.notes])
 
 
 def _int4_matmuls(
