@@ -229,3 +229,19 @@ def test_quantize_with_calibration_cli(tmp_path: Path) -> None:
         report = json.loads(result.stdout)
         sqnr[flag] = report["validation"]["overall"]["sqnr_db"]
     assert sqnr["--recover"] > sqnr["--no-recover"] + 2, sqnr
+
+
+def test_recovery_leaves_weights_an_earlier_pass_shaped(tmp_path: Path) -> None:
+    model = _model(chain(), tmp_path)
+    first, second, _ = find_layers(model)
+    clustered = np.round(np.asarray(first.weight.array()) * 4) / 4  # a handful of shared values
+    first.weight.replace(clustered.astype(np.float32))
+    sparse = np.asarray(second.weight.array()).copy()
+    sparse[::2] = 0
+    second.weight.replace(sparse)
+    feeds = [{"x": _inputs(256, 24, seed=8)}]
+    compress = pruner({}, "sparsegpt")
+    reconstruct(model, find_layers(model), feeds, compress, compress, RecoveryStats("t", True, 256))
+    first, second, _ = find_layers(model)
+    np.testing.assert_array_equal(first.weight.array(), clustered)
+    np.testing.assert_array_equal(second.weight.array(), sparse)

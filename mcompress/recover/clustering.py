@@ -54,10 +54,10 @@ def clusterer(
         assert stats.hcc is not None
         target = solve.ls_target(mats, stats.hcc, stats.cross())
         start = initial.get(layer.weight.name)
-        if start is None:
-            return target if refit_others else mats
-        h = solve.damped(stats.hcc)
         cols = prunable_columns(layer, mats)
+        if start is None:
+            return target if refit_others and solve.untouched(mats, cols) else mats
+        h = solve.damped(stats.hcc)
         zero = (mats == 0) & cols
         importance = np.broadcast_to(np.einsum("gii->gi", h)[:, None, :], mats.shape)
         live = cols[None, None, :] & ~zero

@@ -34,16 +34,17 @@ def pruner(
     sparsity: dict[str, float], criterion: str, nm: tuple[int, int] | None = None
 ) -> Compressor:
     """A compressor pruning each layer (by weight name) to its sparsity; other layers are only
-    re-fitted to the original outputs (they absorb upstream error)."""
+    re-fitted to the original outputs (they absorb upstream error) unless an earlier pass
+    pruned or clustered them."""
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
         target = solve.ls_target(mats, stats.hcc, stats.cross())
         share = sparsity.get(layer.weight.name)
-        if share is None:
-            return target
-        h = solve.damped(stats.hcc)
         cols = prunable_columns(layer, mats)
+        if share is None:
+            return target if solve.untouched(mats, cols) else mats
+        h = solve.damped(stats.hcc)
         zero = (mats == 0) & cols
         if criterion == "sparsegpt":
             pruned = solve.obs_sweep(
@@ -55,6 +56,8 @@ def pruner(
         else:
             score = solve.wanda_scores(mats, stats.hcc) if criterion == "wanda" else np.abs(mats)
             mask = solve.mask_by_score(np.where(zero, -1.0, score), share, cols, nm)
+            if mats.shape[2] > _EXACT_REFIT_MAX_INPUTS:
+                return solve.obs_sweep(target, h, prunable=cols, fixed_zero=mask)
         return solve.refit_masked(target, h, mask)
 
     return compress

@@ -40,9 +40,11 @@ def rounder(per_channel: bool, layers: set[str]) -> Compressor:
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
         target = solve.ls_target(mats, stats.hcc, stats.cross())
-        if layer.weight.name not in layers:
-            return target
         cols = prunable_columns(layer, mats)
+        if layer.weight.name not in layers:
+            return target if solve.untouched(mats, cols) else mats
+        if np.unique(mats[..., cols]).size <= solve.SHARED_VALUES:
+            return mats  # clustered: rounding to nearest keeps its shared values
         scale, pinned = _grid(mats, cols, per_channel)
 
         def snap(column: np.ndarray, col: int) -> np.ndarray:

@@ -19,6 +19,18 @@ RIDGE = 1e-2
 Quantizer = Callable[[np.ndarray, int], np.ndarray]
 
 
+# A weight with at most this many distinct values was clustered (or quantized) by an earlier
+# pass: re-fitting it freely would undo that.
+SHARED_VALUES = 256
+
+
+def untouched(w: np.ndarray, cols: np.ndarray) -> bool:
+    """True for a weight no earlier pass shaped (no zeros, many distinct values), which
+    recovery may re-fit freely to absorb upstream error."""
+    core = w[..., cols]
+    return bool(np.all(core != 0)) and np.unique(core).size > SHARED_VALUES
+
+
 def damped(h: np.ndarray, ridge: float = RIDGE) -> np.ndarray:
     """H + λI per group, λ = ridge x mean diag(H); dead inputs (zero diagonal) get 1."""
     h = np.array(h, dtype=np.float64, copy=True)

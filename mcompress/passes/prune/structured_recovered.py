@@ -18,6 +18,7 @@ from mcompress.recover.blas import single_thread
 from mcompress.recover.channels import ConsumerState, choose_across_groups
 from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import Calibrated, load_calibration
+from mcompress.recover.pruning import prunable_columns
 from mcompress.recover.sequential import Compressor, RecoveryStats, reconstruct
 from mcompress.recover.stats import GramStats
 
@@ -117,9 +118,12 @@ def refitter(removed: dict[str, np.ndarray]) -> Compressor:
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
+        gone = removed.get(layer.weight.name)
+        if gone is None and not solve.untouched(mats, prunable_columns(layer, mats)):
+            return mats  # pruned or clustered before: re-fitting would undo that
         target = solve.ls_target(mats, stats.hcc, stats.cross())
         mask = np.zeros(mats.shape, bool)
-        mask[..., removed.get(layer.weight.name, _NONE)] = True
+        mask[..., _NONE if gone is None else gone] = True
         if layer.has_bias_column and layer.bias is None:
             mask[..., -1] = True
         if not mask.any():
