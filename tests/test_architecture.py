@@ -42,10 +42,12 @@ KNOWN_CROSS_PASS = {
     # cluster reuses prune's weight finder and channel analysis: move them below the passes.
     ("mcompress.passes.cluster", "mcompress.passes.prune"),
     ("mcompress.passes.cluster", "mcompress.passes.prune.channel_groups"),
+    ("mcompress.passes.cluster.recovered", "mcompress.passes.prune"),
 }
 KNOWN_CIRCLES = [
     # recovered.py imports prune's weight finder from the package that imports it.
     ["mcompress.passes.prune", "mcompress.passes.prune.recovered"],
+    ["mcompress.passes.cluster", "mcompress.passes.cluster.recovered"],
 ]
 KNOWN_LARGE_MODULES = {  # split these; caps are their size on 2026-12-03 plus 30 lines
     "mcompress.batch": 680,
