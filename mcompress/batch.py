@@ -7,6 +7,8 @@ Interrupting stops the workers and removes every output of a model that did not 
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import fnmatch
 import glob
 import json
@@ -14,6 +16,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -37,7 +40,8 @@ from mcompress.errors import (
     McompressError,
     UsageError,
 )
-from mcompress.report import finite, write_text_atomic
+from mcompress.outputs import Outputs, pid_alive, sweep_stale, write_file
+from mcompress.report import RunReport, finite
 from mcompress.shard import Shard
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -63,11 +67,12 @@ class Job:
     config: dict[str, Any]
     force: bool
     documents: tuple[str, ...] = ()  # extra report formats beside the JSON: "html", "md"
+    config_file: Path | None = None
 
     @property
-    def error_log(self) -> Path:
-        """Where the traceback of an internal error in this model goes."""
-        return self.output.with_name(f"{self.name}.error.log")
+    def document_paths(self) -> list[Path]:
+        """The extra report files (`--html`, `--markdown`) of this model."""
+        return [self.report.with_suffix(f".{kind}") for kind in self.documents]
 
 
 @dataclass
@@ -247,9 +252,13 @@ def plan(
     data_map: list[tuple[str, Path]] | None = None,
     documents: tuple[str, ...] = (),
     shard: Shard | None = None,
+    config_file: Path | None = None,
+    data_map_file: Path | None = None,
+    summary_name: str = "summary.json",
 ) -> list[Job]:
-    """One job per model (of `shard` only, named as in the whole batch); refuses to overwrite
-    existing outputs unless `force`."""
+    """One job per model (of `shard` only, named as in the whole batch); every output
+    (models, reports, the summary) is checked against every input and against existing files
+    (unless `force`) before anything runs."""
     base = cfg.model_dump(by_alias=True, exclude_unset=True)
     jobs = []
     for index, (model, name) in enumerate(zip(models, unique_names(models), strict=True)):
@@ -270,19 +279,35 @@ def plan(
                 config=job_cfg,
                 force=force,
                 documents=documents,
+                config_file=config_file,
             )
         )
     if shard is not None:
         mine = set(shard.members(models))
         jobs = [job for job in jobs if job.index in mine]
-    if not force:
-        existing = [j.output for j in jobs if j.output.exists()]
-        if existing:
-            more = f" (and {len(existing) - 1} more)" if len(existing) > 1 else ""
-            raise UsageError(
-                f"output '{existing[0]}' already exists{more}; pass --force to overwrite"
-            )
+    _check_outputs(jobs, force, [(config_file, "config file"), (data_map_file, "--data-map file")],
+                   out_dir / summary_name)  # fmt: skip
     return jobs
+
+
+def _check_outputs(
+    jobs: list[Job], force: bool, inputs: list[tuple[Path | None, str]], summary: Path
+) -> None:
+    """Every job's outputs and the summary against every input and each other (Outputs)."""
+    outs = Outputs(force)
+    for job in jobs:
+        outs.add_input(job.input_path, "input model")
+        outs.add_input(job.config.get("validate", {}).get("data"), "--data file")
+    for path, what in inputs:
+        outs.add_input(path, what)
+    for job in jobs:
+        outs.add(job.output, "output")
+        outs.add(model_io.data_path(job.output), "output's external data", exists_ok=True)
+        outs.add(job.report, "report")
+        for path in job.document_paths:
+            outs.add(path, "report")
+    outs.add(summary, summary.name)
+    outs.check()
 
 
 # ---------------------------------------------------------------- running
@@ -317,9 +342,9 @@ def run_batch(jobs: list[Job], n_jobs: int, listener: Listener) -> Outcome:
                 remaining = [j for j in remaining if state.failures[j.index] <= 1]
     except KeyboardInterrupt:
         interrupted = True
+        _sweep(jobs)
         for job in jobs:
             if job.index not in state.rows:
-                _remove_outputs(job)
                 state.rows[job.index] = Row(
                     model=str(job.input_path), name=job.name, status="interrupted", exit_code=130
                 )
@@ -368,7 +393,7 @@ def _run_pool(
         max_workers=min(n_jobs, len(jobs)),
         mp_context=context,
         initializer=_worker_init,
-        initargs=(state.events, state.stop),
+        initargs=(state.events, state.stop, os.getpid()),
     )
     not_started: list[Job] = []
     running: list[Job] = []
@@ -394,8 +419,8 @@ def _run_pool(
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
-    for job in not_started + running:  # only now are their workers gone
-        _remove_outputs(job)
+    if not_started or running:  # only now are their workers gone
+        _sweep(jobs)
     return not_started, running
 
 
@@ -441,10 +466,10 @@ def _stop_workers(pids: set[int]) -> None:
     for pid in pids:
         _signal(pid, signal.SIGTERM)
     deadline = time.monotonic() + _STOP_GRACE_SECONDS
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if pid_alive(pid):
             _signal(pid, signal.SIGKILL)
 
 
@@ -453,31 +478,17 @@ def _signal(pid: int, signum: int) -> None:
         os.kill(pid, signum)
 
 
-def _alive(pid: int) -> bool:
-    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+def _sweep(jobs: list[Job]) -> None:
+    """`_remove_outputs` of every job, once per output folder."""
+    for folder in {job.output.resolve().parent for job in jobs}:
+        sweep_stale(folder)
 
 
 def _remove_outputs(job: Job) -> None:
-    """Delete whatever an unfinished job may have written: model, data file, report, temps."""
-    out_dir = job.output.parent
-    candidates = [job.output, job.output.with_name(job.output.name + ".data"), job.report]
-    candidates.append(job.error_log)
-    candidates += [job.report.with_suffix(f".{kind}") for kind in job.documents]
-    candidates += list(out_dir.glob(f".{glob.escape(job.output.name)}.*"))
-    candidates += list(out_dir.glob(f".{glob.escape(job.name)}.report.*"))
-    for path in candidates:
-        path.unlink(missing_ok=True)
+    """What an unfinished job may have left: the staging folders of gone workers (SIGKILLed
+    mid-model). Outputs are claimed only when a model finished, so there is nothing else,
+    and files that existed before the run are never touched."""
+    sweep_stale(job.output.resolve().parent)
 
 
 # ---------------------------------------------------------------- worker side
@@ -486,13 +497,18 @@ _events: Any = None
 _stop: Any = None
 _busy = False
 _terminating = False
+# prctl option: the kernel sends this process a signal when its parent dies (Linux).
+_PR_SET_PDEATHSIG = 1
+_PARENT_POLL_SECONDS = 0.5
 
 
-def _worker_init(events: Any, stop: Any) -> None:
-    """Runs once per worker: Ctrl-C is the parent's business; SIGTERM cleans up and exits."""
+def _worker_init(events: Any, stop: Any, parent: int) -> None:
+    """Runs once per worker: Ctrl-C is the parent's business; SIGTERM cleans up and exits;
+    the worker dies with the batch process, even when that is killed with SIGKILL."""
     connect_worker(events, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    _die_with_parent(parent)
     events.put(("worker", -1, os.getpid()))
 
 
@@ -504,16 +520,34 @@ def connect_worker(events: Any, stop: Any) -> None:
     _stop = stop
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this worker when the batch process `parent` is gone: PR_SET_PDEATHSIG where
+    Linux has it (its parent may be a fork server), and a thread polling `parent` anywhere."""
+    with suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+    def watch() -> None:
+        while pid_alive(parent):
+            time.sleep(_PARENT_POLL_SECONDS)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(_STOP_GRACE_SECONDS)  # native code ignoring the signal: stop it anyway
+        os._exit(137)
+
+    threading.Thread(target=watch, name="mcompress-parent-watch", daemon=True).start()
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
     global _terminating
     _terminating = True
     if _busy:
-        raise KeyboardInterrupt  # unwinds the pipeline: save_model removes its temp files
+        raise KeyboardInterrupt  # unwinds the pipeline: Outputs removes its staging folder
     os._exit(130)
 
 
 def _run_job(job: Job) -> dict[str, Any]:
-    """Compress one model (in a worker); return its row as a dict, never raise for its errors."""
+    """Compress one model (in a worker); return its row as a dict, never raise for its errors.
+    Outputs are claimed only once the model is done, so a failed or killed job leaves none."""
     global _busy
     if _stop.is_set():
         os._exit(130)
@@ -521,25 +555,8 @@ def _run_job(job: Job) -> dict[str, Any]:
     started = time.perf_counter()
     _events.put(("start", job.index, os.getpid()))
     row: dict[str, Any] = {"model": str(job.input_path), "name": job.name}
-    # A failed model leaves no output behind, but never deletes a file it was not allowed
-    # to replace.
-    ours = job.force or not job.output.exists()
     try:
-        cfg = config.build(job.config)
-        report = pipeline.run(
-            cfg,
-            pipeline.RunOptions(
-                input_path=job.input_path,
-                output=job.output,
-                force=job.force,
-                command="batch",
-                progress=_Throttled(job.index),
-            ),
-        )
-        write_text_atomic(job.report, report.to_json())
-        for kind in job.documents:
-            render_to = render.to_html if kind == "html" else render.to_markdown
-            write_text_atomic(job.report.with_suffix(f".{kind}"), render_to(report))
+        report = _compress_job(job)
         row.update(_report_fields(report.to_dict()))
         row["output"] = str(job.output)
         row["report"] = str(job.report)
@@ -548,28 +565,60 @@ def _run_job(job: Job) -> dict[str, Any]:
     except KeyboardInterrupt:
         os._exit(130)
     except McompressError as exc:
-        if ours:
-            _remove_outputs(job)
         row["status"] = "failed"
         row["exit_code"] = exc.exit_code
         row["error"] = {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
     except Exception as exc:
         if _terminating:  # SIGTERM inside native code (e.g. an import) surfaces as an error
             os._exit(130)
-        if ours:
-            _remove_outputs(job)
-        write_text_atomic(job.error_log, "".join(traceback.format_exception(exc)))
+        log = _error_log(job, exc)
         row["status"] = "failed"
         row["exit_code"] = EXIT_INTERNAL
-        row["error"] = {
-            "type": type(exc).__name__,
-            "message": str(exc),
-            "log": str(job.error_log),
-        }
+        row["error"] = {"type": type(exc).__name__, "message": str(exc), "log": log}
     finally:
         _busy = False
     row["seconds"] = round(time.perf_counter() - started, 3)
     return row
+
+
+def _compress_job(job: Job) -> RunReport:
+    """Run the pipeline on one model and claim its model and reports together."""
+    with Outputs(job.force) as outs:
+        outs.add(job.output, "output")
+        outs.add(job.report, "report")
+        for path in job.document_paths:
+            outs.add(path, "report")
+        outs.add_input(job.config_file, "config file")
+        report = pipeline.run(
+            config.build(job.config),
+            pipeline.RunOptions(
+                input_path=job.input_path,
+                output=job.output,
+                outputs=outs,
+                command="batch",
+                progress=_Throttled(job.index),
+            ),
+        )
+        outs.write_text(job.report, report.to_json())
+        for kind, path in zip(job.documents, job.document_paths, strict=True):
+            outs.write_text(
+                path, (render.to_html if kind == "html" else render.to_markdown)(report)
+            )
+        outs.commit()
+    return report
+
+
+def _error_log(job: Job, exc: Exception) -> str | None:
+    """The traceback of an internal error, in a new uniquely named file beside the outputs."""
+    try:
+        fd, name = tempfile.mkstemp(
+            prefix=f"{job.name[:40]}.error-", suffix=".log", dir=job.output.parent
+        )
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return name
 
 
 class _Throttled:
@@ -643,8 +692,11 @@ def summary(
     return data
 
 
-def write_summary(data: dict[str, Any], out_dir: Path, name: str = "summary.json") -> Path:
-    """Write the summary atomically into the output folder."""
+def write_summary(
+    data: dict[str, Any], out_dir: Path, force: bool, name: str = "summary.json"
+) -> Path:
+    """Write the summary into the output folder (checked, staged, claimed like any output)."""
     path = out_dir / name
-    write_text_atomic(path, json.dumps(finite(data), indent=2, allow_nan=False, default=str))
+    text = json.dumps(finite(data), indent=2, allow_nan=False, default=str)
+    write_file(path, text, force, name)
     return path

@@ -26,7 +26,7 @@ from google.protobuf.message import DecodeError
 from onnx import helper, numpy_helper
 
 from mcompress import spill
-from mcompress.errors import ModelError, UsageError
+from mcompress.errors import ModelError
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Tensors at least this large go to the external data file when a model is saved externally.
@@ -430,27 +430,23 @@ def default_output(input_path: str | os.PathLike[str], what: str) -> Path:
     return path.with_name(f"{stem}.{what}.onnx")
 
 
-def check_output_path(input_path: Path, output: Path, force: bool) -> None:
-    """Refuse to clobber the input or an existing output unless `force`."""
-    if output.exists() and output.resolve() == input_path.resolve() and not force:
-        raise UsageError(
-            f"output '{output}' is the input model; choose another -o path "
-            "(or pass --force to overwrite the input)"
-        )
-    if output.exists() and not force:
-        raise UsageError(f"output '{output}' already exists; pass --force to overwrite it")
-    if output.is_dir():
-        raise UsageError(f"output '{output}' is a folder; give a file name ending in .onnx")
-    if not output.parent.exists():
-        raise UsageError(f"output folder '{output.parent}' does not exist")
-
-
 def tensor_bytes(proto: onnx.ModelProto) -> int:
     """Bytes of tensor data in the model, wherever stored (for deciding on external data)."""
     total = 0
     for graph in iter_graphs(proto.graph):
         total += sum(stored_nbytes(tensor) for tensor in graph.initializer)
     return total
+
+
+def saves_external(model: Model) -> bool:
+    """Whether `save_model` writes external data (`OUT.onnx.data`) without being asked: the
+    input had it, or the tensors would pass protobuf's 2 GB limit."""
+    return model.had_external_data or tensor_bytes(model.proto) > PROTOBUF_LIMIT - 2**26
+
+
+def data_path(output: Path) -> Path:
+    """The external data file written beside `output`."""
+    return output.with_name(output.name + ".data")
 
 
 def save_model(model: Model, output: Path, *, external: bool | None = None) -> list[str]:
@@ -461,12 +457,12 @@ def save_model(model: Model, output: Path, *, external: bool | None = None) -> l
     """
     proto = model.proto
     notes = make_runtime_compatible(proto)
-    if external is None:
-        external = model.had_external_data or tensor_bytes(proto) > PROTOBUF_LIMIT - 2**26
+    external = bool(external) or saves_external(model)
     output = Path(output)
     out_dir = output.resolve().parent
     data_name = output.name + ".data"
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=".tmp", dir=out_dir)
+    # A short temp name: the output's own name may already be near the 255-byte limit.
+    fd, tmp_name = tempfile.mkstemp(prefix=".mc-", suffix=".tmp", dir=out_dir)
     os.close(fd)
     tmp_onnx = Path(tmp_name)
     tmp_data = tmp_onnx.with_suffix(".data.tmp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,8 @@ from typing import Any
 from mcompress import encoding, model_io, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
-from mcompress.errors import NothingToDo
+from mcompress.errors import GateError, McompressError, NothingToDo
+from mcompress.outputs import Outputs
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext, unmatched_patterns
 from mcompress.prepare import prepare, reject_nan_weights
@@ -26,6 +28,9 @@ class RunOptions:
 
     input_path: Path
     output: Path
+    # The caller's plan of outputs (-o, reports), claimed by the caller; without one, the
+    # pipeline plans and claims the model alone.
+    outputs: Outputs | None = None
     force: bool = False
     command: str = "run"
     progress: Progress = lambda label, done, total: None
@@ -58,11 +63,19 @@ def _measure(
 def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     """Compress `opts.input_path` with `cfg`; the report records every step and measurement.
 
-    The input's gzip size (seconds of CPU on a large model) is computed on a thread while the
-    passes run, and is finished before validation so that it cannot skew latency.
+    Every output is checked against every input before any pass runs. The model is saved into
+    `opts.outputs`' staging folder and validated there against the untouched original; the
+    caller claims it (`Outputs.commit`). The input's gzip size (seconds of CPU on a large
+    model) is computed on a thread while the passes run, and is finished before validation so
+    that it cannot skew latency.
     """
+    if opts.outputs is None:
+        with Outputs(opts.force) as outs:
+            outs.add(opts.output, "-o", replaces_model=True)
+            report = run(cfg, dataclasses.replace(opts, outputs=outs))
+            outs.commit()
+        return report
     started = time.perf_counter()
-    model_io.check_output_path(opts.input_path, opts.output, opts.force)
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
     with (
@@ -74,6 +87,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
             model.notes.append(
                 f"expanded {restored} packed weights of the input before compressing"
             )
+        _plan(cfg, opts, model, input_files)
         report = RunReport(
             command=opts.command,
             # gzip_bytes is set below, once the thread is done
@@ -82,12 +96,45 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
         _compress(cfg, opts, model, report)
         report.input.gzip_bytes = input_gzip.result()
     if cfg.validation.enabled:
-        report.validation = validate.validate_pair(
-            opts.input_path, opts.output, cfg.validation, opts.progress
-        )
+        report.validation = _validate(cfg, opts, model.path)
     report.gates = validate.evaluate_gates(cfg.validation, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _validate(cfg: PipelineConfig, opts: RunOptions, staged: Path) -> dict[str, Any] | None:
+    """Validate the staged output against the untouched input. When validation fails, the
+    error names the output as the user does and says whether it was written: a model
+    onnxruntime crashes on is kept (exit 3, like a failed gate), any other failure leaves
+    no output behind."""
+    try:
+        return validate.validate_pair(opts.input_path, staged, cfg.validation, opts.progress)
+    except McompressError as exc:
+        exc.message = exc.message.replace(str(staged), str(opts.output))
+        if isinstance(exc, GateError) and opts.outputs is not None:
+            opts.outputs.commit()
+        else:
+            exc.message += f"; '{opts.output}' was not written"
+        raise
+
+
+def _plan(
+    cfg: PipelineConfig, opts: RunOptions, model: model_io.Model, input_files: list[Path]
+) -> None:
+    """Add the run's inputs and the output's data file to `opts.outputs`, then check them all."""
+    outs = opts.outputs
+    assert outs is not None
+    outs.add_input(opts.input_path, "input model")
+    for path in input_files:
+        outs.add_input(path, "external data of the input model")
+    outs.add_input(cfg.validation.data, "--data file")
+    for pass_cfg in cfg.passes:
+        calibration = getattr(pass_cfg, "calibration", None)
+        if calibration not in (None, "random"):
+            outs.add_input(calibration, "calibration data")
+    data_file = model_io.data_path(opts.output)
+    outs.add(data_file, "the external data of -o", exists_ok=not model_io.saves_external(model))
+    outs.check()
 
 
 def _compress(
@@ -116,10 +163,15 @@ def _compress(
     report.packing = encoding.pack(model)
     report.notes.extend(model.notes)
     report.notes.extend(note for record in report.passes for note in record.notes)
-    report.notes.extend(model_io.save_model(model, opts.output))
-    # Once saved, the proto points at exactly the data files written next to the output.
-    files = model_io.external_files(model.proto, model.base_dir)
-    report.output = _measure(opts.output, files, parameters)
+    assert opts.outputs is not None
+    with opts.outputs.writing(opts.output) as staged:
+        report.notes.extend(model_io.save_model(model, staged))
+        # the external data file, if any, was written beside it: claimed with it
+        opts.outputs.staged(model_io.data_path(opts.output))
+        # Once saved, the proto points at exactly the data files written next to the output.
+        files = model_io.external_files(model.proto, model.base_dir)
+        report.output = _measure(staged, files, parameters)
+    report.output.path = str(opts.output)
     report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)
 
 

@@ -102,13 +102,6 @@ def _jsonable(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a report file via a temporary file and rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
 def gzip_text(n: int | None, estimated: bool | None) -> str:
     """A gzip size, marked '~' when it was estimated from samples."""
     return ("~" if estimated and n is not None else "") + human_bytes(n)

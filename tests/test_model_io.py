@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mcompress import model_io
 from mcompress.analysis import count_parameters
-from mcompress.errors import ModelError, UsageError
+from mcompress.errors import ModelError
 from mcompress.prepare import prepare
 from tests import builders
 
@@ -80,16 +80,9 @@ def test_truncated_and_garbage_files(tmp_path: Path) -> None:
         model_io.load_model(tmp_path / "empty.onnx")
 
 
-def test_output_path_rules(tmp_path: Path) -> None:
+def test_default_output(tmp_path: Path) -> None:
     src = builders.save(builders.mlp(), tmp_path / "m.onnx")
     assert model_io.default_output(src, "int8") == tmp_path / "m.int8.onnx"
-    with pytest.raises(UsageError, match="is the input model"):
-        model_io.check_output_path(src, src, force=False)
-    other = tmp_path / "o.onnx"
-    other.write_bytes(b"x")
-    with pytest.raises(UsageError, match="already exists"):
-        model_io.check_output_path(src, other, force=False)
-    model_io.check_output_path(src, other, force=True)
 
 
 def test_save_is_atomic_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

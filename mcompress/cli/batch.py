@@ -160,7 +160,8 @@ def batch(
     )
     _check_executor(executor, address, jobs)
     part = Shard.parse(shard) if shard else None
-    what = config.resolve_config_path(config_path).stem
+    config_file = config.resolve_config_path(config_path)
+    what = config_file.stem
     entries = batch_mod.load_data_map(data_map) if data_map else []
     models = batch_mod.discover(paths, skip_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -173,6 +174,9 @@ def batch(
         data_map=entries,
         documents=tuple(kind for kind, wanted in (("html", html), ("md", markdown)) if wanted),
         shard=part,
+        config_file=config_file,
+        data_map_file=data_map,
+        summary_name=part.summary_name if part else "summary.json",
     )
     n_jobs = batch_mod.default_jobs([job.input_path for job in planned], jobs)
     of_shard = f" (shard {part.index}/{part.count} of {len(models)})" if part else ""
@@ -190,7 +194,7 @@ def batch(
     described = part.describe(positions, len(models)) if part else None
     data = batch_mod.summary(outcome, config_path, out_dir, shard=described)
     summary_name = part.summary_name if part else "summary.json"
-    summary_path = batch_mod.write_summary(data, out_dir, summary_name)
+    summary_path = batch_mod.write_summary(data, out_dir, force, summary_name)
     render_batch.append_to_step_summary(data)
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

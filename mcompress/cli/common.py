@@ -20,7 +20,8 @@ from typer.core import TyperGroup
 
 from mcompress import __version__, config, model_io, pipeline
 from mcompress.errors import EXIT_GATE_FAILED, McompressError
-from mcompress.report import RunReport, summary_table, verdict, write_text_atomic
+from mcompress.outputs import Outputs
+from mcompress.report import RunReport, summary_table, verdict
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success · 1 internal error (traceback saved to a log file) · "
@@ -293,6 +294,7 @@ def writes_model(
         def command(**kwargs: Any) -> None:
             opts = WriteOptions(**{name: kwargs.pop(name) for name, _, _ in _WRITE_PARAMS})
             model_path: Path = kwargs["model"]
+            config_file = kwargs.get("config_path")
             produced = fn(**kwargs)
             if pass_type is not None:
                 options = {k: v for k, v in produced.items() if v is not None}
@@ -303,7 +305,9 @@ def writes_model(
                 cfg = produced
                 name = what if isinstance(what, str) else what({})
             cfg = with_cli_validation(cfg, opts)
-            _execute(cfg, model_path, opts, name, fn.__name__)
+            if config_file is not None:
+                config_file = config.resolve_config_path(config_file)
+            _execute(cfg, model_path, opts, name, fn.__name__, config_file)
 
         command.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
         command.__doc__ = fn.__doc__
@@ -382,29 +386,62 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
 
 
 def _execute(
-    cfg: config.PipelineConfig, model: Path, opts: WriteOptions, what: str, command: str
+    cfg: config.PipelineConfig,
+    model: Path,
+    opts: WriteOptions,
+    what: str,
+    command: str,
+    config_file: Path | None,
 ) -> None:
     output = opts.output or model_io.default_output(model, what)
-    with ProgressDisplay(quiet=opts.json_out) as progress:
-        report = pipeline.run(
-            cfg,
-            pipeline.RunOptions(
-                input_path=model,
-                output=output,
-                force=opts.force,
-                command=command,
-                progress=progress,
-            ),
-        )
+    with Outputs(opts.force) as outs:
+        outs.add(output, "-o", replaces_model=True)
+        add_report_paths(outs, opts)
+        outs.add_input(config_file, "config file")
+        with ProgressDisplay(quiet=opts.json_out) as progress:
+            report = pipeline.run(
+                cfg,
+                pipeline.RunOptions(
+                    input_path=model,
+                    output=output,
+                    outputs=outs,
+                    command=command,
+                    progress=progress,
+                ),
+            )
+        stage_reports(outs, report, opts)
+        outs.commit()
     emit(report, opts)
 
 
-def emit(report: RunReport, opts: WriteOptions) -> None:
-    """Write the requested report files, print the summary (or JSON) ending with the output's
-    path and the verdict; exit 3 on a failed gate, saying truthfully what was written."""
+def add_report_paths(outs: Outputs, opts: WriteOptions) -> None:
+    """The report files requested on the command line, as planned outputs."""
+    outs.add(opts.report, "--report")
+    outs.add(opts.markdown, "--markdown")
+    outs.add(opts.html, "--html")
+
+
+def stage_reports(outs: Outputs, report: RunReport, opts: WriteOptions) -> None:
+    """Write the requested report files into the staging folder (claimed with the model)."""
+    from mcompress import render
+
     if opts.report:
-        write_text_atomic(opts.report, report.to_json())
-    write_documents(report, opts.markdown, opts.html)
+        outs.write_text(opts.report, report.to_json())
+    if opts.markdown:
+        outs.write_text(opts.markdown, render.to_markdown(report))
+    if opts.html:
+        outs.write_text(opts.html, render.to_html(report))
+
+
+def emit(report: RunReport, opts: WriteOptions) -> None:
+    """Print the summary (or JSON) ending with the output's path and the verdict, append to
+    GITHUB_STEP_SUMMARY; exit 3 on a failed gate, saying truthfully what was written."""
+    from mcompress import render
+
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(render.to_markdown(report) + "\n")
     line = verdict(report)
     if opts.json_out:
         sys.stdout.write(report.to_json() + "\n")
@@ -430,20 +467,6 @@ def _written(report: RunReport, opts: WriteOptions) -> str:
     if report.command == "validate" or report.output is None:
         return reports
     return f"model written to {report.output.path}; {reports}"
-
-
-def write_documents(report: RunReport, markdown: Path | None, html: Path | None) -> None:
-    """Markdown/HTML reports on request; Markdown is also appended to GITHUB_STEP_SUMMARY."""
-    from mcompress import render
-
-    if markdown:
-        write_text_atomic(markdown, render.to_markdown(report))
-    if html:
-        write_text_atomic(html, render.to_html(report))
-    summary = os.environ.get("GITHUB_STEP_SUMMARY")
-    if summary:
-        with open(summary, "a", encoding="utf-8") as f:
-            f.write(render.to_markdown(report) + "\n")
 
 
 class ProgressDisplay:

@@ -12,7 +12,8 @@ from rich.table import Table
 
 from mcompress.cli.common import EXIT_CODES_HELP, InputShapeOpt, ModelArg, app, out
 from mcompress.errors import UsageError
-from mcompress.report import finite, write_text_atomic
+from mcompress.outputs import Outputs
+from mcompress.report import finite
 
 
 @app.command(epilog=EXIT_CODES_HELP)
@@ -43,6 +44,7 @@ def sensitivity(
     json_out: Annotated[bool, typer.Option("--json", help="Print JSON only.")] = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write JSON here.")] = None,
     html: Annotated[Path | None, typer.Option("--html", help="Write an HTML chart here.")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing reports.")] = False,
 ) -> None:
     """Prune (or quantize) each layer alone at several levels and rank layers by damage.
 
@@ -55,7 +57,12 @@ def sensitivity(
         raise UsageError(f"--pass must be prune or quantize, not '{pass_type}'")
     parsed = sens.parse_levels(levels, pass_type)
     shapes = {k: tuple(v) for k, v in (parse_shape(s) for s in input_shape or [])}
-    with ProgressDisplay(quiet=json_out) as progress:
+    with Outputs(force) as outs, ProgressDisplay(quiet=json_out) as progress:
+        outs.add_input(model, "input model")
+        outs.add_input(data, "--data file")
+        outs.add(report, "--report")
+        outs.add(html, "--html")
+        outs.check()
         result = sens.analyze(
             model,
             pass_type=pass_type,
@@ -67,11 +74,12 @@ def sensitivity(
             max_layers=max_layers,
             progress=progress,
         )
-    text = json.dumps(finite(result), indent=2)
-    if report is not None:
-        write_text_atomic(report, text)
-    if html is not None:
-        write_text_atomic(html, _html_page(result))
+        text = json.dumps(finite(result), indent=2)
+        if report is not None:
+            outs.write_text(report, text)
+        if html is not None:
+            outs.write_text(html, _html_page(result))
+        outs.commit()
     if json_out:
         sys.stdout.write(text + "\n")
         return

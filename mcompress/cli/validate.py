@@ -8,16 +8,19 @@ from typing import Annotated, Any
 
 import typer
 
-from mcompress import config, pipeline, validate
+from mcompress import config, model_io, pipeline, validate
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
     InputShapeOpt,
     ProgressDisplay,
     WriteOptions,
+    add_report_paths,
     app,
     emit,
+    stage_reports,
     with_cli_validation,
 )
+from mcompress.outputs import Outputs
 from mcompress.report import RunReport
 
 
@@ -91,7 +94,26 @@ def validate_command(
         html=html,
     )
     cfg = with_cli_validation(config.build({}), opts).validation
-    emit(compare(original, compressed, cfg, quiet=json_out), opts)
+    with Outputs(force=False) as outs:
+        for path in (original, compressed):
+            outs.add_input(path, "input model")
+            for data_file in _data_files(path):
+                outs.add_input(data_file, "external data of an input model")
+        outs.add_input(data, "--data file")
+        add_report_paths(outs, opts)
+        outs.check()
+        result = compare(original, compressed, cfg, quiet=json_out)
+        stage_reports(outs, result, opts)
+        outs.commit()
+    emit(result, opts)
+
+
+def _data_files(model: Path) -> list[Path]:
+    """The model's external data files; none when it cannot be read (`compare` says why)."""
+    try:
+        return model_io.data_files(model)
+    except Exception:  # noqa: BLE001 - an unreadable model is reported by compare
+        return []
 
 
 def compare(
