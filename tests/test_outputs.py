@@ -196,6 +196,7 @@ def test_claim_lets_exactly_one_writer_win(tmp_path: Path) -> None:
     assert target.read_text() == "first" and second.exists()
 
 
+@pytest.mark.slow
 def test_two_processes_writing_the_same_output_one_wins(tmp_path: Path, model: Path) -> None:
     out = tmp_path / "out.onnx"
     command = [sys.executable, "-m", "mcompress", "quantize", str(model), "-o", str(out)]
