@@ -165,7 +165,7 @@ def test_force_over_the_input_validates_against_the_original(
     report = tmp_path / "r.json"
     code, _ = mcompress(capsys, "prune", model, "-o", model, "--force", "-s", "0.9",
                         "--min-elements", "1", "--report", report)  # fmt: skip
-    assert code == 0
+    assert code == 3  # the fidelity floor fails: measured against the original, not itself
     cosine = json.loads(report.read_text())["validation"]["overall"]["cosine"]
     assert cosine < 0.99  # 90% of the weights gone: compared with the original, not itself
     assert model.read_bytes() != original
