@@ -420,6 +420,7 @@ def test_plain_log_never_prints_a_result_before_its_start(tmp_path: Path) -> Non
 
     src = _mlp(tmp_path / "m.onnx")
     cfg = config.load(_strip_config(tmp_path))
+    (tmp_path / "out").mkdir()
     [job] = batch.plan([src], cfg, tmp_path / "out", "strip", force=False, data_map=[])
     display = _BatchDisplay([job], quiet=False)
     logged: list[str] = []
