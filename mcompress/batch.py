@@ -7,8 +7,6 @@ Interrupting stops the workers and removes every output of a model that did not 
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fnmatch
 import glob
 import json
@@ -24,7 +22,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +38,8 @@ from mcompress.errors import (
     McompressError,
     UsageError,
 )
-from mcompress.outputs import Outputs, pid_alive, sweep_stale, write_file
+from mcompress.outputs import Outputs, sweep_stale, write_file
+from mcompress.processes import die_with_parent, stop_processes
 from mcompress.report import RunReport, finite
 from mcompress.shard import Shard
 
@@ -415,7 +414,7 @@ def _run_pool(
         state.listener("interrupted", -1, None)
         state.stop.set()
         state.drain()
-        _stop_workers(state.pids)
+        stop_processes(state.pids, _STOP_GRACE_SECONDS)
         raise
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
@@ -461,23 +460,6 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _stop_workers(pids: set[int]) -> None:
-    """SIGTERM every worker (each cleans up its temporary files), SIGKILL stragglers."""
-    for pid in pids:
-        _signal(pid, signal.SIGTERM)
-    deadline = time.monotonic() + _STOP_GRACE_SECONDS
-    while any(pid_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    for pid in pids:
-        if pid_alive(pid):
-            _signal(pid, signal.SIGKILL)
-
-
-def _signal(pid: int, signum: int) -> None:
-    with suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signum)
-
-
 def _sweep(jobs: list[Job]) -> None:
     """`_remove_outputs` of every job, once per output folder."""
     for folder in {job.output.resolve().parent for job in jobs}:
@@ -497,9 +479,6 @@ _events: Any = None
 _stop: Any = None
 _busy = False
 _terminating = False
-# prctl option: the kernel sends this process a signal when its parent dies (Linux).
-_PR_SET_PDEATHSIG = 1
-_PARENT_POLL_SECONDS = 0.5
 
 
 def _worker_init(events: Any, stop: Any, parent: int) -> None:
@@ -508,7 +487,7 @@ def _worker_init(events: Any, stop: Any, parent: int) -> None:
     connect_worker(events, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    _die_with_parent(parent)
+    die_with_parent(parent, _STOP_GRACE_SECONDS)
     events.put(("worker", -1, os.getpid()))
 
 
@@ -518,23 +497,6 @@ def connect_worker(events: Any, stop: Any) -> None:
     global _events, _stop
     _events = events
     _stop = stop
-
-
-def _die_with_parent(parent: int) -> None:
-    """SIGTERM this worker when the batch process `parent` is gone: PR_SET_PDEATHSIG where
-    Linux has it (its parent may be a fork server), and a thread polling `parent` anywhere."""
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-    def watch() -> None:
-        while pid_alive(parent):
-            time.sleep(_PARENT_POLL_SECONDS)
-        os.kill(os.getpid(), signal.SIGTERM)
-        time.sleep(_STOP_GRACE_SECONDS)  # native code ignoring the signal: stop it anyway
-        os._exit(137)
-
-    threading.Thread(target=watch, name="mcompress-parent-watch", daemon=True).start()
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
