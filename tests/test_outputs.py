@@ -220,3 +220,19 @@ def test_leaving_without_commit_removes_everything_staged(tmp_path: Path) -> Non
         outs.write_text(tmp_path / "r.json", "{}")
         raise KeyboardInterrupt
     assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_never_replaces_an_existing_report_without_force(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, model: Path
+) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    report = out / "m.report.json"
+    report.write_text("kept")
+    before = hashes(tmp_path)
+    code, err = mcompress(capsys, "batch", model, "-c", "level1", "-o", out)
+    assert code == 2
+    assert one_line(err) == (
+        f"mcompress: error: output '{report}' already exists; pass --force to overwrite it"
+    )
+    assert hashes(tmp_path) == before
