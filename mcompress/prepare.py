@@ -233,22 +233,51 @@ def _set_attr(node: onnx.NodeProto, name: str, value: float) -> None:
 
 
 def reject_nan_weights(model: Model) -> None:
-    """Fail before any work when a float weight holds NaN: every statistic a pass computes
-    (thresholds, scales, centroids) would be meaningless, and so would the output."""
+    """Fail before any work when a float weight holds NaN, or when a layer weight (read by a
+    Conv, Gemm, MatMul, recurrent layer or as Gather's table) holds +-inf: every statistic a
+    pass computes (thresholds, scales, centroids) would be meaningless, and so would the
+    output. Other constants may hold -inf on purpose (attention masks read by Add or Where)."""
+    layer_weights = _layer_weight_names(model)
     for weight in model.weights():
         values = weight.array()
         if values.dtype.kind != "f":
             continue
         flat = values.reshape(-1)
         starts = range(0, flat.size, _CHUNK)
-        # min() is NaN when any value is, and 3x faster than counting them.
-        if not any(np.isnan(flat[s : s + _CHUNK].min()) for s in starts):
-            continue
-        nans = sum(int(np.isnan(flat[s : s + _CHUNK]).sum()) for s in starts)
-        raise ModelError(
-            f"weight '{weight.name}' has {nans} NaN value(s); the model is broken",
-            "re-export or fix the model before compressing it",
-        )
+        check_inf = weight.name in layer_weights
+        for start in starts:
+            chunk = flat[start : start + _CHUNK]
+            # min() is NaN when any value is, and 3x faster than counting them.
+            low = chunk.min()
+            if np.isnan(low):
+                nans = sum(int(np.isnan(flat[i : i + _CHUNK]).sum()) for i in starts)
+                raise _broken(weight.name, f"{nans} NaN value(s)")
+            if check_inf and (np.isinf(low) or np.isinf(chunk.max())):
+                infs = sum(int(np.isinf(flat[i : i + _CHUNK]).sum()) for i in starts)
+                raise _broken(weight.name, f"{infs} infinite value(s)")
+
+
+def _broken(name: str, what: str) -> ModelError:
+    return ModelError(
+        f"weight '{name}' has {what}; the model is broken",
+        "re-export or fix the model before compressing it",
+    )
+
+
+_LAYER_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "LSTM", "GRU", "RNN"}
+
+
+def _layer_weight_names(model: Model) -> set[str]:
+    """Names read as weights by layers: any input of a Conv/Gemm/MatMul/recurrent node, and
+    the table (input 0) of a Gather."""
+    names: set[str] = set()
+    for graph in model.graphs():
+        for node in graph.node:
+            if node.op_type in _LAYER_OPS:
+                names.update(node.input)
+            elif node.op_type == "Gather" and node.input:
+                names.add(node.input[0])
+    return names
 
 
 _CHUNK = 1 << 24
