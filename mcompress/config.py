@@ -81,6 +81,40 @@ def _pass_union() -> Any:
 PassConfigs: Any = _pass_union()
 
 
+class SearchConfig(BaseModel):
+    """A budget instead of a fixed recipe: the most compressing values that keep the gates."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sparsity: list[float] = Field(
+        default_factory=list,
+        description="sparsities tried for the prune pass (the largest that keeps the gates wins; "
+        "none: the pass is dropped)",
+    )
+    clusters: list[int] = Field(
+        default_factory=list,
+        description="cluster counts tried for the cluster pass (the smallest that keeps the "
+        "gates wins; none: the pass is dropped)",
+    )
+    time_budget: float | None = Field(
+        None, gt=0, description="seconds; the search stops there and keeps the best so far"
+    )
+
+    @field_validator("sparsity")
+    @classmethod
+    def _sparsities(cls, values: list[float]) -> list[float]:
+        if any(not 0 < v < 1 for v in values):
+            raise ValueError("each sparsity must be > 0 and < 1")
+        return sorted(set(values))
+
+    @field_validator("clusters")
+    @classmethod
+    def _cluster_counts(cls, values: list[int]) -> list[int]:
+        if any(not 2 <= v <= 256 for v in values):
+            raise ValueError("each cluster count must be 2..256")
+        return sorted(set(values))
+
+
 class PipelineConfig(BaseModel):
     """An ordered list of passes plus validation settings."""
 
@@ -89,6 +123,9 @@ class PipelineConfig(BaseModel):
     passes: list[PassConfigs] = Field(default_factory=list)
     prepare: bool = Field(True, description="fold BatchNorm, Constant nodes -> initializers")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
+    search: SearchConfig | None = Field(
+        None, description="search the prune/cluster settings within the gates (presets do)"
+    )
 
     @property
     def validation(self) -> ValidateConfig:
@@ -216,9 +253,11 @@ def _key_path(loc: Any) -> list[Any]:
 
 def _allowed_keys(data: Any, loc: list[Any]) -> list[str]:
     if not loc:
-        return ["passes", "prepare", "validate"]
+        return ["passes", "prepare", "validate", "search"]
     if loc[0] == "validate":
         return list(ValidateConfig.model_fields)
+    if loc[0] == "search":
+        return list(SearchConfig.model_fields)
     if loc[0] == "passes" and len(loc) >= 2:
         try:
             kind = data["passes"][loc[1]]["type"]

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcompress import encoding, model_io, spill, validate
+from mcompress import budget, encoding, model_io, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.errors import GateError, McompressError, NothingToDo
@@ -76,6 +76,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
             outs.commit()
         return report
     started = time.perf_counter()
+    searched = None
+    if cfg.search is not None:
+        cfg, searched = budget.search(cfg, opts.input_path, trial_runner(opts))
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
     with (
@@ -97,6 +100,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
         report.input.gzip_bytes = input_gzip.result()
     if cfg.validation.enabled:
         report.validation = _validate(cfg, opts, model.path)
+    if searched is not None:
+        report.search = searched
+        report.notes.extend(searched["notes"])
     report.gates = validate.evaluate_gates(cfg.validation, report)
     report.seconds = time.perf_counter() - started
     return report
@@ -135,6 +141,15 @@ def _plan(
     data_file = model_io.data_path(opts.output)
     outs.add(data_file, "the external data of -o", exists_ok=not model_io.saves_external(model))
     outs.check()
+
+
+def trial_runner(opts: RunOptions) -> budget.Compress:
+    """How a budget search compresses a candidate: this pipeline, into a scratch file."""
+
+    def compress(cfg: PipelineConfig, output: Path) -> RunReport:
+        return run(cfg, RunOptions(opts.input_path, output, force=True, command=opts.command))
+
+    return compress
 
 
 def _compress(

@@ -62,6 +62,7 @@ class RunReport:
     passes: list[PassRecord] = field(default_factory=list)
     packing: dict[str, Any] = field(default_factory=dict)
     validation: dict[str, Any] | None = None
+    search: dict[str, Any] | None = None  # budget search: trials and the size-fidelity front
     gates: list[Gate] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0

@@ -46,23 +46,55 @@ def validate_pair(
     """Run both models on the same inputs and measure how far apart they are."""
     if not cfg.enabled:
         return None
-    # With a data file, all of it is used unless `samples` was set explicitly.
+    inputs = feeds_for(Path(original), cfg)
+    memory = _memory(Path(original), Path(compressed), inputs)
+    sessions = open_sessions(Path(original), Path(compressed))
+    total = len(inputs.feeds) + cfg.latency_runs
+    figures = compare_outputs(sessions, inputs, cfg, lambda i: progress("validating", i, total))
+    notes = figures.pop("notes")
+    latency = _latency(
+        sessions, inputs.feeds[0], cfg.latency_runs,
+        lambda i: progress("validating", len(inputs.feeds) + i, total),
+    )  # fmt: skip
+    if not inputs.synthetic:
+        latency["data_batch"] = _batch_latency(sessions, inputs.feeds, cfg.latency_runs, notes)
+    return {
+        "inputs": inputs.description,
+        "samples": len(inputs.feeds),
+        **figures,
+        "latency": latency,
+        "memory": memory,
+        "notes": notes,
+    }
+
+
+def feeds_for(original: Path, cfg: ValidateConfig) -> InputSet:
+    """The validation inputs `cfg` asks for (all of a data file unless `samples` is set)."""
     samples = cfg.samples if (cfg.data is None or "samples" in cfg.model_fields_set) else None
-    inputs = make_feeds(
+    return make_feeds(
         Path(original),
         data=Path(cfg.data) if cfg.data else None,
         samples=samples or _ALL_SAMPLES,
         seed=cfg.seed,
         input_shapes={k: tuple(v) for k, v in cfg.input_shapes.items()},
     )
-    memory = _memory(Path(original), Path(compressed), inputs)
-    sessions = [_session(Path(original), "original"), _session(Path(compressed), "compressed")]
+
+
+def open_sessions(original: Path, compressed: Path) -> list[Any]:
+    """onnxruntime sessions of both models; a model that does not load is one ModelError."""
+    return [_session(original, "original"), _session(compressed, "compressed")]
+
+
+def compare_outputs(
+    sessions: list[Any],
+    inputs: InputSet,
+    cfg: ValidateConfig,
+    tick: Callable[[int], None] = lambda i: None,
+) -> dict[str, Any]:
+    """Fidelity per output and overall, the floor, task accuracy with labels, and notes."""
     names, pairs, notes = _outputs(sessions)
     notes[:0] = inputs.description.get("notes", [])
-    total = len(inputs.feeds) + cfg.latency_runs
-    results, states = _run_all(
-        sessions, pairs, inputs.feeds, lambda i: progress("validating", i, total)
-    )
+    results, states = _run_all(sessions, pairs, inputs.feeds, tick)
     outputs = {
         name: output_metrics(results[0][k], results[1][k], name) for k, name in enumerate(names)
     }
@@ -72,26 +104,16 @@ def validate_pair(
             f"'{out}' is recurrent state fed back to '{inp}': the samples ran as one sequence, "
             f"each model fed its own '{out}', and it is judged through the other outputs"
         )
-    latency = _latency(
-        sessions, inputs.feeds[0], cfg.latency_runs,
-        lambda i: progress("validating", len(inputs.feeds) + i, total),
-    )  # fmt: skip
-    if not inputs.synthetic:
-        latency["data_batch"] = _batch_latency(sessions, inputs.feeds, cfg.latency_runs, notes)
     task = None
     if inputs.labels is not None:
         task = _task(names, results, inputs.labels)
         if task is None:
             notes.append("labels given, but no output looks like class scores; no accuracy")
     return {
-        "inputs": inputs.description,
-        "samples": len(inputs.feeds),
         "outputs": outputs,
         "overall": overall(outputs),
         "floor": floor_section(cfg, outputs, synthetic=inputs.synthetic),
         "task": task,
-        "latency": latency,
-        "memory": memory,
         "notes": notes,
     }
 
@@ -237,6 +259,7 @@ def agreement(original: list[np.ndarray], compressed: list[np.ndarray]) -> dict[
     return {
         "classes": classes,
         "top1_agreement": float(same.mean()),
+        "original_classes_predicted": int(np.unique(a.argmax(axis=1)).size),
         "top1_agreement_confident": float(same[confident].mean()) if confident.any() else None,
         "confident_rows": int(confident.sum()),
     }

@@ -330,8 +330,8 @@ def test_batch_level1_over_real_and_sample_models_with_a_corrupt_one(tmp_path: P
             ]
         else:  # random inputs have no labels: level1's accuracy gate is skipped, with a note;
             # the fidelity floor still holds
-            assert [g["passed"] for g in row["gates"]] == [True], row["gates"]
-            assert row["gates"][0]["name"] in ("min_sqnr", "min_top1_agreement")
+            assert row["gates"] and all(g["passed"] for g in row["gates"]), row["gates"]
+            assert {g["name"] for g in row["gates"]} <= {"min_sqnr", "min_top1_agreement"}
             assert any("gate max_accuracy_drop skipped" in n for n in report["notes"])
     assert "corrupt" in result.output and "failed (exit 2)" in result.output
 

@@ -142,6 +142,18 @@ def test_class_scores_are_judged_by_top1_agreement() -> None:
     assert fidelity.describe(check) == "output 'prob': top-1 agreement 33.3% < floor 50%"
 
 
+def test_class_scores_of_a_single_predicted_class_are_judged_by_sqnr() -> None:
+    """Random inputs that all fall in one class: a model collapsed onto it agrees 100%."""
+    original = [np.array([[0.1, 0.9]]), np.array([[0.3, 0.7]]), np.array([[0.05, 0.95]])]
+    collapsed = [np.array([[0.0, 1.0]])] * 3
+    metrics = output_metrics(original, collapsed, "prob")
+    assert metrics["top1_agreement"] == 1.0 and metrics["original_classes_predicted"] == 1
+    (check,) = fidelity.floor_checks({"prob": metrics}, fidelity.RANDOM_FLOOR)
+    assert (check["metric"], check["threshold"], check["passed"]) == ("sqnr_db", 0.0, True)
+    # variance of the flattened scores 0.1342, mean squared error 0.0342
+    assert check["value"] == pytest.approx(10 * math.log10(0.13417 / 0.03417), abs=1e-3)
+
+
 def test_recurrent_state_pairs_need_the_name_and_the_shape() -> None:
     inputs = {"state": [2, 1, 128], "x": [1, 512], "past_kv": [1, 4]}
     outputs = {"stateN": [2, 1, 128], "output": [1, 1], "present_kv": [1, 4], "xn": [1, 3]}
@@ -196,12 +208,76 @@ def test_structured_pruning_of_the_classifier_is_broken(classifier: Path, tmp_pa
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 3
     report = json.loads(result.stdout)
+    # Random inputs all fall in class 1 for this model, so its scores are judged
     (gate,) = report["gates"]
-    assert (gate["name"], gate["value"], gate["passed"]) == ("min_top1_agreement", 0.0, False)
+    assert (gate["name"], gate["threshold"], gate["passed"]) == ("min_sqnr", 0.0, False)
+    assert gate["value"] < -4
     assert report["passed"] is False
     name = "save_infer_model/scale_0.tmp_1"
     assert result.stderr == (
-        f"mcompress: BROKEN: output '{name}' top-1 agreement 0.0% < floor 50% on random inputs "
-        f"(model written to {out}; no report file requested)\n"
+        f"mcompress: BROKEN: output '{name}' SQNR {gate['value']:.1f} dB < floor 0 dB on random "
+        f"inputs (model written to {out}; no report file requested)\n"
     )
     assert onnx.load(str(out)).graph.node
+
+
+# ---------------------------------------------------------------- presets as budgets, tune
+
+
+def _flat_stack(path: Path) -> Path:
+    """Two 64x64 MatMuls whose weights all have the same magnitude: magnitude pruning removes
+    signal in proportion, so no sparsity keeps 20 dB, while int8 keeps about 40 dB."""
+    r = builders.rng(3)
+    weights = [np.sign(r.normal(0, 1, (64, 64))).astype(np.float32) * 0.1 for _ in range(2)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["h"]),
+         helper.make_node("MatMul", ["h", "w1"], ["y"])],
+        "flat",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [builders._init("w0", weights[0]), builders._init("w1", weights[1])],
+    )  # fmt: skip
+    return builders.save(builders._model(graph), path)
+
+
+def test_presets_never_prune_below_their_budget(tmp_path: Path) -> None:
+    model = _flat_stack(tmp_path / "flat.onnx")
+    reports = {}
+    for preset in ("level1", "level2", "level3", "max-compression"):
+        out = tmp_path / f"{preset}.onnx"
+        args = ["run", str(model), "-c", preset, "-o", str(out), "--min-sqnr", "20", "--json"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (preset, result.output)
+        reports[preset] = json.loads(result.stdout)
+    level2 = reports["level2"]
+    assert [t["passed"] for t in level2["search"]["trials"]][1:] == [False, False]
+    assert level2["output"]["size_bytes"] == reports["level1"]["output"]["size_bytes"]
+    assert any("the result is the baseline" in n for n in level2["notes"])
+    sizes = [reports[p]["output"]["size_bytes"] for p in reports]
+    assert sizes == sorted(sizes, reverse=True), sizes
+    for report in reports.values():
+        assert report["validation"]["overall"]["sqnr_db"] >= 20
+
+
+def test_fixed_recipe_on_the_same_model_is_broken(tmp_path: Path) -> None:
+    model = _flat_stack(tmp_path / "flat.onnx")
+    args = ["run", str(model), "-c", "fixed-level2", "-o", str(tmp_path / "o.onnx")]
+    result = runner.invoke(app, [*args, "--min-sqnr", "20"])
+    assert result.exit_code == 3
+    assert "BROKEN: output 'y' SQNR" in result.stderr
+
+
+def test_tune_writes_the_smallest_model_and_a_pipeline_that_reproduces_it(tmp_path: Path) -> None:
+    model = builders.save(builders.mlp(hidden=64, inputs=64), tmp_path / "mlp.onnx")
+    out, emitted = tmp_path / "mlp.tuned.onnx", tmp_path / "mlp.tuned.yaml"
+    result = runner.invoke(app, ["tune", str(model), "-o", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    search = report["search"]
+    assert search["trials"][0]["label"] == "baseline (no prune, no cluster)"
+    assert report["output"]["size_bytes"] == min(t["size_bytes"] for t in search["front"])
+    assert report["output"]["size_bytes"] < search["trials"][0]["size_bytes"]
+    again = tmp_path / "again.onnx"
+    result = runner.invoke(app, ["run", str(model), "-c", str(emitted), "-o", str(again)])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == out.read_bytes()

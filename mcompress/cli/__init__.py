@@ -25,6 +25,7 @@ from mcompress.cli import (  # noqa: F401
     run,
     sensitivity,
     strip,
+    tune,
     validate,
 )
 from mcompress.cli.common import app, err

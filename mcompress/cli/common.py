@@ -32,7 +32,7 @@ EXIT_CODES_HELP = (
 # The order `--help` lists commands in: everyday passes first, tooling last.
 COMMAND_ORDER = (
     "quantize", "prune", "cluster", "fp16", "strip", "run", "validate", "inspect",
-    "sensitivity", "doctor", "batch", "configs",
+    "tune", "sensitivity", "doctor", "batch", "configs",
 )  # fmt: skip
 
 

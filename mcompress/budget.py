@@ -1,0 +1,207 @@
+"""Budget search: instead of a fixed recipe, the most compressing prune sparsity and cluster
+count that keep the config's gates (the fidelity floor, and the accuracy drop with labels).
+
+Used by presets (a `search:` section) and by `mcompress tune`. Each trial compresses with the
+passes' own code into a temporary file and is judged like the final validation, on the same
+inputs; the winner is returned as a plain config that `mcompress run -c` reproduces exactly.
+Fidelity is assumed to fall as compression grows, so each setting is found by bisection.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mcompress import validate
+from mcompress.config import PipelineConfig, SearchConfig
+from mcompress.inputs import InputSet
+from mcompress.report import RunReport
+
+# compress(config, output path) -> the report of a run without validation
+Compress = Callable[[PipelineConfig, Path], RunReport]
+OnTrial = Callable[["Trial"], None]
+_KNOB_PASSES = ("prune", "cluster")
+
+
+@dataclass
+class Trial:
+    """One candidate: its settings, size and whether it kept every gate."""
+
+    label: str
+    sparsity: float | None
+    clusters: int | None
+    size_bytes: int
+    passed: bool
+    figures: dict[str, float | None] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class _Search:
+    cfg: PipelineConfig
+    model: Path
+    inputs: InputSet
+    compress: Compress
+    workdir: Path
+    on_trial: OnTrial
+    deadline: float | None
+    trials: list[Trial] = field(default_factory=list)
+
+    def out_of_time(self) -> bool:
+        return self.deadline is not None and time.perf_counter() > self.deadline
+
+
+def search(
+    cfg: PipelineConfig,
+    model: Path,
+    compress: Compress,
+    on_trial: OnTrial = lambda trial: None,
+) -> tuple[PipelineConfig, dict[str, Any]]:
+    """The smallest config within the gates, and a report section with every trial and the
+    size-vs-fidelity front. Never larger than the config without prune and cluster passes
+    (level1 for the presets); when nothing else fits, that config, with a note."""
+    spec = cfg.search or SearchConfig()
+    started = time.perf_counter()
+    deadline = started + spec.time_budget if spec.time_budget else None
+    with tempfile.TemporaryDirectory(prefix="mcompress-search-") as tmp:
+        state = _Search(
+            cfg, model, validate.feeds_for(model, cfg.validation), compress, Path(tmp),
+            on_trial, deadline,
+        )  # fmt: skip
+        baseline = _try(state, "baseline (no prune, no cluster)", None, None)
+        sparsity = _best_sparsity(state, spec.sparsity)
+        clusters = _best_clusters(state, spec.clusters, sparsity)
+    fitting = [t for t in state.trials if t.passed and t.size_bytes <= baseline.size_bytes]
+    best = min(fitting, key=lambda t: t.size_bytes, default=baseline)
+    notes = []
+    if best is baseline:
+        notes.append(
+            "no prune or cluster setting kept the gates within the baseline's size: "
+            "the result is the baseline (level1 for the presets)"
+        )
+    if state.out_of_time():
+        notes.append(f"the time budget ({spec.time_budget:g} s) ended the search")
+    chosen = configure(cfg, best.sparsity, best.clusters)
+    section = {
+        "chosen": {"sparsity": best.sparsity, "clusters": best.clusters, "label": best.label},
+        "searched": {"sparsity": sparsity, "clusters": clusters},
+        "trials": [asdict(t) for t in state.trials],
+        "front": front(state.trials),
+        "seconds": time.perf_counter() - started,
+        "notes": notes,
+    }
+    return chosen, section
+
+
+def configure(cfg: PipelineConfig, sparsity: float | None, clusters: int | None) -> PipelineConfig:
+    """`cfg` with its prune/cluster passes set to these values, or dropped for None, and no
+    search section: a plain config. Without clustering, quantization is per channel again."""
+    passes = []
+    for pass_cfg in cfg.passes:
+        data = pass_cfg.model_dump(exclude_unset=True)
+        if pass_cfg.type == "prune":
+            if sparsity is None:
+                continue
+            data["sparsity"] = sparsity
+        elif pass_cfg.type == "cluster":
+            if clusters is None:
+                continue
+            data["clusters"] = clusters
+        elif pass_cfg.type == "quantize" and clusters is None:
+            data.pop("per_channel", None)
+        passes.append(data)
+    plain = cfg.model_dump(by_alias=True, exclude_unset=True, exclude={"search"})
+    plain["passes"] = passes
+    return PipelineConfig.model_validate(plain)
+
+
+def front(trials: list[Trial]) -> list[dict[str, Any]]:
+    """Trials that kept the gates and that no smaller passing trial beats, smallest first:
+    the size-vs-fidelity front (fidelity: the floor's figure)."""
+    passing = sorted((t for t in trials if t.passed), key=lambda t: t.size_bytes)
+    kept: list[dict[str, Any]] = []
+    for t in passing:
+        score = _score(t)
+        if not kept or score > kept[-1]["score"]:
+            kept.append({"label": t.label, "size_bytes": t.size_bytes, "score": score,
+                         "figures": t.figures})  # fmt: skip
+    return kept
+
+
+def _score(trial: Trial) -> float:
+    """The floor's figure (top-1 agreement or SQNR) as one number for the front."""
+    values = [v for k, v in trial.figures.items() if k.startswith("min_") and v is not None]
+    return min(values) if values else 0.0
+
+
+def _best_sparsity(state: _Search, values: list[float]) -> float | None:
+    """The largest sparsity that keeps the gates (bisection), with no clustering."""
+    if not values or not _has(state.cfg, "prune"):
+        return None
+    passing = _bisect(values, lambda s: _try(state, f"sparsity {s:g}", s, None).passed, True)
+    return passing
+
+
+def _best_clusters(state: _Search, values: list[int], sparsity: float | None) -> int | None:
+    """The fewest clusters that keep the gates on top of `sparsity` (bisection)."""
+    if not values or not _has(state.cfg, "cluster"):
+        return None
+    prefix = f"sparsity {sparsity:g}, " if sparsity is not None else ""
+
+    def ok(k: int) -> bool:
+        return _try(state, f"{prefix}{k} clusters", sparsity, k).passed
+
+    return _bisect(values, ok, False)
+
+
+def _bisect(values: list[Any], passes: Callable[[Any], bool], largest: bool) -> Any:
+    """The largest (or smallest) value of sorted `values` that passes, assuming everything
+    beyond it fails (more compression, less fidelity); None when none passes."""
+    ordered = values if largest else list(reversed(values))
+    lo, hi, found = 0, len(ordered) - 1, None
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if passes(ordered[mid]):
+            found, lo = ordered[mid], mid + 1
+        else:
+            hi = mid - 1
+    return found
+
+
+def _has(cfg: PipelineConfig, pass_type: str) -> bool:
+    return any(p.type == pass_type for p in cfg.passes)
+
+
+def _try(state: _Search, label: str, sparsity: float | None, clusters: int | None) -> Trial:
+    """Compress with these settings into the work folder and judge the result."""
+    if state.out_of_time() and state.trials:
+        return Trial(label, sparsity, clusters, 0, False, {"out_of_time": None})
+    started = time.perf_counter()
+    candidate = configure(state.cfg, sparsity, clusters)
+    plain = candidate.model_dump(by_alias=True, exclude_unset=True)
+    plain["validate"] = {**plain.get("validate", {}), "enabled": False}
+    path = state.workdir / f"trial{len(state.trials)}.onnx"
+    report = state.compress(PipelineConfig.model_validate(plain), path)
+    sessions = validate.open_sessions(state.model, path)
+    report.validation = validate.compare_outputs(sessions, state.inputs, state.cfg.validation)
+    gates = [
+        g
+        for g in validate.evaluate_gates(state.cfg.validation, report)
+        if g.name != "max_latency_ratio"  # not measured while searching
+    ]
+    trial = Trial(
+        label=label,
+        sparsity=sparsity,
+        clusters=clusters,
+        size_bytes=report.output.size_bytes if report.output else 0,
+        passed=all(g.passed for g in gates),
+        figures={g.name: g.value for g in gates},
+        seconds=time.perf_counter() - started,
+    )
+    state.trials.append(trial)
+    state.on_trial(trial)
+    return trial

@@ -1,0 +1,142 @@
+"""`mcompress tune`: search the smallest model within a budget; write it and its pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from mcompress import budget, model_io, pipeline
+from mcompress import tune as tuning
+from mcompress.cli.common import (
+    EXIT_CODES_HELP,
+    InputShapeOpt,
+    ModelArg,
+    ProgressDisplay,
+    WriteOptions,
+    add_report_paths,
+    app,
+    emit,
+    err,
+    parse_shape,
+    stage_reports,
+)
+from mcompress.errors import UsageError
+from mcompress.outputs import Outputs
+
+
+def _opt(*names: str, help: str, **kw: Any) -> Any:
+    return typer.Option(*names, help=help, show_default=False, **kw)
+
+
+@app.command(epilog=EXIT_CODES_HELP)
+def tune(
+    model: ModelArg,
+    data: Annotated[
+        Path | None, _opt("--data", help="Validation .npz (with 'labels' for the accuracy budget).")
+    ] = None,
+    calibration: Annotated[
+        str | None, _opt("--calibration", help="Calibration .npz for passes that recover with it.")
+    ] = None,
+    max_accuracy_drop: Annotated[
+        float | None, _opt("--max-accuracy-drop", help="Budget: accuracy drop (needs labels).")
+    ] = None,
+    min_sqnr: Annotated[
+        float | None, _opt("--min-sqnr", help="Budget without labels: SQNR dB of every output.")
+    ] = None,
+    min_top1_agreement: Annotated[
+        float | None, _opt("--min-top1-agreement", help="Budget: top-1 agreement.")
+    ] = None,
+    objective: Annotated[
+        str, _opt("--objective", help="What to minimise: size (the only one so far).")
+    ] = "size",
+    time_budget: Annotated[
+        str | None, _opt("--time-budget", help="Stop searching after this long: 10m, 90s, 1h.")
+    ] = None,
+    output: Annotated[Path | None, _opt("-o", "--output", help="Output model.")] = None,
+    emit_config: Annotated[
+        Path | None, _opt("--emit", help="Winning pipeline YAML (default: OUTPUT with .yaml).")
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
+    samples: Annotated[int | None, _opt("--samples", help="Validation samples.")] = None,
+    seed: Annotated[int | None, _opt("--seed", help="Seed for random inputs.")] = None,
+    input_shape: InputShapeOpt = None,
+    report: Annotated[Path | None, _opt("--report", help="Write the JSON report here.")] = None,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print the JSON report to stdout and nothing else.")
+    ] = False,
+    markdown: Annotated[Path | None, _opt("--markdown", help="Write a Markdown report.")] = None,
+    html: Annotated[Path | None, _opt("--html", help="Write a self-contained HTML report.")] = None,
+) -> None:
+    """Find the smallest model within a budget: pruning sparsity and shared-value count are
+    searched (each candidate compressed and judged), the best is written with its pipeline.
+
+    Example: mcompress tune model.onnx --data val.npz --max-accuracy-drop 0.01
+    """
+    if objective != "size":
+        raise UsageError(f"--objective: '{objective}' is not supported; use size")
+    validation: dict[str, Any] = {
+        key: value
+        for key, value in {
+            "data": str(data) if data else None,
+            "samples": samples,
+            "seed": seed,
+            "max_accuracy_drop": max_accuracy_drop,
+            "min_sqnr": min_sqnr,
+            "min_top1_agreement": min_top1_agreement,
+        }.items()
+        if value is not None
+    }
+    if input_shape:
+        validation["input_shapes"] = dict(parse_shape(s) for s in input_shape)
+    seconds = tuning.parse_duration(time_budget) if time_budget else None
+    cfg = tuning.template(validation, seconds, calibration)
+    output = output or model_io.default_output(model, "tuned")
+    yaml_path = emit_config or tuning.emitted_path(output)
+    opts = WriteOptions(
+        output=output, force=force, report=report, json_out=json_out, markdown=markdown,
+        html=html, no_validate=False, data=data, samples=samples, seed=seed,
+        input_shape=input_shape or [], max_accuracy_drop=max_accuracy_drop, min_cosine=None,
+        min_top1_agreement=min_top1_agreement, max_latency_ratio=None,
+        min_compression_ratio=None, min_sqnr=min_sqnr,
+    )  # fmt: skip
+    result = _search_and_write(cfg, model, opts, yaml_path)
+    emit(result, opts)
+
+
+def _search_and_write(cfg: Any, model: Path, opts: WriteOptions, yaml_path: Path) -> Any:
+    """Plan every output, search, then write the winning pipeline, model and reports."""
+    assert opts.output is not None
+    with Outputs(opts.force) as outs:
+        outs.add(opts.output, "-o", replaces_model=True)
+        outs.add(yaml_path, "--emit")
+        add_report_paths(outs, opts)
+        outs.add_input(model, "input model")
+        outs.check()
+        trials: list[budget.Trial] = []
+
+        def show(trial: budget.Trial) -> None:
+            trials.append(trial)
+            if not opts.json_out:
+                err.print(tuning.describe(trial, len(trials)), soft_wrap=True, highlight=False)
+
+        options = pipeline.RunOptions(input_path=model, output=opts.output, command="tune")
+        chosen, section = budget.search(cfg, model, pipeline.trial_runner(options), show)
+        header = (
+            f"mcompress tune {model.name}: {section['chosen']['label']}\n"
+            f"`mcompress run {model.name} -c {yaml_path.name}` writes the same model"
+        )
+        outs.write_text(yaml_path, tuning.to_yaml(chosen, header))
+        with ProgressDisplay(quiet=opts.json_out) as progress:
+            options = pipeline.RunOptions(
+                input_path=model, output=opts.output, outputs=outs, command="tune",
+                progress=progress,
+            )  # fmt: skip
+            result = pipeline.run(chosen, options)
+        result.search = {**section, "config": str(yaml_path)}
+        result.notes.extend(section["notes"])
+        result.notes.append(f"winning pipeline written to {yaml_path}")
+        stage_reports(outs, result, opts)
+        outs.commit()
+    return result
