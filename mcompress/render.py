@@ -13,6 +13,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mcompress import render_search
 from mcompress.report import FLOOR_GATES, RunReport, gzip_text, human_bytes
 
 MAX_BARS = 15
@@ -227,6 +228,9 @@ def to_markdown(report: RunReport | dict[str, Any]) -> str:
             lines += [f"{latency[0]}:", "", *_md_table(_LATENCY_HEADER, latency[1])]
     elif data.get("output"):
         lines += ["Validation was skipped.", ""]
+    if data.get("search"):
+        lines += ["### Search", "", render_search.chosen_line(data), ""]
+        lines += _md_table(render_search.HEADER, render_search.search_rows(data))
     if data.get("passes"):
         lines += ["### Passes", ""]
         lines += _md_table(["pass", "time", "changed", "stats"], _pass_rows(data))
@@ -600,6 +604,9 @@ def to_html(report: RunReport | dict[str, Any]) -> str:
     charts = _charts(data)
     if charts:
         body += ["<h2>Charts</h2>", *charts]
+    if data.get("search"):
+        body += ["<h2>Search</h2>", f"<p>{_esc(render_search.chosen_line(data))}</p>",
+                 _html_table(render_search.HEADER, render_search.search_rows(data))]  # fmt: skip
     if data.get("passes"):
         body += [
             "<h2>Passes</h2>",

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from mcompress import fidelity
+from mcompress import fidelity, render
 from mcompress.cli import app
 from mcompress.validate import cosine, output_metrics
 from tests import builders
@@ -277,6 +277,8 @@ def test_tune_writes_the_smallest_model_and_a_pipeline_that_reproduces_it(tmp_pa
     assert search["trials"][0]["label"] == "baseline (no prune, no cluster)"
     assert report["output"]["size_bytes"] == min(t["size_bytes"] for t in search["front"])
     assert report["output"]["size_bytes"] < search["trials"][0]["size_bytes"]
+    markdown = render.to_markdown(report)
+    assert "### Search" in markdown and "| baseline (no prune, no cluster) |" in markdown
     again = tmp_path / "again.onnx"
     result = runner.invoke(app, ["run", str(model), "-c", str(emitted), "-o", str(again)])
     assert result.exit_code == 0, result.output
