@@ -27,7 +27,10 @@ def _complete(words: str) -> list[str]:
         ("mcompress doctor m.onnx -c fp", ["fp16"]),
         (
             "mcompress configs show ",
-            ["fp16", "int4-weight-only", "level1", "level2", "level3", "max-compression"],
+            [
+                "fixed-level2", "fixed-level3", "fixed-max-compression", "fp16",
+                "int4-weight-only", "level1", "level2", "level3", "max-compression",
+            ],  # fmt: skip
         ),
     ],
 )
