@@ -28,8 +28,15 @@ def _complete(words: str) -> list[str]:
         (
             "mcompress configs show ",
             [
-                "fixed-level2", "fixed-level3", "fixed-max-compression", "fp16",
-                "int4-weight-only", "level1", "level2", "level3", "max-compression",
+                "fixed-level2",
+                "fixed-level3",
+                "fixed-max-compression",
+                "fp16",
+                "int4-weight-only",
+                "level1",
+                "level2",
+                "level3",
+                "max-compression",
             ],  # fmt: skip
         ),
     ],
