@@ -35,6 +35,9 @@ ORCHESTRATION = {
     "shard",
     "doctor",
     "sensitivity",
+    "budget",
+    "tune",
+    "render_search",
 }
 
 # Known debt (issue 16), each with the reason it is still here.
