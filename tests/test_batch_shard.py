@@ -80,6 +80,10 @@ def test_three_shards_merge_into_the_unsharded_summary(tmp_path: Path, monkeypat
     step_summary = tmp_path / "step.md"
     monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(step_summary))
     merged = runner.invoke(app, ["batch-merge", str(out), "--json"])
+    again = runner.invoke(app, ["batch-merge", str(out)])
+    assert "summary.json' already exists; pass --force" in str(again.exception)
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY")
+    assert runner.invoke(app, ["batch-merge", str(out), "--force"]).exit_code == 2
 
     whole = json.loads(Path("whole/summary.json").read_text(encoding="utf-8"))
     shards = [json.loads((out / f"summary-{i}-of-3.json").read_text()) for i in (1, 2, 3)]

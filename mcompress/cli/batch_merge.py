@@ -32,6 +32,9 @@ def batch_merge_command(
         Path | None,
         typer.Option("-o", "--out-dir", help="Where summary.json goes (default: first folder)."),
     ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace an existing summary.json.")
+    ] = False,
     json_out: Annotated[
         bool, typer.Option("--json", help="Print summary JSON to stdout and nothing else.")
     ] = False,
@@ -48,7 +51,7 @@ def batch_merge_command(
     target = out_dir or (paths[0] if paths[0].is_dir() else paths[0].parent)
     target.mkdir(parents=True, exist_ok=True)
     data = batch_mod.summary(outcome, config_name, target)
-    summary_path = batch_mod.write_summary(data, target, force=False)
+    summary_path = batch_mod.write_summary(data, target, force=force)
     render_batch.append_to_step_summary(data)
     if json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
