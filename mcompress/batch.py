@@ -445,7 +445,8 @@ def _context() -> Any:
 
 @contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (CI cancellation) like Ctrl-C while the batch runs."""
+    """Treat SIGTERM (CI cancellation) like Ctrl-C while the batch runs: both raise
+    KeyboardInterrupt, which the batch handles itself (stop workers, write the summary)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -453,11 +454,12 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     def handler(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, action in previous.items():
+            signal.signal(sig, action)
 
 
 def _sweep(jobs: list[Job]) -> None:

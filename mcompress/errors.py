@@ -6,6 +6,8 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
 EXIT_GATE_FAILED = 3
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
 class McompressError(Exception):
@@ -48,3 +50,14 @@ class GateError(McompressError):
     """A quality gate failed; the model and report were still written."""
 
     exit_code = EXIT_GATE_FAILED
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM on a single command, raised by the signal handler of `cli.main`: a
+    BaseException so that no `except Exception` swallows it while every `finally` and context
+    manager (`Outputs` removes its staging folder) still runs."""
+
+    def __init__(self, signal_name: str, exit_code: int) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+        self.exit_code = exit_code

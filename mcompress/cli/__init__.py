@@ -3,11 +3,13 @@ error boundary: one line per known error, a log file for unexpected ones."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import tempfile
-import time
 import traceback
-from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import typer
 
@@ -29,42 +31,89 @@ from mcompress.cli import (  # noqa: F401
     validate,
 )
 from mcompress.cli.common import app, err
-from mcompress.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, McompressError
+from mcompress.errors import (
+    EXIT_BAD_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    Interrupted,
+    McompressError,
+)
+
+_SIGNAL_EXITS = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
 
 
 def main() -> None:
     """Entry point: one line per known error, a log file for unexpected ones."""
+    _raise_on_signals()
     try:
         code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
         err.print("mcompress: interrupted")
-        sys.exit(130)
+        sys.exit(EXIT_INTERRUPTED)
     except typer.TyperException as exc:
-        show = getattr(exc, "show", None)
-        if show:
-            show()
-        else:
-            err.print(f"mcompress: error: {exc}", markup=False)
+        _print_usage_error(exc)
         sys.exit(EXIT_BAD_INPUT)
     except McompressError as exc:
         hint = f" ({exc.hint})" if exc.hint else ""
         err.print(f"mcompress: error: {exc.message}{hint}", markup=False, highlight=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("mcompress: interrupted; no output was written")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:
+        name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
+        err.print(f"mcompress: interrupted ({name})", markup=False, highlight=False)
+        sys.exit(_SIGNAL_EXITS[signal.Signals[name]])
     except Exception as exc:
-        log = Path(tempfile.gettempdir()) / f"mcompress-error-{time.strftime('%Y%m%d-%H%M%S')}.log"
-        log.write_text("".join(traceback.format_exception(exc)), encoding="utf-8")
-        err.print(
-            f"mcompress: internal error: {type(exc).__name__}: {exc} "
-            f"(traceback saved to {log}; please report it)",
-            markup=False,
-            highlight=False,
-        )
+        _report_crash(exc)
         sys.exit(EXIT_INTERNAL)
     # Without standalone mode click returns (not raises) the exit code of `typer.Exit`.
     if isinstance(code, int) and code:
         sys.exit(code)
+
+
+def _raise_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise `Interrupted`, so the command unwinds (its staging files are
+    removed) and exits 130 / 143 with one line. Further signals are ignored meanwhile, so that
+    the cleanup itself is not cut short."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in _SIGNAL_EXITS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signal.Signals(signum).name, _SIGNAL_EXITS[signal.Signals(signum)])
+
+    for sig in _SIGNAL_EXITS:
+        signal.signal(sig, handler)
+
+
+def _print_usage_error(exc: typer.TyperException) -> None:
+    """A click usage error (bad option value, missing argument, unknown command) as one line
+    with a short pointer to the help, instead of click's three-line usage block."""
+    format_message = getattr(exc, "format_message", None)
+    message = format_message() if format_message else str(exc)
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{_command_path(ctx)} -h')" if ctx is not None else ""
+    err.print(f"mcompress: error: {message}{hint}", markup=False, highlight=False)
+
+
+def _command_path(ctx: Any) -> str:
+    """`mcompress quantize` however the program was started (`python -m mcompress`, ...)."""
+    names: list[str] = []
+    while ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["mcompress", *names])
+
+
+def _report_crash(exc: Exception) -> None:
+    """An unexpected error: its traceback goes to a log file with a unique name (two crashes
+    in the same second must not overwrite each other), the user gets one line."""
+    handle, name = tempfile.mkstemp(prefix="mcompress-error-", suffix=".log")
+    with os.fdopen(handle, "w", encoding="utf-8") as log:
+        log.write("".join(traceback.format_exception(exc)))
+    err.print(
+        f"mcompress: internal error: {type(exc).__name__}: {exc} "
+        f"(traceback saved to {name}; please report it)",
+        markup=False,
+        highlight=False,
+    )

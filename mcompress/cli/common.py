@@ -26,7 +26,7 @@ from mcompress.report import RunReport, summary_table, verdict
 EXIT_CODES_HELP = (
     "Exit codes: 0 success · 1 internal error (traceback saved to a log file) · "
     "2 bad input (usage, config, unreadable model or data) · 3 a quality gate failed "
-    "(model and report still written)."
+    "(model and report still written) · 130 / 143 interrupted (Ctrl-C / SIGTERM)."
 )
 
 # The order `--help` lists commands in: everyday passes first, tooling last.

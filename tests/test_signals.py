@@ -1,0 +1,122 @@
+"""Ctrl-C and SIGTERM end a single command with one line, exit 130 / 143 and no temp files;
+click usage errors are one line; crash logs never overwrite each other (issue 12, 14 and 16)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import mcompress.cli as cli
+from mcompress.outputs import STAGING_PREFIX
+from tests import builders
+
+
+def _interrupt_quantize(tmp_path: Path, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+    """Start a quantize with a long validation, send `sig` once its staging folder exists."""
+    model = builders.save(builders.mlp(hidden=256, inputs=256), tmp_path / "m.onnx")
+    before = model.read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcompress", "quantize", str(model), "--samples", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not any(p.name.startswith(STAGING_PREFIX) for p in tmp_path.iterdir()):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    out, errors = proc.communicate(timeout=120)
+    assert model.read_bytes() == before
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, errors)
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_is_one_line_and_removes_staging(
+    tmp_path: Path, sig: signal.Signals, code: int
+) -> None:
+    result = _interrupt_quantize(tmp_path, sig)
+    assert (result.returncode, result.stderr) == (code, f"mcompress: interrupted ({sig.name})\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_sigterm_in_process_reaches_cleanup(monkeypatch: pytest.MonkeyPatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    cleaned: list[str] = []
+
+    def command(standalone_mode: bool) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except Exception:
+            cleaned.append("swallowed by except Exception")
+        finally:
+            cleaned.append("finally")
+        return 0
+
+    monkeypatch.setattr(cli, "app", command)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+    finally:
+        for s, action in previous.items():
+            signal.signal(s, action)
+    assert exit_info.value.code == 143
+    assert cleaned == ["finally"]
+    assert capsys.readouterr().err == "mcompress: interrupted (SIGTERM)\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["quantize", "--samples", "abc", "m.onnx"],
+            "Invalid value for '--samples': Input should be a valid integer, unable to parse "
+            "string as an integer (see 'mcompress quantize -h')",
+        ),
+        (["quantize"], "Missing argument 'MODEL'. (see 'mcompress quantize -h')"),
+        (
+            ["quantiz", "m.onnx"],
+            "No such command 'quantiz'. Did you mean 'quantize'? (see 'mcompress -h')",
+        ),
+        (["quantize", "missing.onnx"], "model file 'missing.onnx' does not exist"),
+    ],
+)
+def test_usage_error_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
+    args: list[str],
+    message: str,  # type: ignore[no-untyped-def]
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["mcompress", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == f"mcompress: error: {message}\n"
+
+
+def test_crash_logs_have_unique_names(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    def crash(standalone_mode: bool) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "app", crash)
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    for _ in range(2):
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == 1
+    logs = sorted(tmp_path.glob("mcompress-error-*.log"))
+    assert len(logs) == 2
+    assert all("RuntimeError: boom" in log.read_text() for log in logs)
+    lines = capsys.readouterr().err.splitlines()
+    assert sorted(line.split("traceback saved to ")[1] for line in lines) == [
+        f"{log}; please report it)" for log in logs
+    ]
