@@ -9,10 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mcompress import budget, encoding, model_io, spill, validate
+import onnx
+
+from mcompress import budget, encoding, model_io, runtime, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
-from mcompress.errors import GateError, McompressError, NothingToDo
+from mcompress.errors import GateError, McompressError, ModelError, NothingToDo
+from mcompress.inputs import make_feeds
 from mcompress.outputs import Outputs
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext, unmatched_patterns
@@ -91,6 +94,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
                 f"expanded {restored} packed weights of the input before compressing"
             )
         _plan(cfg, opts, model, input_files)
+        _check_inputs(cfg, opts, model)
         report = RunReport(
             command=opts.command,
             # gzip_bytes is set below, once the thread is done
@@ -150,6 +154,32 @@ def trial_runner(opts: RunOptions) -> budget.Compress:
         return run(cfg, RunOptions(opts.input_path, output, force=True, command=opts.command))
 
     return compress
+
+
+def _check_inputs(cfg: PipelineConfig, opts: RunOptions, model: model_io.Model) -> None:
+    """Fail before any pass runs when onnxruntime cannot load the input model (a session
+    from the file, graph optimizations off: no seconds added on a large model) or when the
+    `--data` file does not fit its inputs, rather than after a compressed model was written."""
+    if not _lowered_on_save(model):
+        try:
+            runtime.session(opts.input_path, optimize=False)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+            raise ModelError(
+                f"the input model does not run in onnxruntime: {runtime.error_line(exc)}"
+            ) from None
+    if cfg.validation.data:
+        make_feeds(
+            model,
+            data=Path(cfg.validation.data),
+            samples=1,
+            seed=cfg.validation.seed,
+            input_shapes={k: tuple(v) for k, v in cfg.validation.input_shapes.items()},
+        )
+
+
+def _lowered_on_save(model: model_io.Model) -> bool:
+    """An IR version newer than onnxruntime's but known to onnx: the save lowers it."""
+    return model_io.max_ir_version() < model.proto.ir_version <= onnx.IR_VERSION
 
 
 def _compress(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -77,9 +78,24 @@ def session(
 
 def error_line(exc: BaseException, limit: int = 300) -> str:
     """The useful part of an error on one line: onnxruntime's innermost status message (the
-    text after its last `Status Message:`), first line, at most `limit` characters."""
+    text after its last `Status Message:`), without its `[ONNXRuntimeError] : 1 : FAIL :` code,
+    `Load model from PATH failed:` and C++ source location, first line, at most `limit`
+    characters (cut at a word, marked with `...`)."""
     text = str(exc).strip().rsplit("Status Message:", 1)[-1].strip()
-    return text.splitlines()[0][:limit] if text else type(exc).__name__
+    for noise in _NOISE:
+        text = noise.sub("", text, count=1).strip()
+    line = text.splitlines()[0] if text else type(exc).__name__
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " ..."
+
+
+_NOISE = [
+    re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : "),
+    re.compile(r"^Load model from .*? failed:"),
+    # "/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...) " before the message
+    re.compile(r"^\S+\.(?:cc|cpp|h):\d+ \S*?\(.*?\) (?=[A-Z])"),
+]
 
 
 def run_error(runner: Any, feed: Feed) -> str | None:

@@ -67,3 +67,54 @@ def test_minus_inf_in_a_mask_read_by_add_is_allowed(tmp_path: Path) -> None:
     result = mcompress("quantize", path, "-o", tmp_path / "out.onnx")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "out.onnx").is_file()
+
+
+def _broken_models() -> dict[str, tuple[onnx.ModelProto, str]]:
+    """Models onnxruntime refuses, with the reason it gives."""
+    dangling, unknown_op, cyclic, future = (builders.mlp() for _ in range(4))
+    dangling.graph.node[1].input[0] = "nowhere"
+    unknown_op.graph.node[2].op_type = "Frobnicate"
+    cyclic.graph.node[0].input[0] = "h2"
+    future.ir_version = 99
+    return {
+        "dangling": (
+            dangling,
+            "Invalid model. Node input 'nowhere' is not a graph input, initializer, or output "
+            "of a previous node.",
+        ),
+        "unknown_op": (unknown_op, "Error No Op registered for Frobnicate"),
+        "cyclic": (cyclic, "This is an invalid model. Error: the graph is not acyclic."),
+        "ir99": (future, "Unsupported model IR version: 99, max supported IR version: "),
+    }
+
+
+def test_a_model_onnxruntime_refuses_is_exit_2_before_any_pass(tmp_path: Path) -> None:
+    for name, (model, reason) in _broken_models().items():
+        folder = tmp_path / name
+        folder.mkdir()
+        path = folder / "m.onnx"
+        path.write_bytes(model.SerializeToString())
+        line = refused(folder, "quantize", path)
+        prefix = "mcompress: error: the input model does not run in onnxruntime: "
+        assert line.startswith(prefix), line
+        assert reason in line, line
+        assert "[ONNXRuntimeError]" not in line and ".cc:" not in line
+
+
+def test_bad_data_is_exit_2_before_any_pass(tmp_path: Path) -> None:
+    path = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    x = np.zeros((4, 32), np.float32)
+    cases = {
+        "name.npz": {"y": x},
+        "shape.npz": {"x": np.zeros((4, 31), np.float32)},
+        "dtype.npz": {"x": np.array([["a"] * 32] * 4)},
+        "empty.npz": {"x": np.zeros((0, 32), np.float32)},
+        "none.npz": {},
+    }
+    for name, arrays in cases.items():
+        np.savez(tmp_path / name, **arrays)
+    for name in cases:
+        line = refused(
+            tmp_path, "quantize", path, "--data", tmp_path / name, "-o", tmp_path / "q.onnx"
+        )
+        assert line.startswith("mcompress: error: data "), line
