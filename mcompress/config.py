@@ -204,14 +204,45 @@ def load(path: str | Path) -> PipelineConfig:
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{where}: {problem}") from None
-    if data is None:
-        data = {}
+    if not data:
+        raise ConfigError(f"{path}: the config is empty", _NEEDS_PASSES)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}:1: a config must be a mapping with a 'passes' list")
+    _refuse_duplicate_keys(root, [], str(path))
     try:
-        return PipelineConfig.model_validate(data)
+        cfg = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         raise _config_error(exc, data, str(path), root) from None
+    if not cfg.passes:
+        where = f"{path}:{_line_of(root, ['passes'])}" if "passes" in data else str(path)
+        raise ConfigError(f"{where}: passes: no pass to run", _NEEDS_PASSES)
+    return cfg
+
+
+# A config without passes would write an unchanged copy: refused, pointing at the fix.
+_NEEDS_PASSES = (
+    "a config needs a 'passes' list of at least one pass, e.g. passes: [{type: quantize}]"
+)
+
+
+def _refuse_duplicate_keys(node: yaml.Node | None, loc: list[Any], source: str) -> None:
+    """YAML silently keeps the last of two equal keys (`sparsity: 0.3` then `sparsity: 0.9`
+    prunes 90%): refuse it, naming the key and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        first: dict[str, int] = {}
+        for key, value in node.value:
+            name = str(key.value)
+            line = key.start_mark.line + 1
+            if name in first:
+                where = ".".join(str(p) for p in [*loc, name])
+                raise ConfigError(
+                    f"{source}:{line}: {where}: duplicate key (first at line {first[name]})"
+                )
+            first[name] = line
+            _refuse_duplicate_keys(value, [*loc, name], source)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, [*loc, index], source)
 
 
 def _config_error(

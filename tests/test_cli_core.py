@@ -178,3 +178,28 @@ def test_command_line_errors_name_the_option(tmp_path: Path, args: list[str], me
     result = mcompress(args[0], model, *args[1:])
     assert (result.returncode, result.stderr) == (2, f"mcompress: error: {message}\n")
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "passes:\n  - type: prune\n    sparsity: 0.3\n    sparsity: 0.9\n",
+            "cfg.yaml:4: passes.0.sparsity: duplicate key (first at line 3)",
+        ),
+        ("passes: []\n", "cfg.yaml:1: passes: no pass to run"),
+        ("", "cfg.yaml: the config is empty"),
+    ],
+)
+def test_run_refuses_duplicate_keys_and_configs_without_passes(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    model = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    (tmp_path / "cfg.yaml").write_text(text)
+    result = mcompress("run", model, "-c", tmp_path / "cfg.yaml")
+    hint = "a config needs a 'passes' list of at least one pass, e.g. passes: [{type: quantize}]"
+    expected = f"mcompress: error: {tmp_path / message}"
+    if "duplicate" not in message:
+        expected += f" ({hint})"
+    assert (result.returncode, result.stderr) == (2, expected + "\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cfg.yaml", "m.onnx"]

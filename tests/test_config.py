@@ -66,3 +66,36 @@ def test_unsafe_yaml_tags_are_rejected(tmp_path: Path) -> None:
 def test_missing_config_suggests_preset() -> None:
     with pytest.raises(ConfigError, match="neither a file nor a bundled preset"):
         config.resolve_config_path("no-such-config")
+
+
+def test_duplicate_key_names_file_key_and_both_lines(tmp_path: Path) -> None:
+    path = _write(tmp_path, "passes:\n  - type: prune\n    sparsity: 0.3\n    sparsity: 0.9\n")
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    assert info.value.message == f"{path}:4: passes.0.sparsity: duplicate key (first at line 3)"
+    with pytest.raises(ConfigError) as info:
+        config.load(
+            _write(tmp_path, "validate: {samples: 4}\npasses: [{type: strip}]\nvalidate: {}\n")
+        )
+    assert info.value.message.endswith("cfg.yaml:3: validate: duplicate key (first at line 1)")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "cfg.yaml: the config is empty"),
+        ("# nothing yet\n", "cfg.yaml: the config is empty"),
+        ("prepare: true\npasses: []\n", "cfg.yaml:2: passes: no pass to run"),
+        ("validate: {samples: 4}\n", "cfg.yaml: passes: no pass to run"),
+    ],
+)
+def test_a_config_without_passes_is_refused(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(_write(tmp_path, text))
+    assert info.value.message == f"{tmp_path / message}"
+    assert info.value.hint is not None and "passes: [{type: quantize}]" in info.value.hint
+
+
+def test_every_preset_has_passes() -> None:
+    for preset in config.PRESETS_DIR.glob("*.yaml"):
+        assert config.load(preset).passes, preset
