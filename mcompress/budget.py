@@ -25,6 +25,14 @@ from mcompress.report import RunReport
 Compress = Callable[[PipelineConfig, Path], RunReport]
 OnTrial = Callable[["Trial"], None]
 _KNOB_PASSES = ("prune", "cluster")
+# Without an accuracy budget (labelled --data) a search aims well above the fidelity floor: the
+# floor only stops broken models, so the most compressing setting that just keeps it is nearly
+# broken (the shared classifier on random inputs: 90% sparsity and 4 shared values kept the
+# 1 dB floor at 1.0 dB, against 36.9 dB for int8). A candidate keeps every judged output at
+# SEARCH_MIN_SQNR_DB (about 10% relative error) and SEARCH_MIN_TOP1 top-1 agreement, unless the
+# config sets min_sqnr or min_top1_agreement itself.
+SEARCH_MIN_SQNR_DB = 20.0
+SEARCH_MIN_TOP1 = 0.98
 
 
 @dataclass
@@ -198,10 +206,29 @@ def _try(state: _Search, label: str, sparsity: float | None, clusters: int | Non
         sparsity=sparsity,
         clusters=clusters,
         size_bytes=report.output.size_bytes if report.output else 0,
-        passed=all(g.passed for g in gates),
+        passed=all(g.passed for g in gates) and _within_margin(state.cfg, report, gates),
         figures={g.name: g.value for g in gates},
         seconds=time.perf_counter() - started,
     )
     state.trials.append(trial)
     state.on_trial(trial)
     return trial
+
+
+def _within_margin(cfg: PipelineConfig, report: RunReport, gates: list[Any]) -> bool:
+    """Whether a candidate keeps the search's own margin (see SEARCH_MIN_SQNR_DB); always true
+    when the accuracy budget was measured or the config sets its own floor."""
+    accuracy_measured = any(g.name == "max_accuracy_drop" and g.value is not None for g in gates)
+    own_floor = cfg.validation.min_sqnr is not None or cfg.validation.min_top1_agreement is not None
+    if accuracy_measured or own_floor or report.validation is None:
+        return True
+    for metrics in report.validation["outputs"].values():
+        if metrics.get("recurrent_state_of"):
+            continue
+        top1 = metrics.get("top1_agreement")
+        judged_by_top1 = top1 is not None and metrics.get("original_classes_predicted") != 1
+        if judged_by_top1 and not top1 >= SEARCH_MIN_TOP1:
+            return False
+        if not judged_by_top1 and not metrics["sqnr_db"] >= SEARCH_MIN_SQNR_DB:
+            return False
+    return True

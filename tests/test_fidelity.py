@@ -270,7 +270,10 @@ def test_fixed_recipe_on_the_same_model_is_broken(tmp_path: Path) -> None:
 def test_tune_writes_the_smallest_model_and_a_pipeline_that_reproduces_it(tmp_path: Path) -> None:
     model = builders.save(builders.mlp(hidden=64, inputs=64), tmp_path / "mlp.onnx")
     out, emitted = tmp_path / "mlp.tuned.onnx", tmp_path / "mlp.tuned.yaml"
-    result = runner.invoke(app, ["tune", str(model), "-o", str(out), "--json"])
+    # A random MLP's top-1 changes under any pruning: the budget is stated, otherwise the
+    # search's own margin (98% agreement) keeps the baseline.
+    args = ["tune", str(model), "-o", str(out), "--min-top1-agreement", "0.5", "--json"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     search = report["search"]
@@ -283,3 +286,28 @@ def test_tune_writes_the_smallest_model_and_a_pipeline_that_reproduces_it(tmp_pa
     result = runner.invoke(app, ["run", str(model), "-c", str(emitted), "-o", str(again)])
     assert result.exit_code == 0, result.output
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_search_without_labels_keeps_a_margin_above_the_floor() -> None:
+    """A candidate that keeps the lenient floor (here 8.9 dB > 1 dB) but not the search's own
+    margin is rejected without labels; an accuracy budget or an explicit min_sqnr decides
+    instead."""
+    from types import SimpleNamespace
+
+    from mcompress import budget, config
+    from mcompress.report import Gate
+
+    def report(sqnr: float, top1: float | None = None) -> SimpleNamespace:
+        metrics = {"sqnr_db": sqnr, "top1_agreement": top1, "original_classes_predicted": 2}
+        return SimpleNamespace(validation={"outputs": {"y": metrics}})
+
+    plain = config.build({"passes": [{"type": "strip"}]})
+    floor = [Gate("min_sqnr", 1.0, 8.9, True)]
+    assert not budget._within_margin(plain, report(8.9), floor)
+    assert budget._within_margin(plain, report(24.0), floor)
+    assert not budget._within_margin(plain, report(40.0, top1=0.95), floor)
+    assert budget._within_margin(plain, report(40.0, top1=0.99), floor)
+    accuracy = [*floor, Gate("max_accuracy_drop", 0.01, 0.005, True)]
+    assert budget._within_margin(plain, report(8.9), accuracy)
+    own = config.build({"passes": [{"type": "strip"}], "validate": {"min_sqnr": 6}})
+    assert budget._within_margin(own, report(8.9), floor)
