@@ -27,6 +27,7 @@ from onnx import helper, numpy_helper
 
 from mcompress import spill
 from mcompress.errors import ModelError
+from mcompress.tensor_checks import check_tensors, expected_nbytes, external_int
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Tensors at least this large go to the external data file when a model is saved externally.
@@ -306,9 +307,8 @@ def check_external_data(proto: onnx.ModelProto, base_dir: Path) -> bool:
                         f"(expected next to the model in {base_dir})"
                     )
                 sizes[path] = path.stat().st_size
-            info = _external_info(tensor)
-            offset = int(info.get("offset", 0))
-            length = int(info.get("length", stored_nbytes(tensor)))
+            offset = external_int(tensor, "offset") or 0
+            length = max(external_int(tensor, "length") or 0, expected_nbytes(tensor))
             if offset + length > sizes[path]:
                 raise ModelError(
                     f"external data file '{path.name}' is truncated: tensor '{tensor.name}' needs "
@@ -344,6 +344,7 @@ def load_model(path: str | os.PathLike[str]) -> Model:
     if not proto.HasField("graph") or not proto.graph.node:
         raise ModelError(f"'{path}' is not an ONNX model (no graph nodes; corrupt or truncated?)")
     base_dir = path.resolve().parent
+    check_tensors(proto)
     had_external = check_external_data(proto, base_dir)
     _check_complete(proto, path)
     return Model(proto=proto, path=path, base_dir=base_dir, had_external_data=had_external)

@@ -118,3 +118,80 @@ def test_bad_data_is_exit_2_before_any_pass(tmp_path: Path) -> None:
             tmp_path, "quantize", path, "--data", tmp_path / name, "-o", tmp_path / "q.onnx"
         )
         assert line.startswith("mcompress: error: data "), line
+
+
+def _external_mlp(folder: Path, key: str, value: str) -> Path:
+    """An mlp saved with external data, then `key` of w1's external data set to `value`."""
+    folder.mkdir()
+    path = builders.save(builders.mlp(), folder / "m.onnx", external=True)
+    model = onnx.load(str(path), load_external_data=False)
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    entries = {e.key: e for e in w1.external_data}
+    if key not in entries:
+        entries[key] = w1.external_data.add()
+        entries[key].key = key
+    entries[key].value = value
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_malformed_external_data_is_one_line_naming_the_tensor(tmp_path: Path) -> None:
+    cases = {
+        "negative_offset": ("offset", "-8", "has a negative external-data offset (-8)"),
+        "text_offset": ("offset", "abc", "has external-data offset 'abc', not a number"),
+        "text_length": ("length", "1e3", "has external-data length '1e3', not a number"),
+        "negative_length": ("length", "-1", "has a negative external-data length (-1)"),
+        "short_length": (
+            "length",
+            "16",
+            "has external-data length 16 but its dims [32, 64] need 8192 bytes",
+        ),
+        "nul": ("location", "m.onnx.data\0x", "has a NUL character in its external-data location"),
+    }
+    for name, (key, value, what) in cases.items():
+        path = _external_mlp(tmp_path / name, key, value)
+        line = refused(path.parent, "quantize", path)
+        assert line == f"mcompress: error: tensor 'w1' {what}; the model file is malformed", line
+
+
+def _inline_mlp(folder: Path, edit: str) -> Path:
+    folder.mkdir()
+    model = builders.mlp()
+    w1 = next(t for t in model.graph.initializer if t.name == "w1")
+    if edit == "short_raw":
+        w1.raw_data = w1.raw_data[:-4]
+    elif edit == "huge_dims":
+        w1.dims[:] = [2**16, 2**15]  # 2^31 elements, 8 KB of data
+    elif edit == "typed_short":
+        values = numpy_helper.to_array(w1).reshape(-1)[:100]
+        w1.ClearField("raw_data")
+        w1.float_data.extend(values.tolist())
+    path = folder / "m.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+def test_inline_tensor_bytes_that_do_not_fill_its_dims_are_refused(tmp_path: Path) -> None:
+    cases = {
+        "short_raw": "holds 8188 bytes but its dims [32, 64] need 8192",
+        "huge_dims": "holds 8192 bytes but its dims [65536, 32768] need 8589934592",
+        "typed_short": "holds 100 values but its dims [32, 64] need 2048",
+    }
+    for name, what in cases.items():
+        path = _inline_mlp(tmp_path / name, name)
+        line = refused(path.parent, "quantize", path)
+        assert line == f"mcompress: error: tensor 'w1' {what}; the model file is malformed", line
+
+
+def test_input_shape_must_be_positive_and_below_2_31_elements(tmp_path: Path) -> None:
+    path = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    cases = {
+        "x=-1x32": "every dimension must be at least 1",
+        "x=0x32": "every dimension must be at least 1",
+        "x=65536x32768": "has 2147483648 elements; at most 2147483647 are allowed",
+    }
+    for shape, what in cases.items():
+        line = refused(tmp_path, "quantize", path, "--input-shape", shape)
+        assert line == f"mcompress: error: --input-shape '{shape}' {what}".replace(
+            f"'{shape}' every", f"'{shape}': every"
+        ), line

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect as pyinspect
+import math
 import os
 import sys
 import time
@@ -374,15 +375,27 @@ _VALIDATE_KEYS = {
 
 
 def parse_shape(text: str) -> tuple[str, list[int]]:
+    """`name=1x3x224x224` as (name, dims); every dim at least 1, fewer than 2^31 elements."""
     name, sep, dims = text.partition("=")
     try:
         if not sep or not name:
             raise ValueError
-        return name, [int(d) for d in dims.lower().split("x")]
+        values = [int(d) for d in dims.lower().split("x")]
     except ValueError:
         raise McompressError(
             f"--input-shape '{text}' is not of the form name=1x3x224x224"
         ) from None
+    if min(values) < 1:
+        raise McompressError(f"--input-shape '{text}': every dimension must be at least 1")
+    if math.prod(values) >= MAX_INPUT_ELEMENTS:
+        raise McompressError(
+            f"--input-shape '{text}' has {math.prod(values)} elements; at most "
+            f"{MAX_INPUT_ELEMENTS - 1} are allowed"
+        )
+    return name, values
+
+
+MAX_INPUT_ELEMENTS = 2**31
 
 
 def _execute(
