@@ -92,6 +92,7 @@ def compare_outputs(
     tick: Callable[[int], None] = lambda i: None,
 ) -> dict[str, Any]:
     """Fidelity per output and overall, the floor, task accuracy with labels, and notes."""
+    _same_inputs(sessions)
     names, pairs, notes = _outputs(sessions)
     notes[:0] = inputs.description.get("notes", [])
     results, states = _run_all(sessions, pairs, inputs.feeds, tick)
@@ -130,6 +131,14 @@ def _session(path: Path, role: str) -> Any:
         raise ModelError(
             f"{role} model '{path}' does not load in onnxruntime: {error_line(exc)}"
         ) from None
+
+
+def _same_inputs(sessions: list[Any]) -> None:
+    """Both models must take the same named inputs: the same feeds go to both."""
+    first = [i.name for i in sessions[0].get_inputs()]
+    second = [i.name for i in sessions[1].get_inputs()]
+    if set(first) != set(second):
+        raise ModelError(f"the models have different inputs: original {first}, compressed {second}")
 
 
 def _outputs(sessions: list[Any]) -> tuple[list[str], list[list[str]], list[str]]:

@@ -348,3 +348,19 @@ def test_onnxruntime_crashing_on_the_output_is_a_one_line_error_exit_3(
     assert isinstance(error, GateError) and error.exit_code == 3
     assert "onnxruntime crashed (SIGSEGV)" in error.message and "compressed model" in error.message
     assert out.is_file()
+
+
+def test_models_with_different_input_names_are_one_line_exit_2(tmp_path: Path) -> None:
+    original = builders.save(builders.mlp(), tmp_path / "a.onnx")
+    renamed = builders.mlp()
+    renamed.graph.input[0].name = "pixels"
+    renamed.graph.node[0].input[0] = "pixels"
+    other = builders.save(renamed, tmp_path / "b.onnx")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = _mcompress(original, other)
+    assert (result.returncode, result.stderr) == (
+        2,
+        "mcompress: error: the models have different inputs: "
+        "original ['x'], compressed ['pixels']\n",
+    )
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
