@@ -92,7 +92,6 @@ def compare_outputs(
     tick: Callable[[int], None] = lambda i: None,
 ) -> dict[str, Any]:
     """Fidelity per output and overall, the floor, task accuracy with labels, and notes."""
-    _same_inputs(sessions)
     names, pairs, notes = _outputs(sessions)
     notes[:0] = inputs.description.get("notes", [])
     results, states = _run_all(sessions, pairs, inputs.feeds, tick)
@@ -133,16 +132,14 @@ def _session(path: Path, role: str) -> Any:
         ) from None
 
 
-def _same_inputs(sessions: list[Any]) -> None:
-    """Both models must take the same named inputs: the same feeds go to both."""
-    first = [i.name for i in sessions[0].get_inputs()]
-    second = [i.name for i in sessions[1].get_inputs()]
-    if set(first) != set(second):
-        raise ModelError(f"the models have different inputs: original {first}, compressed {second}")
-
-
 def _outputs(sessions: list[Any]) -> tuple[list[str], list[list[str]], list[str]]:
-    """Output names to compare, each model's names in that order, and notes."""
+    """Output names to compare, each model's names in that order, and notes. Both models must
+    take the same named inputs (the same feeds go to both) and have as many outputs."""
+    inputs = [[i.name for i in session.get_inputs()] for session in sessions]
+    if set(inputs[0]) != set(inputs[1]):
+        raise ModelError(
+            f"the models have different inputs: original {inputs[0]}, compressed {inputs[1]}"
+        )
     first = [o.name for o in sessions[0].get_outputs()]
     second = [o.name for o in sessions[1].get_outputs()]
     if len(first) != len(second):
