@@ -195,3 +195,27 @@ def test_input_shape_must_be_positive_and_below_2_31_elements(tmp_path: Path) ->
         assert line == f"mcompress: error: --input-shape '{shape}' {what}".replace(
             f"'{shape}' every", f"'{shape}': every"
         ), line
+
+
+def test_duplicate_node_names_are_refused_as_onnxruntime_refuses_them(tmp_path: Path) -> None:
+    """onnxruntime refuses two nodes of one name, so the original cannot be validated: exit 2
+    naming the name, not an internal error. Nodes without names are fine (next test)."""
+    model = builders.mlp()
+    for node in model.graph.node:
+        node.name = "same"
+    path = builders.save(model, tmp_path / "m.onnx")
+    line = refused(tmp_path, "quantize", path)
+    assert line == (
+        "mcompress: error: the input model does not run in onnxruntime: This is an invalid "
+        "model. Error: two nodes with same node name (same)."
+    )
+
+
+def test_nodes_without_names_quantize(tmp_path: Path) -> None:
+    model = builders.conv_bn()
+    for node in model.graph.node:
+        node.name = ""
+    path = builders.save(model, tmp_path / "m.onnx")
+    result = mcompress("quantize", path, "-o", tmp_path / "q.onnx")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "q.onnx").is_file()
