@@ -21,7 +21,7 @@ from mcompress import batch, batch_ray, config
 from mcompress.cli import app
 from mcompress.errors import UsageError
 from tests import builders
-from tests.conftest import SAMPLES
+from tests.conftest import REPO, SAMPLES
 
 runner = CliRunner()
 
@@ -47,15 +47,21 @@ def kill_worker_on_crash_models() -> None:
 @pytest.fixture(scope="module")
 def ray_instance() -> Iterator[Any]:
     """One local Ray instance for the module; batch uses a driver that is already connected.
-    address="local" starts a fresh instance even when a Ray cluster runs on this machine."""
+    address="local" starts a fresh instance even when a Ray cluster runs on this machine.
+    Workers import the setup hook from this file, so they get the repository on their path
+    (pytest puts it on its own path only)."""
     ray = pytest.importorskip("ray")
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=False,
         log_to_driver=False,
         logging_level=logging.ERROR,
-        runtime_env={"worker_process_setup_hook": kill_worker_on_crash_models},
+        runtime_env={
+            "worker_process_setup_hook": kill_worker_on_crash_models,
+            "env_vars": {"PYTHONPATH": path},
+        },
     )
     yield ray
     ray.shutdown()
