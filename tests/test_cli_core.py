@@ -143,6 +143,9 @@ def test_help_shows_each_default_from_the_config_with_readable_metavars() -> Non
         return " ".join(result.output.split())
 
     text = help_text("quantize")
+    assert "quantize [OPTIONS] MODEL " in text  # not typer's {MODEL}
+    assert "validate [OPTIONS] ORIGINAL COMPRESSED " in help_text("validate")
+    assert "batch [OPTIONS] PATHS... " in help_text("batch")
     assert "--mode dynamic|static|weight-only" in text
     assert f"[default: {quantize.Config().mode}]" in text
     assert "--calibration-samples N Calibration inputs. [default: 128]" in text

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 from mcompress import __version__, config, model_io, pipeline
 from mcompress.errors import EXIT_GATE_FAILED, McompressError
@@ -51,7 +51,25 @@ class _OrderedGroup(TyperGroup):
         return command
 
 
-app = typer.Typer(
+class PlainUsageCommand(TyperCommand):
+    """A command whose usage line names arguments as click does (`MODEL`, `PATHS...`), not as
+    typer 0.29 does (`{MODEL}`, `{PATHS...}...`, lower-case names without a metavar)."""
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = super().collect_usage_pieces(ctx)
+        plain = [piece.replace("{", "").replace("}", "").upper() for piece in pieces]
+        return [piece.replace("......", "...") for piece in plain]
+
+
+class App(typer.Typer):
+    """The Typer app; every command it registers uses PlainUsageCommand."""
+
+    def command(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("cls", PlainUsageCommand)
+        return super().command(*args, **kwargs)
+
+
+app = App(
     name="mcompress",
     cls=_OrderedGroup,
     help=(

@@ -10,10 +10,10 @@ import typer
 from rich.table import Table
 
 from mcompress import config
-from mcompress.cli.common import app, wide_console
+from mcompress.cli.common import App, app, wide_console
 from mcompress.errors import ConfigError
 
-configs_app = typer.Typer(
+configs_app = App(
     help="List the bundled presets, or show one (mcompress configs show level2).",
     invoke_without_command=True,
     no_args_is_help=False,
