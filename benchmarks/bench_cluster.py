@@ -35,8 +35,8 @@ from sklearn.cluster import KMeans
 from mcompress import model_io
 from mcompress.passes import cluster
 from mcompress.passes.cluster.kmeans1d import kmeans1d
-from mcompress.passes.prune import find_candidates
 from mcompress.prepare import prepare
+from mcompress.weights import find_candidates
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "models"
 MODELS = ("ppocr_mobile_v2_cls.onnx", "silero_vad_op18_ifless.onnx")

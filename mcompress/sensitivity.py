@@ -19,9 +19,10 @@ from onnx import helper
 from mcompress import model_io, runtime
 from mcompress.errors import ModelError, UsageError
 from mcompress.inputs import InputSet, make_feeds
-from mcompress.passes.prune import Candidate, find_candidates, zero_smallest
+from mcompress.passes.prune.magnitude import zero_smallest
 from mcompress.prepare import prepare
 from mcompress.runtime import error_line
+from mcompress.weights import Candidate, find_candidates
 
 DEFAULT_LEVELS = {"prune": (0.3, 0.5, 0.7, 0.9), "quantize": (8.0, 4.0)}
 # Models whose tensors exceed this are refused: every trial keeps the whole model in memory.

@@ -19,6 +19,7 @@ from mcompress.cli import app
 from mcompress.passes import prune
 from mcompress.passes.base import PassContext
 from mcompress.passes.prune import structured as prune_structured
+from mcompress.passes.prune.magnitude import smallest_mask
 from mcompress.prepare import prepare
 from tests import builders
 
@@ -136,7 +137,7 @@ def test_ninety_percent_on_matmul_model_is_at_most_17_percent_of_input(tmp_path:
 def test_ties_never_overshoot_target() -> None:
     magnitudes = np.ones(1000, np.float32)
     magnitudes[::7] = 0.5
-    mask = prune.smallest_mask(magnitudes, 400)
+    mask = smallest_mask(magnitudes, 400)
     assert mask.sum() == 400
     assert mask[::7].all()  # the strictly smaller entries go first
     stable = np.argsort(magnitudes, kind="stable")[:400]

@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import onnx
 from pydantic import BaseModel, ConfigDict
 
 from mcompress.model_io import Model
@@ -49,11 +48,6 @@ class Pass(Protocol):
     def check(self, model: Model, cfg: Any) -> None: ...
 
     def apply(self, model: Model, cfg: Any, ctx: PassContext) -> PassResult: ...
-
-
-def node_excluded(node: onnx.NodeProto, patterns: tuple[str, ...] | list[str]) -> bool:
-    """True when a node's name or op type matches one of the `exclude` patterns (globs)."""
-    return any(node.op_type == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)
 
 
 def unmatched_patterns(model: Model, patterns: tuple[str, ...] | list[str]) -> list[str]:

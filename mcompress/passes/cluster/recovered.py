@@ -8,27 +8,25 @@ clustered as without data.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mcompress.graph import node_excluded
 from mcompress.model_io import Model
-from mcompress.passes.base import PassContext, PassResult, node_excluded
+from mcompress.passes.base import PassContext, PassResult
+from mcompress.passes.cluster.config import Config
 from mcompress.passes.cluster.kmeans1d import kmeans1d
-from mcompress.passes.prune import Candidate, find_candidates
+from mcompress.passes.cluster.share import cluster_weight, totals_of
 from mcompress.recover.clustering import clustered_baseline, clusterer
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration
 from mcompress.recover.sequential import RecoveryStats, reconstruct
-
-if TYPE_CHECKING:
-    from mcompress.passes.cluster import Config
+from mcompress.weights import Candidate, find_candidates
 
 
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Cluster with recovery; stats as without data plus a `recovery` section."""
-    from mcompress.passes import cluster
-
     candidates, skipped = find_candidates(model, cfg.min_elements, False, cfg.exclude)
     initial, reasons = _starting_centroids(candidates, cfg)
     excluded = {row["name"] for row in skipped if row["reason"] == "excluded"}
@@ -59,7 +57,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         elif name in reachable:
             tensors.append(_row(cand, before[name], cfg.clusters))
         else:
-            row, reason = cluster.cluster_weight(cand, cfg, None)
+            row, reason = cluster_weight(cand, cfg, None)
             if row is None:
                 skipped.append({"name": name, "reason": reason})
             else:
@@ -68,7 +66,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         "clusters": cfg.clusters,
         "per_channel": False,
         "init": cfg.init,
-        "totals": cluster.totals_of(tensors),
+        "totals": totals_of(tensors),
         "tensors": tensors,
         "skipped": skipped,
         "recovery": asdict(recovery),

@@ -10,7 +10,6 @@ that must change together - or the reason a group has to be left alone.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -18,77 +17,11 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.model_io import Model, Weight, iter_graphs, names_used, subgraphs
-from mcompress.passes.base import node_excluded
+from mcompress.graph import node_excluded
+from mcompress.model_io import Model, iter_graphs, names_used, subgraphs
+from mcompress.weights import Initializer, Site, reader_counts, walk
 
 Shapes = dict[str, tuple[int | None, ...]]
-Key = tuple[int, str]
-
-# ---------------------------------------------------------------- scopes
-
-
-@dataclass(frozen=True)
-class Initializer:
-    """An initializer as a node sees it: `key` = (graph index, name) is unique in the model."""
-
-    key: Key
-    weight: Weight
-
-
-@dataclass
-class Site:
-    """A node, the graph it is in, and the initializers visible to it (outer scopes included)."""
-
-    graph: onnx.GraphProto
-    graph_id: int
-    node: onnx.NodeProto
-    scope: dict[str, Initializer | None]
-
-    def const(self, slot: int) -> Initializer | None:
-        """The initializer read at input `slot`, or None for a computed value or empty slot."""
-        if slot >= len(self.node.input) or not self.node.input[slot]:
-            return None
-        return self.scope.get(self.node.input[slot])
-
-
-def walk(model: Model) -> list[Site]:
-    """Every node of every graph in topological order, with name resolution across scopes.
-
-    A name is looked up in the innermost graph defining it (as input, initializer or node
-    output), so a subgraph reading a main-graph initializer resolves to that initializer.
-    """
-    sites: list[Site] = []
-    counter = iter(range(1 << 30))
-
-    def visit(graph: onnx.GraphProto, outer: dict[str, Initializer | None]) -> None:
-        graph_id = next(counter)
-        scope = dict(outer)
-        for vi in graph.input:
-            scope[vi.name] = None
-        for tensor in graph.initializer:
-            scope[tensor.name] = Initializer((graph_id, tensor.name), Weight(tensor, graph, model))
-        for node in graph.node:
-            for out in node.output:
-                if out:
-                    scope[out] = None
-        for node in graph.node:
-            sites.append(Site(graph, graph_id, node, scope))
-            for sub in subgraphs(node):
-                visit(sub, scope)
-
-    visit(model.proto.graph, {})
-    return sites
-
-
-def reader_counts(sites: list[Site]) -> Counter[Key]:
-    """How many node inputs (over all graphs, nested reads included) read each initializer."""
-    counts: Counter[Key] = Counter()
-    for site in sites:
-        for slot in range(len(site.node.input)):
-            init = site.const(slot)
-            if init is not None:
-                counts[init.key] += 1
-    return counts
 
 
 def graph_output_names(model: Model) -> set[str]:

@@ -8,29 +8,26 @@ pruned by magnitude as without data; the stats say which.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from mcompress.graph import node_excluded
 from mcompress.model_io import Model
 from mcompress.passes.base import PassContext, PassResult
+from mcompress.passes.prune.config import Config
+from mcompress.passes.prune.magnitude import layer_counts, prune_tensor, tensor_row, totals_of
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration
 from mcompress.recover.pruning import magnitude_baseline, pruner
 from mcompress.recover.sequential import RecoveryStats, reconstruct
-
-if TYPE_CHECKING:
-    from mcompress.passes.prune import Config
+from mcompress.weights import find_candidates
 
 
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Prune with recovery; stats as without data plus a `recovery` section."""
-    from mcompress.passes import prune
-
-    candidates, skipped = prune.find_candidates(
-        model, cfg.min_elements, cfg.include_biases, cfg.exclude
-    )
-    counts = prune.layer_counts(candidates, cfg)
+    candidates, skipped = find_candidates(model, cfg.min_elements, cfg.include_biases, cfg.exclude)
+    counts = layer_counts(candidates, cfg.sparsity, cfg.scope)
     shares = {
         c.weight.name: k / max(c.weight.size, 1) for c, k in zip(candidates, counts, strict=True)
     }
@@ -58,12 +55,12 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     tensors = []
     for cand, k in zip(candidates, counts, strict=True):
         if cand.weight.name in reachable:
-            tensors.append(prune.tensor_row(cand, before[cand.weight.name], cand.weight.array()))
+            tensors.append(tensor_row(cand, before[cand.weight.name], cand.weight.array()))
         else:
-            row = prune.prune_tensor(cand, k)
+            row = prune_tensor(cand, k)
             row["recovered"] = False
             tensors.append(row)
-    totals = prune.totals_of(tensors)
+    totals = totals_of(tensors)
     stats: dict[str, Any] = {
         "mode": "unstructured",
         "criterion": criterion,
@@ -82,6 +79,4 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
 
 
 def _excluded(layer: Any, cfg: Config, excluded: set[str]) -> bool:
-    from mcompress.passes.base import node_excluded
-
     return layer.weight.name in excluded or node_excluded(layer.node, cfg.exclude)

@@ -8,7 +8,7 @@ consistently is left alone and listed in the stats with the reason.
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnx
@@ -21,42 +21,22 @@ from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.prune.channel_groups import (
     LAYERS,
     Analysis,
-    Initializer,
     Segment,
     Shapes,
-    Site,
     analyze,
     attr,
     graph_output_names,
     iter_layer_sites,
-    walk,
 )
+from mcompress.passes.prune.config import Config
 from mcompress.prepare import remove_unused_initializers
 from mcompress.recover.options import NO_DATA_NOTE, wants_recovery
+from mcompress.weights import Initializer, Site, walk
 
 LAYER_OPS = LAYERS
 
 
-class StructuredConfig(Protocol):
-    """The prune options structured pruning reads."""
-
-    @property
-    def sparsity(self) -> float: ...
-    @property
-    def criterion(self) -> str | None: ...
-    @property
-    def round_to(self) -> int: ...
-    @property
-    def exclude(self) -> tuple[str, ...]: ...
-    @property
-    def calibration(self) -> str | None: ...
-    @property
-    def calibration_samples(self) -> int: ...
-    @property
-    def recover(self) -> bool: ...
-
-
-def apply(model: Model, cfg: StructuredConfig, ctx: PassContext) -> PassResult:
+def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Prune `cfg.sparsity` of the channels of every prunable group, ranked by weight norm."""
     folded = fold_constant_reshapes(model)
     shapes, pinned = infer_shapes(model, ctx.input_shapes)
@@ -123,7 +103,7 @@ def apply(model: Model, cfg: StructuredConfig, ctx: PassContext) -> PassResult:
 
 
 def choose_channels(
-    analysis: Analysis, cfg: StructuredConfig
+    analysis: Analysis, cfg: Config
 ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
     """Kept channel indices per group to prune (highest summed norm first), and why the other
     free groups keep all their channels.

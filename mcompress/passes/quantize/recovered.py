@@ -7,8 +7,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from mcompress.graph import node_excluded
 from mcompress.model_io import Model
-from mcompress.passes.base import PassContext, node_excluded
+from mcompress.passes.base import PassContext
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
 from mcompress.recover.rounding import nearest, rounder

@@ -25,6 +25,7 @@ import onnx
 import onnx.version_converter
 from onnx import TensorProto, helper
 
+from mcompress.graph import node_excluded
 from mcompress.model_io import (
     FreshNames,
     Model,
@@ -33,7 +34,6 @@ from mcompress.model_io import (
     read_array,
     remove_initializers,
 )
-from mcompress.passes.base import node_excluded
 from mcompress.passes.quantize.math import Quantized, error_stats, quantize
 
 # Smaller tensors stay float: their scales and nodes would cost about what int8 saves.

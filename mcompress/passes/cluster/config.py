@@ -1,0 +1,37 @@
+"""Options of the cluster pass."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS
+from mcompress.recover.options import RecoveryConfig
+
+
+class Config(RecoveryConfig):
+    """Options of the cluster pass (YAML `{type: cluster, ...}`)."""
+
+    type: Literal["cluster"] = "cluster"
+    clusters: int = Field(
+        16, ge=2, le=MAX_CLUSTERS, description="shared values per tensor (or per channel)"
+    )
+    per_channel: bool = Field(False, description="one set of K values per output channel")
+    init: Literal["auto", "linear", "density", "kmeans++", "random"] = Field(
+        "auto",
+        description="starting centroids: auto (optimal on a summary, then split), linear "
+        "(evenly spaced), density (quantiles), kmeans++ or random (seeded)",
+    )
+    max_iter: int = Field(300, ge=1, le=100_000, description="Lloyd iterations at most")
+    tol: float = Field(1e-6, ge=0, le=1, description="stop when inertia improves less (relative)")
+    seed: int = Field(0, description="seed for the kmeans++ and random inits")
+    min_elements: int = Field(
+        256,
+        ge=0,
+        description="leave tensors smaller than this (or than 2 x clusters) alone: their "
+        "codebook would cost about what it saves",
+    )
+    exclude: tuple[str, ...] = Field(
+        (), description="node names (globs), op types or weight names to leave alone"
+    )
