@@ -15,14 +15,12 @@ import os
 import queue
 import signal
 import tempfile
-import threading
 import time
 import traceback
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +35,10 @@ from mcompress.errors import (
     EXIT_OK,
     McompressError,
     UsageError,
+    interrupt_exit_code,
 )
 from mcompress.outputs import Outputs, sweep_stale, write_file
-from mcompress.processes import die_with_parent, stop_processes
+from mcompress.processes import die_with_parent, signal_name_of, stop_on_signals, stop_processes
 from mcompress.report import RunReport, finite
 from mcompress.shard import Shard
 
@@ -95,16 +94,20 @@ class Row:
 
 @dataclass
 class Outcome:
-    """All rows of a batch, in input order, and whether it was interrupted."""
+    """All rows of a batch, in input order, and whether (by which signal) it was interrupted."""
 
     rows: list[Row]
     jobs: int
     seconds: float
     interrupted: bool = False
+    signal_name: str = "SIGINT"  # what interrupted it: SIGINT (Ctrl-C) or SIGTERM
 
     @property
     def exit_code(self) -> int:
-        """The most severe exit code of any row (internal > bad input > gate failed > ok)."""
+        """130 / 143 when interrupted by SIGINT / SIGTERM, else the most severe exit code of
+        any row (internal > bad input > gate failed > ok)."""
+        if self.interrupted:
+            return interrupt_exit_code(self.signal_name)
         codes = {row.exit_code for row in self.rows}
         return next((code for code in _SEVERITY if code in codes), EXIT_OK)
 
@@ -325,9 +328,9 @@ def run_batch(jobs: list[Job], n_jobs: int, listener: Listener) -> Outcome:
     state = _State(context.Queue(), context.Event(), listener)
     remaining: list[Job] = list(jobs)
     suspects: list[Job] = []
-    interrupted = False
+    stopped_by: str | None = None
     try:
-        with _sigterm_as_interrupt():
+        with stop_on_signals():
             while remaining or suspects:
                 if suspects:
                     never_ran, crashed = _run_pool([suspects.pop(0)], 1, context, state)
@@ -339,16 +342,21 @@ def run_batch(jobs: list[Job], n_jobs: int, listener: Listener) -> Outcome:
                 # been lost with the worker), so every job runs in a bounded number of pools
                 suspects = crashed + [j for j in remaining if state.failures[j.index] > 1]
                 remaining = [j for j in remaining if state.failures[j.index] <= 1]
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        stopped_by = signal_name_of(exc)
         _sweep(jobs)
         for job in jobs:
             if job.index not in state.rows:
-                state.rows[job.index] = Row(
-                    model=str(job.input_path), name=job.name, status="interrupted", exit_code=130
-                )
+                state.rows[job.index] = interrupted_row(job, stopped_by)
     ordered = [state.rows[j.index] for j in jobs]
-    return Outcome(ordered, n_jobs, time.perf_counter() - started, interrupted)
+    seconds = time.perf_counter() - started
+    return Outcome(ordered, n_jobs, seconds, stopped_by is not None, stopped_by or "SIGINT")
+
+
+def interrupted_row(job: Job, signal_name: str) -> Row:
+    """The row of a model that did not finish because the batch was interrupted."""
+    code = interrupt_exit_code(signal_name)
+    return Row(model=str(job.input_path), name=job.name, status="interrupted", exit_code=code)
 
 
 @dataclass
@@ -441,25 +449,6 @@ def _died(job: Job) -> Row:
 def _context() -> Any:
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-
-
-@contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (CI cancellation) like Ctrl-C while the batch runs: both raise
-    KeyboardInterrupt, which the batch handles itself (stop workers, write the summary)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, action in previous.items():
-            signal.signal(sig, action)
 
 
 def _sweep(jobs: list[Job]) -> None:
@@ -647,7 +636,7 @@ def summary(
         "jobs": outcome.jobs,
         "seconds": round(outcome.seconds, 3),
         "interrupted": outcome.interrupted,
-        "exit_code": 130 if outcome.interrupted else outcome.exit_code,
+        "exit_code": outcome.exit_code,
         "counts": counts,
         "models": [asdict(row) for row in outcome.rows],
     }

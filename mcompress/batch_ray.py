@@ -23,6 +23,7 @@ from typing import Any
 from mcompress import __version__, batch
 from mcompress.batch import Job, Listener, Outcome, Row
 from mcompress.errors import EXIT_INTERNAL, UsageError
+from mcompress.processes import signal_name_of, stop_on_signals
 from mcompress.runtime import error_line
 
 INSTALL_COMMAND = "pip install 'mcompress[ray]'"
@@ -205,22 +206,24 @@ class _Run:
 
     def run(self) -> Outcome:
         started = time.perf_counter()
-        interrupted = False
+        stopped_by: str | None = None
         self.sink = self.ray.remote(num_cpus=0)(_EventSink).remote()
         try:
-            with batch._sigterm_as_interrupt():
+            with stop_on_signals():
                 self.ray.get(self.sink.take.remote())  # up before any task sends it events
                 self._submit()
                 while self.pending:
                     self._step()
-        except KeyboardInterrupt:
-            interrupted = True
-            self._interrupt()
+        except KeyboardInterrupt as exc:
+            stopped_by = signal_name_of(exc)
+            self._interrupt(stopped_by)
         finally:
             with suppress(Exception):
                 self.ray.kill(self.sink)
         rows = [self.rows[job.index] for job in self.jobs]
-        return Outcome(rows, self._parallelism(), time.perf_counter() - started, interrupted)
+        seconds = time.perf_counter() - started
+        interrupted = stopped_by is not None
+        return Outcome(rows, self._parallelism(), seconds, interrupted, stopped_by or "SIGINT")
 
     def _submit(self) -> None:
         task = self.ray.remote(_compress)
@@ -275,7 +278,7 @@ class _Run:
                 f"(out of memory, a crash in native code, or a lost node: {type(exc).__name__})",
             )
 
-    def _interrupt(self) -> None:
+    def _interrupt(self, signal_name: str) -> None:
         """Cancel what is queued or running, keep what finished, remove what did not."""
         self.listener("interrupted", -1, None)
         refs = list(self.pending)
@@ -297,9 +300,7 @@ class _Run:
                     row = Row(**self.ray.get(ref, timeout=0))
             if row is None:
                 batch._remove_outputs(job)
-                row = Row(
-                    model=str(job.input_path), name=job.name, status="interrupted", exit_code=130
-                )
+                row = batch.interrupted_row(job, signal_name)
             self.rows[job.index] = row
 
     def _parallelism(self) -> int:

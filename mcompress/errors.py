@@ -10,6 +10,11 @@ EXIT_INTERRUPTED = 130  # 128 + SIGINT
 EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 
+def interrupt_exit_code(signal_name: str) -> int:
+    """128 + the signal number, as a shell reports a process the signal ended: 130 or 143."""
+    return EXIT_TERMINATED if signal_name == "SIGTERM" else EXIT_INTERRUPTED
+
+
 class McompressError(Exception):
     """A failure the user can act on: printed as one line, never as a traceback."""
 

@@ -8,7 +8,8 @@ import os
 import signal
 import threading
 import time
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 
 from mcompress.outputs import pid_alive
 
@@ -50,3 +51,36 @@ def stop_processes(pids: set[int], grace: float) -> None:
 def _signal(pid: int, signum: int) -> None:
     with suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM in a process running workers; names the signal (exit 130 / 143)."""
+
+    def __init__(self, signal_name: str) -> None:
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def signal_name_of(exc: KeyboardInterrupt) -> str:
+    """The signal behind an interrupt (a bare KeyboardInterrupt is Ctrl-C)."""
+    return exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """Treat SIGTERM (CI cancellation) like Ctrl-C while the block runs: both raise `Stopped`,
+    a KeyboardInterrupt naming the signal, which the caller handles itself (stop its workers,
+    write what it must, exit 130 / 143)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise Stopped(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)

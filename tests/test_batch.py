@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import queue
@@ -147,6 +148,9 @@ def test_exit_code_is_the_most_severe_row() -> None:
     assert outcome(0, 3).exit_code == 3
     assert outcome(3, 2, 0).exit_code == 2
     assert outcome(2, 1, 3).exit_code == 1
+    rows = outcome(0, 1).rows
+    assert batch.Outcome(rows, 1, 0, interrupted=True).exit_code == 130
+    assert batch.Outcome(rows, 1, 0, interrupted=True, signal_name="SIGTERM").exit_code == 143
 
 
 def test_internal_error_in_a_model_is_row_exit_1_with_a_log(tmp_path: Path, monkeypatch) -> None:
@@ -349,19 +353,39 @@ def _wait_for(stream, text: str, timeout: float) -> list[str]:
     raise AssertionError(f"never saw {text!r}: {lines}")
 
 
+def _hashes(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_interrupt_stops_workers_and_leaves_no_partial_outputs(tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_interrupt_stops_workers_and_leaves_no_partial_outputs(
+    tmp_path: Path, signum: signal.Signals, code: int
+) -> None:
     models = [_mlp(tmp_path / "in" / f"m{i}.onnx", seed=i, hidden=512) for i in range(4)]
     out = tmp_path / "out"
+    out.mkdir()
+    # files that existed before the run: an earlier report of every model (replaced only by a
+    # model that finishes, --force) and unrelated files, which the run must never touch
+    for i in range(4):
+        (out / f"m{i}.slow.report.json").write_text(f'{{"earlier": {i}}}', encoding="utf-8")
+    (out / "notes.txt").write_text("mine", encoding="utf-8")
+    (out / "m0.slow.onnx.data").write_bytes(b"\x01" * 1000)
     cfg = tmp_path / "slow.yaml"
     cfg.write_text(
         "passes:\n  - {type: strip}\nvalidate: {samples: 2000, latency_runs: 2000}\n",
         encoding="utf-8",
     )
+    before = _hashes(tmp_path)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mcompress", "batch", str(tmp_path / "in"), "-c", str(cfg)]
-        + ["-o", str(out), "--jobs", "2"],
+        + ["-o", str(out), "--jobs", "2", "--force"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -375,17 +399,26 @@ def test_interrupt_stops_workers_and_leaves_no_partial_outputs(tmp_path: Path, s
     finally:
         proc.kill()
     assert time.monotonic() - started < 15
-    assert proc.returncode == 130, stderr
-    assert "interrupted" in stderr
+    assert proc.returncode == code, stderr
+    assert stderr.splitlines()[-1] == (
+        f"mcompress: interrupted ({signum.name}); unfinished models were removed, summary written"
+    )
     summary = _summary(out)
-    assert summary["interrupted"] is True and summary["exit_code"] == 130
+    assert summary["interrupted"] is True and summary["exit_code"] == code
     rows = summary["models"]
     assert len(rows) == len(models) and any(r["status"] == "interrupted" for r in rows)
+    assert {r["exit_code"] for r in rows if r["status"] == "interrupted"} == {code}
     finished = {r["name"] for r in rows if r["status"] == "ok"}
-    expected = {"summary.json"}
-    for name in finished:
-        expected |= {f"{name}.slow.onnx", f"{name}.report.json"}
+    expected = {"summary.json", "notes.txt", "m0.slow.onnx.data"}
+    expected |= {f"m{i}.slow.report.json" for i in range(4)}
+    expected |= {f"{name}.slow.onnx" for name in finished}
     assert {p.name for p in out.iterdir()} == expected  # no temp files, no unfinished outputs
+    after = _hashes(tmp_path)
+    rewritten = {f"out/{name}.slow.report.json" for name in finished} | {"out/summary.json"}
+    rewritten |= {f"out/{name}.slow.onnx" for name in finished}
+    assert {k: v for k, v in after.items() if k not in rewritten} == {
+        k: v for k, v in before.items() if k not in rewritten
+    }
 
 
 def test_batch_appends_its_summary_to_the_step_summary_and_logs_start_first(

@@ -49,7 +49,7 @@ class Executor(str, Enum):
 
 @app.command(
     epilog=EXIT_CODES_HELP + " batch exits with the most severe code of all models (1 > 2 > 3 "
-    "> 0), or 130 when interrupted."
+    "> 0), or 130 / 143 when interrupted (Ctrl-C / SIGTERM)."
 )
 def batch(
     paths: Annotated[
@@ -202,8 +202,12 @@ def batch(
         wide_console().print(summary_table(outcome))
         out.print(f"summary: {summary_path}")
     if outcome.interrupted:
-        err.print("mcompress: interrupted; unfinished models were removed, summary written")
-        raise typer.Exit(EXIT_INTERRUPTED)
+        err.print(
+            f"mcompress: interrupted ({outcome.signal_name}); "
+            "unfinished models were removed, summary written",
+            markup=False,
+            highlight=False,
+        )
     raise typer.Exit(outcome.exit_code)
 
 
