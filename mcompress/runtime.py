@@ -36,9 +36,10 @@ def options(
     external_folder: Path | None = None,
     spinning: bool = True,
 ) -> onnxruntime.SessionOptions:
-    """Session options: silent logging; `optimize=False` skips graph optimizations (load time
-    only matters when the session runs once); `external_folder` resolves external data of a
-    model given as bytes."""
+    """Session options: silent logging; `optimize=False` is for a session that runs once: no
+    graph optimizations and no pre-packing of weights (both are load-time investments; the
+    pre-packed copy of every MatMul weight doubled a 2.5 GB model's memory for a load check);
+    `external_folder` resolves external data of a model given as bytes."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(QUIET)  # sessions made inside onnxruntime's own tools
@@ -46,6 +47,7 @@ def options(
     opts.log_severity_level = QUIET
     if not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.add_session_config_entry("session.disable_prepacking", "1")
     if external_folder is not None:
         opts.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(external_folder)

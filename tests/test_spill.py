@@ -77,3 +77,35 @@ def test_passes_on_external_data_keep_the_proto_small(
     assert proto_bytes[0] < 50_000 < 3 * 2**20 < proto_bytes[1]
     np.testing.assert_array_equal(outputs[0], outputs[1])
     assert not list(tmp_path.glob("mcompress-spill-*"))
+
+
+_PEAK_GROWTH = """
+import sys
+import onnxruntime
+from mcompress import runtime
+
+def peak_kb():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+before = peak_kb()
+runtime.session(sys.argv[1], optimize=sys.argv[2] == "1")
+print(peak_kb() - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="Linux peak-RSS counter")
+@pytest.mark.parametrize("optimize", [True, False])
+def test_a_session_that_runs_once_holds_no_copy_of_the_weights(
+    tmp_path: Path, optimize: bool
+) -> None:
+    """The load check before any pass (optimize=False) leaves the 64 MB of external weights
+    to onnxruntime's memory map: no pre-packed copy that would double a big model's memory."""
+    import subprocess
+    import sys
+
+    src = save(mlp(layers=4, dim=2048), tmp_path / "mlp.onnx", external=True)
+    script = [sys.executable, "-c", _PEAK_GROWTH, str(src), "1" if optimize else "0"]
+    done = subprocess.run(script, capture_output=True, text=True, check=True)
+    growth_mb = int(done.stdout.split()[-1]) / 1024
+    assert growth_mb > 64 if optimize else growth_mb < 24
