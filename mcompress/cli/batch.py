@@ -24,11 +24,14 @@ from mcompress import batch as batch_mod
 from mcompress import batch_ray, config, render_batch
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
+    GATE_OPTIONS,
+    WriteOptions,
     app,
     err,
     out,
-    override_validation,
+    shared_options,
     wide_console,
+    with_cli_validation,
 )
 from mcompress.errors import UsageError
 from mcompress.report import human_bytes
@@ -44,21 +47,29 @@ class Executor(str, Enum):
     ray = "ray"
 
 
-# ---------------------------------------------------------------- batch
+# The shared options whose meaning differs for many models and one summary.
+SUMMARY_HELP = {"json_out": "Print summary JSON to stdout and nothing else."}
+_HELP = {
+    **SUMMARY_HELP,
+    "force": "Overwrite existing outputs.",
+    "no_validate": "Skip validation against the originals.",
+}
+
+
+def paths_argument(help: str) -> Any:
+    """The PATHS... argument of batch and batch-merge."""
+    return typer.Argument(help=help, metavar="PATHS...", show_default=False)
 
 
 @app.command(
     epilog=EXIT_CODES_HELP + " batch exits with the most severe code of all models (1 > 2 > 3 "
     "> 0), or 130 / 143 when interrupted (Ctrl-C / SIGTERM)."
 )
+@shared_options("force", "json_out", "no_validate", "samples", "seed", *GATE_OPTIONS, help=_HELP)
 def batch(
+    opts: WriteOptions,
     paths: Annotated[
-        list[str],
-        typer.Argument(
-            help="Model files, folders (searched for *.onnx) or quoted globs.",
-            metavar="PATHS...",
-            show_default=False,
-        ),
+        list[str], paths_argument("Model files, folders (searched for *.onnx) or quoted globs.")
     ],
     config_path: Annotated[
         str,
@@ -77,7 +88,6 @@ def batch(
         Path | None,
         typer.Option("--data-map", help="YAML/JSON: model name or glob -> validation .npz."),
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
     shard: Annotated[
         str | None,
         typer.Option(
@@ -103,40 +113,11 @@ def batch(
             "(default: RAY_ADDRESS, else this machine's Ray cluster or a new one).",
         ),
     ] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print summary JSON to stdout and nothing else.")
-    ] = False,
     html: Annotated[
         bool, typer.Option("--html", help="Also write OUT_DIR/<model>.report.html.")
     ] = False,
     markdown: Annotated[
         bool, typer.Option("--markdown", help="Also write OUT_DIR/<model>.report.md.")
-    ] = False,
-    no_validate: Annotated[
-        bool, typer.Option("--no-validate", help="Skip validation against the originals.")
-    ] = False,
-    samples: Annotated[
-        int | None, typer.Option("--samples", help="Validation samples per model.")
-    ] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed for random inputs.")] = None,
-    max_accuracy_drop: Annotated[
-        float | None, typer.Option("--max-accuracy-drop", help="Gate: accuracy drop.")
-    ] = None,
-    min_cosine: Annotated[
-        float | None, typer.Option("--min-cosine", help="Gate: output cosine similarity.")
-    ] = None,
-    min_top1_agreement: Annotated[
-        float | None, typer.Option("--min-top1-agreement", help="Gate: top-1 agreement.")
-    ] = None,
-    min_compression_ratio: Annotated[
-        float | None,
-        typer.Option("--min-compression-ratio", help="Gate: input size / output size."),
-    ] = None,
-    min_sqnr: Annotated[
-        float | None, typer.Option("--min-sqnr", help="Floor: SQNR dB of non-class outputs.")
-    ] = None,
-    no_gates: Annotated[
-        bool, typer.Option("--no-gates", help="Measure only: no gate fails, not even the floor.")
     ] = False,
 ) -> None:
     """Compress many models with one config, in parallel worker processes.
@@ -146,18 +127,7 @@ def batch(
 
     Example: mcompress batch models/ extra/*.onnx -c level1 -o compressed/ --jobs 2
     """
-    cfg = _override_validation(
-        config.load(config_path),
-        enabled=False if no_validate else None,
-        samples=samples,
-        seed=seed,
-        max_accuracy_drop=max_accuracy_drop,
-        min_cosine=min_cosine,
-        min_top1_agreement=min_top1_agreement,
-        min_compression_ratio=min_compression_ratio,
-        min_sqnr=min_sqnr,
-        gates=False if no_gates else None,
-    )
+    cfg = with_cli_validation(config.load(config_path), opts)
     _check_executor(executor, address, jobs)
     part = Shard.parse(shard) if shard else None
     config_file = config.resolve_config_path(config_path)
@@ -170,7 +140,7 @@ def batch(
         cfg,
         out_dir,
         what,
-        force=force,
+        force=opts.force,
         data_map=entries,
         documents=tuple(kind for kind, wanted in (("html", html), ("md", markdown)) if wanted),
         shard=part,
@@ -181,7 +151,7 @@ def batch(
     n_jobs = batch_mod.default_jobs([job.input_path for job in planned], jobs)
     of_shard = f" (shard {part.index}/{part.count} of {len(models)})" if part else ""
     on = f"{n_jobs} job(s)" if executor is Executor.local else f"Ray at {address or 'default'}"
-    with _BatchDisplay(planned, quiet=json_out) as display:
+    with _BatchDisplay(planned, quiet=opts.json_out) as display:
         display.log(
             f"mcompress batch: {len(planned)} model(s){of_shard}, {on}, "
             f"config {config_path} -> {out_dir}"
@@ -194,9 +164,9 @@ def batch(
     described = part.describe(positions, len(models)) if part else None
     data = batch_mod.summary(outcome, config_path, out_dir, shard=described)
     summary_name = part.summary_name if part else "summary.json"
-    summary_path = batch_mod.write_summary(data, out_dir, force, summary_name)
+    summary_path = batch_mod.write_summary(data, out_dir, opts.force, summary_name)
     render_batch.append_to_step_summary(data)
-    if json_out:
+    if opts.json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         wide_console().print(summary_table(outcome))
@@ -223,12 +193,6 @@ def _check_executor(executor: Executor, address: str | None, jobs: int | None) -
             "sized by the model's memory estimate"
         )
     batch_ray.import_ray()
-
-
-def _override_validation(cfg: config.PipelineConfig, **values: Any) -> config.PipelineConfig:
-    """Command-line values (those not None) replace the config's `validate:` settings; a gate
-    given on the command line is required, never skipped as optional."""
-    return override_validation(cfg, {k: v for k, v in values.items() if v is not None})
 
 
 class _BatchDisplay:

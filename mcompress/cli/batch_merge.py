@@ -11,33 +11,37 @@ import typer
 
 from mcompress import batch as batch_mod
 from mcompress import batch_merge, render_batch
-from mcompress.cli.batch import EXIT_INTERRUPTED, summary_table
-from mcompress.cli.common import EXIT_CODES_HELP, app, err, out, wide_console
+from mcompress.cli.batch import EXIT_INTERRUPTED, SUMMARY_HELP, paths_argument, summary_table
+from mcompress.cli.common import (
+    EXIT_CODES_HELP,
+    WriteOptions,
+    app,
+    err,
+    out,
+    shared_options,
+    wide_console,
+)
 
 
 @app.command(
     "batch-merge",
     epilog=EXIT_CODES_HELP + " batch-merge exits with the merged batch's code, as batch would.",
 )
+@shared_options(
+    "force", "json_out", help={**SUMMARY_HELP, "force": "Replace an existing summary.json."}
+)
 def batch_merge_command(
+    opts: WriteOptions,
     paths: Annotated[
         list[Path],
-        typer.Argument(
-            help="Folders holding summary-I-of-N.json files (searched recursively), or the files.",
-            metavar="PATHS...",
-            show_default=False,
+        paths_argument(
+            "Folders holding summary-I-of-N.json files (searched recursively), or the files."
         ),
     ],
     out_dir: Annotated[
         Path | None,
         typer.Option("-o", "--out-dir", help="Where summary.json goes (default: first folder)."),
     ] = None,
-    force: Annotated[
-        bool, typer.Option("--force", help="Replace an existing summary.json.")
-    ] = False,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print summary JSON to stdout and nothing else.")
-    ] = False,
 ) -> None:
     """Merge the summaries of `batch --shard I/N` runs into one summary.json.
 
@@ -51,9 +55,9 @@ def batch_merge_command(
     target = out_dir or (paths[0] if paths[0].is_dir() else paths[0].parent)
     target.mkdir(parents=True, exist_ok=True)
     data = batch_mod.summary(outcome, config_name, target)
-    summary_path = batch_mod.write_summary(data, target, force=force)
+    summary_path = batch_mod.write_summary(data, target, force=opts.force)
     render_batch.append_to_step_summary(data)
-    if json_out:
+    if opts.json_out:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     else:
         err.print(f"merged {len(files)} shard summaries", markup=False, highlight=False)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import inspect as pyinspect
 import math
 import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin, get_type_hints
 
@@ -123,24 +124,24 @@ def _root(
 
 @dataclass
 class WriteOptions:
-    """Options every model-writing command takes."""
+    """The shared options a command was given; those it does not take keep these defaults."""
 
-    output: Path | None
-    force: bool
-    report: Path | None
-    json_out: bool
-    markdown: Path | None
-    html: Path | None
-    no_validate: bool
-    data: Path | None
-    samples: int | None
-    seed: int | None
-    input_shape: list[str]
-    max_accuracy_drop: float | None
-    min_cosine: float | None
-    min_top1_agreement: float | None
-    max_latency_ratio: float | None
-    min_compression_ratio: float | None
+    output: Path | None = None
+    force: bool = False
+    report: Path | None = None
+    json_out: bool = False
+    markdown: Path | None = None
+    html: Path | None = None
+    no_validate: bool = False
+    data: Path | None = None
+    samples: int | None = None
+    seed: int | None = None
+    input_shape: list[str] = field(default_factory=list)
+    max_accuracy_drop: float | None = None
+    min_cosine: float | None = None
+    min_top1_agreement: float | None = None
+    max_latency_ratio: float | None = None
+    min_compression_ratio: float | None = None
     min_sqnr: float | None = None
     no_gates: bool = False
 
@@ -201,39 +202,44 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
     return typer.Option(*names, help=help, **kw)
 
 
-_WRITE_PARAMS: list[tuple[str, Any, Any]] = [
-    (
-        "output",
+def _validation_option(field: str) -> Any:
+    """The option setting `validate.<field>`: the field's name with dashes (--min-cosine)."""
+    return config_option(config.ValidateConfig, field, "--" + field.replace("_", "-"))
+
+
+# Gates and floors of the `validate:` section a command line may set.
+GATE_FIELDS = (
+    "max_accuracy_drop", "min_cosine", "min_top1_agreement", "max_latency_ratio",
+    "min_compression_ratio", "min_sqnr",
+)  # fmt: skip
+# Every option commands share: name -> (type, declaration); the default is WriteOptions'.
+OPTIONS: dict[str, tuple[Any, Any]] = {
+    "output": (
         Path | None,
         _opt("-o", "--output", metavar="PATH", help="Output model (default: next to input)."),
     ),
-    ("force", bool, _opt("--force", help="Overwrite an existing output file.")),
-    (
-        "report",
+    "force": (bool, _opt("--force", help="Overwrite an existing output file.")),
+    "report": (
         Path | None,
         _opt("--report", metavar="PATH", help="Write the JSON report to this file."),
     ),
-    ("json_out", bool, _opt("--json", help="Print the JSON report to stdout and nothing else.")),
-    (
-        "markdown",
+    "json_out": (bool, _opt("--json", help="Print the JSON report to stdout and nothing else.")),
+    "markdown": (
         Path | None,
         _opt("--markdown", metavar="PATH", help="Write a Markdown report to this file."),
     ),
-    (
-        "html",
+    "html": (
         Path | None,
         _opt("--html", metavar="PATH", help="Write a self-contained HTML report."),
     ),
-    ("no_validate", bool, _opt("--no-validate", help="Skip validation against the original.")),
-    (
-        "data",
+    "no_validate": (bool, _opt("--no-validate", help="Skip validation against the original.")),
+    "data": (
         Path | None,
         _opt("--data", metavar="PATH", help="Validation/calibration .npz (or folder)."),
     ),
-    ("samples", int | None, config_option(config.ValidateConfig, "samples", "--samples")),
-    ("seed", int | None, config_option(config.ValidateConfig, "seed", "--seed")),
-    (
-        "input_shape",
+    "samples": (int | None, _validation_option("samples")),
+    "seed": (int | None, _validation_option("seed")),
+    "input_shape": (
         list[str],
         _opt(
             "--input-shape",
@@ -241,48 +247,66 @@ _WRITE_PARAMS: list[tuple[str, Any, Any]] = [
             help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
         ),
     ),
-    (
-        "max_accuracy_drop",
-        float | None,
-        config_option(config.ValidateConfig, "max_accuracy_drop", "--max-accuracy-drop"),
-    ),
-    (
-        "min_cosine",
-        float | None,
-        config_option(config.ValidateConfig, "min_cosine", "--min-cosine"),
-    ),
-    (
-        "min_top1_agreement",
-        float | None,
-        config_option(config.ValidateConfig, "min_top1_agreement", "--min-top1-agreement"),
-    ),
-    (
-        "max_latency_ratio",
-        float | None,
-        config_option(config.ValidateConfig, "max_latency_ratio", "--max-latency-ratio"),
-    ),
-    (
-        "min_compression_ratio",
-        float | None,
-        config_option(config.ValidateConfig, "min_compression_ratio", "--min-compression-ratio"),
-    ),
-    (
-        "min_sqnr",
-        float | None,
-        config_option(config.ValidateConfig, "min_sqnr", "--min-sqnr"),
-    ),
-    (
-        "no_gates",
+    **{gate: (float | None, _validation_option(gate)) for gate in GATE_FIELDS},
+    "no_gates": (
         bool,
         _opt("--no-gates", help="Measure only: no gate fails, not even the fidelity floor."),
     ),
-]
-_WRITE_DEFAULTS: dict[str, Any] = {
-    "force": False,
-    "json_out": False,
-    "no_validate": False,
-    "no_gates": False,
 }
+REPORT_OPTIONS = ("report", "json_out", "markdown", "html")
+GATE_OPTIONS = (*GATE_FIELDS, "no_gates")
+
+
+def shared_options(
+    *names: str, help: dict[str, str] | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give command `fn` the named options of OPTIONS, passed to it as `opts: WriteOptions`;
+    `help` replaces an option's text where the command gives it another meaning."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        return _with_options(fn, names, lambda kwargs, opts: fn(**kwargs, opts=opts), help or {})
+
+    return decorate
+
+
+def _with_options(
+    fn: Callable[..., Any],
+    names: tuple[str, ...],
+    body: Callable[[dict[str, Any], WriteOptions], Any],
+    help: dict[str, str],
+) -> Callable[..., Any]:
+    """A command with `fn`'s own parameters (but `opts`), docstring and name, plus the shared
+    options `names`; calling it runs `body(own arguments, WriteOptions)`."""
+    hints = get_type_hints(fn, include_extras=True)
+    own = [
+        p.replace(annotation=hints[p.name])
+        for p in pyinspect.signature(fn).parameters.values()
+        if p.name != "opts"
+    ]
+    defaults = WriteOptions()
+    shared = []
+    for name in names:
+        kind, option = OPTIONS[name]
+        if name in help:
+            option = copy.copy(option)
+            option.help = help[name]
+        shared.append(
+            pyinspect.Parameter(
+                name,
+                pyinspect.Parameter.KEYWORD_ONLY,
+                annotation=Annotated[kind, option],
+                default=getattr(defaults, name),
+            )
+        )
+
+    def command(**kwargs: Any) -> Any:
+        opts = WriteOptions(**{name: kwargs.pop(name) for name in names})
+        return body(kwargs, opts)
+
+    command.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
+    command.__doc__ = fn.__doc__
+    command.__name__ = fn.__name__
+    return command
 
 
 def writes_model(
@@ -296,22 +320,7 @@ def writes_model(
     """
 
     def decorate(fn: Callable[..., Any]) -> Any:
-        hints = get_type_hints(fn, include_extras=True)
-        own = [
-            p.replace(annotation=hints[p.name]) for p in pyinspect.signature(fn).parameters.values()
-        ]
-        shared = [
-            pyinspect.Parameter(
-                name,
-                pyinspect.Parameter.KEYWORD_ONLY,
-                annotation=Annotated[tp, option],
-                default=_WRITE_DEFAULTS.get(name, [] if name == "input_shape" else None),
-            )
-            for name, tp, option in _WRITE_PARAMS
-        ]
-
-        def command(**kwargs: Any) -> None:
-            opts = WriteOptions(**{name: kwargs.pop(name) for name, _, _ in _WRITE_PARAMS})
+        def body(kwargs: dict[str, Any], opts: WriteOptions) -> None:
             model_path: Path = kwargs["model"]
             config_file = kwargs.get("config_path")
             produced = fn(**kwargs)
@@ -328,9 +337,7 @@ def writes_model(
                 config_file = config.resolve_config_path(config_file)
             _execute(cfg, model_path, opts, name, fn.__name__, config_file)
 
-        command.__signature__ = pyinspect.Signature([*own, *shared])  # type: ignore[attr-defined]
-        command.__doc__ = fn.__doc__
-        command.__name__ = fn.__name__
+        command = _with_options(fn, tuple(OPTIONS), body, {})
         return app.command(name=fn.__name__.replace("_", "-"), epilog=EXIT_CODES_HELP)(command)
 
     return decorate
@@ -340,16 +347,7 @@ def with_cli_validation(cfg: config.PipelineConfig, opts: WriteOptions) -> confi
     """CLI flags override the config's `validate:` section."""
     overrides: dict[str, Any] = {
         key: getattr(opts, key)
-        for key in (
-            "samples",
-            "seed",
-            "max_accuracy_drop",
-            "min_cosine",
-            "min_top1_agreement",
-            "max_latency_ratio",
-            "min_compression_ratio",
-            "min_sqnr",
-        )
+        for key in ("samples", "seed", *GATE_FIELDS)
         if getattr(opts, key) is not None
     }
     if opts.no_gates:
@@ -379,17 +377,7 @@ def override_validation(
 
 
 # Validation settings whose command-line option is the key with dashes (--samples, --min-cosine).
-_VALIDATE_KEYS = {
-    "samples",
-    "seed",
-    "data",
-    "max_accuracy_drop",
-    "min_cosine",
-    "min_sqnr",
-    "min_top1_agreement",
-    "max_latency_ratio",
-    "min_compression_ratio",
-}
+_VALIDATE_KEYS = {"samples", "seed", "data", *GATE_FIELDS}
 
 
 def parse_shape(text: str) -> tuple[str, list[int]]:
@@ -563,14 +551,7 @@ ExcludeOpt = Annotated[
         help="Node name glob, op type or weight name (repeatable).",
     ),
 ]
-InputShapeOpt = Annotated[
-    list[str] | None,
-    typer.Option(
-        "--input-shape",
-        metavar="NAME=SHAPE",
-        help="Pin a dynamic input shape: name=1x3x48x192 (repeatable).",
-    ),
-]
+InputShapeOpt = Annotated[list[str] | None, OPTIONS["input_shape"][1]]
 CalibrationOpt = Annotated[
     str | None,
     typer.Option(

@@ -11,7 +11,7 @@ from mcompress import budget, model_io, pipeline
 from mcompress import tune as tuning
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
-    InputShapeOpt,
+    REPORT_OPTIONS,
     ModelArg,
     ProgressDisplay,
     WriteOptions,
@@ -20,6 +20,7 @@ from mcompress.cli.common import (
     emit,
     err,
     parse_shape,
+    shared_options,
     stage_reports,
 )
 from mcompress.errors import UsageError
@@ -30,23 +31,25 @@ def _opt(*names: str, help: str, **kw: Any) -> Any:
     return typer.Option(*names, help=help, show_default=False, **kw)
 
 
+# The gates `tune` takes are its budget: the search keeps the candidates that pass them.
+_BUDGET_HELP = {
+    "data": "Validation .npz (with 'labels' for the accuracy budget).",
+    "max_accuracy_drop": "Budget: accuracy drop (needs labels).",
+    "min_sqnr": "Budget without labels: SQNR dB of every output.",
+    "min_top1_agreement": "Budget: top-1 agreement.",
+}
+
+
 @app.command(epilog=EXIT_CODES_HELP)
+@shared_options(
+    "data", "max_accuracy_drop", "min_sqnr", "min_top1_agreement", "output", "force", "samples",
+    "seed", "input_shape", *REPORT_OPTIONS, help=_BUDGET_HELP,
+)  # fmt: skip
 def tune(
     model: ModelArg,
-    data: Annotated[
-        Path | None, _opt("--data", help="Validation .npz (with 'labels' for the accuracy budget).")
-    ] = None,
+    opts: WriteOptions,
     calibration: Annotated[
         str | None, _opt("--calibration", help="Calibration .npz for passes that recover with it.")
-    ] = None,
-    max_accuracy_drop: Annotated[
-        float | None, _opt("--max-accuracy-drop", help="Budget: accuracy drop (needs labels).")
-    ] = None,
-    min_sqnr: Annotated[
-        float | None, _opt("--min-sqnr", help="Budget without labels: SQNR dB of every output.")
-    ] = None,
-    min_top1_agreement: Annotated[
-        float | None, _opt("--min-top1-agreement", help="Budget: top-1 agreement.")
     ] = None,
     objective: Annotated[
         str, _opt("--objective", help="What to minimise: size (the only one so far).")
@@ -54,20 +57,9 @@ def tune(
     time_budget: Annotated[
         str | None, _opt("--time-budget", help="Stop searching after this long: 10m, 90s, 1h.")
     ] = None,
-    output: Annotated[Path | None, _opt("-o", "--output", help="Output model.")] = None,
     emit_config: Annotated[
         Path | None, _opt("--emit", help="Winning pipeline YAML (default: OUTPUT with .yaml).")
     ] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing outputs.")] = False,
-    samples: Annotated[int | None, _opt("--samples", help="Validation samples.")] = None,
-    seed: Annotated[int | None, _opt("--seed", help="Seed for random inputs.")] = None,
-    input_shape: InputShapeOpt = None,
-    report: Annotated[Path | None, _opt("--report", help="Write the JSON report here.")] = None,
-    json_out: Annotated[
-        bool, typer.Option("--json", help="Print the JSON report to stdout and nothing else.")
-    ] = False,
-    markdown: Annotated[Path | None, _opt("--markdown", help="Write a Markdown report.")] = None,
-    html: Annotated[Path | None, _opt("--html", help="Write a self-contained HTML report.")] = None,
 ) -> None:
     """Find the smallest model within a budget: pruning sparsity and shared-value count are
     searched (each candidate compressed and judged), the best is written with its pipeline.
@@ -79,28 +71,21 @@ def tune(
     validation: dict[str, Any] = {
         key: value
         for key, value in {
-            "data": str(data) if data else None,
-            "samples": samples,
-            "seed": seed,
-            "max_accuracy_drop": max_accuracy_drop,
-            "min_sqnr": min_sqnr,
-            "min_top1_agreement": min_top1_agreement,
+            "data": str(opts.data) if opts.data else None,
+            "samples": opts.samples,
+            "seed": opts.seed,
+            "max_accuracy_drop": opts.max_accuracy_drop,
+            "min_sqnr": opts.min_sqnr,
+            "min_top1_agreement": opts.min_top1_agreement,
         }.items()
         if value is not None
     }
-    if input_shape:
-        validation["input_shapes"] = dict(parse_shape(s) for s in input_shape)
+    if opts.input_shape:
+        validation["input_shapes"] = dict(parse_shape(s) for s in opts.input_shape)
     seconds = tuning.parse_duration(time_budget) if time_budget else None
     cfg = tuning.template(validation, seconds, calibration)
-    output = output or model_io.default_output(model, "tuned")
-    yaml_path = emit_config or tuning.emitted_path(output)
-    opts = WriteOptions(
-        output=output, force=force, report=report, json_out=json_out, markdown=markdown,
-        html=html, no_validate=False, data=data, samples=samples, seed=seed,
-        input_shape=input_shape or [], max_accuracy_drop=max_accuracy_drop, min_cosine=None,
-        min_top1_agreement=min_top1_agreement, max_latency_ratio=None,
-        min_compression_ratio=None, min_sqnr=min_sqnr,
-    )  # fmt: skip
+    opts.output = opts.output or model_io.default_output(model, "tuned")
+    yaml_path = emit_config or tuning.emitted_path(opts.output)
     result = _search_and_write(cfg, model, opts, yaml_path)
     emit(result, opts)
 

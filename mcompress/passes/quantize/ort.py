@@ -310,10 +310,9 @@ def ort_weight_stats(
                 )
     for graph in iter_graphs(proto.graph):
         for node in graph.node:
-            if node.op_type == "MatMulNBits" and node.input[1] in inits:
-                rows.extend(_nbits_row(node, inits, base_dir, originals, src_dir))
-            elif node.op_type == "GatherBlockQuantized" and node.input[0] in inits:
-                rows.extend(_gather_block_row(node, inits, base_dir, originals, src_dir))
+            weight = _BLOCK_WEIGHT_INPUT.get(node.op_type)
+            if weight is not None and node.input[weight] in inits:
+                rows.extend(_block_row(node, inits, base_dir, originals, src_dir))
     done = {r["name"] for r in rows}
     for name, (tensor, axis) in originals.items():
         qname = name + QUANTIZED_SUFFIX
@@ -373,55 +372,44 @@ def _original_name(qname: str, originals: dict[str, Any]) -> str | None:
     return None
 
 
-def _nbits_row(
+# Block-quantized nodes and the input holding their quantized weight.
+_BLOCK_WEIGHT_INPUT = {"MatMulNBits": 1, "GatherBlockQuantized": 0}
+
+
+def _block_row(
     node: onnx.NodeProto,
     inits: dict[str, onnx.TensorProto],
     base_dir: Path,
     originals: dict[str, tuple[onnx.TensorProto, int | None]],
     src_dir: Path,
 ) -> list[dict[str, Any]]:
-    name = _original_name(node.input[1], originals)
+    """The error row of the weight a MatMulNBits or GatherBlockQuantized node holds."""
+    name = _original_name(node.input[_BLOCK_WEIGHT_INPUT[node.op_type]], originals)
     if name is None:
         return []
     a = _attrs(node)
-    stored = [inits[i] for i in node.input[1:4] if i in inits]
-    zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    restored = dequantize_matmul_nbits(
-        _values(stored[0], base_dir),
-        _values(stored[1], base_dir),
-        None if zp is None else _values(zp, base_dir),
-        k=int(a["K"]),
-        n=int(a["N"]),
-        bits=int(a.get("bits", 4)),
-        block_size=int(a["block_size"]),
-    )
-    return [
-        _row(name, originals[name][0], src_dir, restored, stored, a.get("bits", 4), "MatMulNBits")
-    ]
-
-
-def _gather_block_row(
-    node: onnx.NodeProto,
-    inits: dict[str, onnx.TensorProto],
-    base_dir: Path,
-    originals: dict[str, tuple[onnx.TensorProto, int | None]],
-    src_dir: Path,
-) -> list[dict[str, Any]]:
-    name = _original_name(node.input[0], originals)
-    if name is None:
-        return []
-    a = _attrs(node)
-    data = inits[node.input[0]]
-    scales = inits[node.input[2]]
-    zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
-    values = _values(data, base_dir).astype(np.int32)
-    restored = dequantize_linear(
-        values,
-        _values(scales, base_dir),
-        None if zp is None else _values(zp, base_dir).astype(np.int32),
-        int(a.get("quantize_axis", 1)),
-        int(a.get("block_size", 128)),
-    )
-    stored = [data, scales, *([zp] if zp is not None else [])]
     bits = int(a.get("bits", 4))
-    return [_row(name, originals[name][0], src_dir, restored, stored, bits, "GatherBlockQuantized")]
+    zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
+    zero_point = None if zp is None else _values(zp, base_dir)
+    if node.op_type == "MatMulNBits":
+        stored = [inits[i] for i in node.input[1:4] if i in inits]
+        restored = dequantize_matmul_nbits(
+            _values(stored[0], base_dir),
+            _values(stored[1], base_dir),
+            zero_point,
+            k=int(a["K"]),
+            n=int(a["N"]),
+            bits=bits,
+            block_size=int(a["block_size"]),
+        )
+    else:
+        data, scales = inits[node.input[0]], inits[node.input[2]]
+        restored = dequantize_linear(
+            _values(data, base_dir).astype(np.int32),
+            _values(scales, base_dir),
+            None if zero_point is None else zero_point.astype(np.int32),
+            int(a.get("quantize_axis", 1)),
+            int(a.get("block_size", 128)),
+        )
+        stored = [data, scales, *([zp] if zp is not None else [])]
+    return [_row(name, originals[name][0], src_dir, restored, stored, bits, node.op_type)]
