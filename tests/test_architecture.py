@@ -46,7 +46,6 @@ KNOWN_LARGE_MODULES = {  # split these; caps are their size on 2026-12-03 plus 3
     "mcompress.doctor": 675,
     "mcompress.encoding": 765,
     "mcompress.model_io": 676,
-    "mcompress.passes.prune.channel_groups": 986,
     "mcompress.render": 648,
 }
 KNOWN_LONG_FUNCTIONS = {"mcompress.cli.batch.batch": 170}  # mostly option declarations

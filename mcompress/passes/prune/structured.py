@@ -18,16 +18,9 @@ from mcompress.analysis import count_parameters
 from mcompress.inputs import BATCH_NAMES, DEFAULT_DIM, DEFAULT_IMAGE_DIM
 from mcompress.model_io import Model, add_initializer, iter_graphs
 from mcompress.passes.base import PassContext, PassResult
-from mcompress.passes.prune.channel_groups import (
-    LAYERS,
-    Analysis,
-    Segment,
-    Shapes,
-    analyze,
-    attr,
-    graph_output_names,
-    iter_layer_sites,
-)
+from mcompress.passes.prune.channel_groups import analyze, iter_layer_sites
+from mcompress.passes.prune.channel_layout import LAYERS, Analysis, Segment, Shapes, attr
+from mcompress.passes.prune.channel_state import graph_output_names
 from mcompress.passes.prune.config import Config
 from mcompress.prepare import remove_unused_initializers
 from mcompress.recover.options import NO_DATA_NOTE, wants_recovery

@@ -11,7 +11,7 @@ import numpy as np
 
 from mcompress.model_io import Model
 from mcompress.passes.base import PassContext
-from mcompress.passes.prune.channel_groups import Analysis, AxisEdit
+from mcompress.passes.prune.channel_layout import Analysis, AxisEdit
 from mcompress.recover import solve
 from mcompress.recover.activations import SegmentRunner, batches
 from mcompress.recover.blas import single_thread
