@@ -152,3 +152,32 @@ def test_npz_extra_arrays_are_ignored_with_one_note(tmp_path: Path) -> None:
     assert (
         notes[0] == "data 'val.npz': ignored array(s) 'boxes', 'names', which are not model inputs"
     )
+
+
+def _window_past_the_guess() -> object:
+    """y = sum(x[:, 300:400]): below 300 samples the slice is empty and y is 0 whatever x is,
+    as an audio model's output ignores a chunk shorter than its window."""
+    x = helper.make_tensor_value_info("x", 1, ["batch", "samples"])
+    y = helper.make_tensor_value_info("y", 1, None)
+    consts = [
+        helper.make_tensor(name, 7, [1], [value])
+        for name, value in (("starts", 300), ("ends", 400), ("axes", 1))
+    ]
+    nodes = [
+        helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["window"]),
+        helper.make_node("ReduceSum", ["window"], ["y"], keepdims=1),
+    ]
+    graph = helper.make_graph(nodes, "window", [x], [y], initializer=consts)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def test_a_guess_whose_outputs_ignore_the_inputs_is_grown(tmp_path: Path) -> None:
+    """At the default 64 samples every random feed gives y = 0, so validating there would pass
+    any model: the guess grows along the ladder (128, 256, 512) to the first size that responds."""
+    src = builders.save(_window_past_the_guess(), tmp_path / "window.onnx")  # type: ignore[arg-type]
+    made = _feeds(src, samples=4)
+    assert made.feeds[0]["x"].shape == (1, 512)  # type: ignore[attr-defined]
+    notes = " ".join(made.description["dimensions"])  # type: ignore[attr-defined]
+    assert "guessed: 512 (at 64 the outputs do not depend on the inputs)" in notes
+    values = [runtime.session(src).run(None, feed)[0].item() for feed in made.feeds]  # type: ignore[attr-defined]
+    assert len(set(values)) == 4

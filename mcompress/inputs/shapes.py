@@ -7,7 +7,8 @@ image-like (rank >= 4) inputs, 64 for others.
 Guessed sizes are checked in onnxruntime: sizes from `PROBE_LADDER` are tried smallest first
 until one runs (every failure tries the next); a probe (the run-once check) keeps the smallest
 that runs. Otherwise the guess is kept only when a memory estimate (two profiled runs at small
-sizes, extrapolated per node) says its largest activation stays under the runtime budget.
+sizes, extrapolated per node) says its largest activation stays under the runtime budget, and
+only when two random feeds give different outputs there (else larger sizes that respond).
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ PROBE_LADDER = (8, 16, 32, 64, 128, 256, 512, 1024, 2048)
 # Probe inputs stay below this many elements each: a model that rejects every smaller size
 # is not run on ever larger ones that could exhaust memory.
 PROBE_MAX_ELEMENTS = 2**22
+# Larger sizes tried when the chosen one gives outputs that ignore the inputs.
+RESPONSIVE_STEPS = 3
 _METADATA_KEYS = ("input_shape", "input_size", "image_size", "img_size", "shape")
 
 Shapes = dict[str, list[int]]
@@ -200,6 +203,8 @@ def choose(
     if smallest:
         return low, f"dynamic dims {where}: {low}, the smallest size that runs"
     size, why = _within_budget(session, source, feed_at, low)
+    if not _responsive(session, feed_at, size):
+        size, why = _responsive_size(session, source, feed_at, low, size, why)
     chosen = "the default sizes" if size is None else str(size)
     return size, f"dynamic dims {where} guessed: {chosen} ({why}); pin them with --input-shape"
 
@@ -233,6 +238,47 @@ def _within_budget(
         if estimates[size] <= budget and runtime.run_error(session, feed_at(size)) is None:
             return size, _why_not_default(estimates[target], budget)
     return low, _why_not_default(estimates[target], budget)
+
+
+def _responsive(session: Any, feed_at: FeedAt, size: int | None) -> bool:
+    """False when two different random feeds give identical outputs: at this size the inputs
+    do not reach the outputs (an audio model whose window is longer than the chunk), so a
+    validation there would prove nothing."""
+    try:
+        first, second = (session.run(None, feed_at(size)) for _ in range(2))
+    except Exception:  # noqa: BLE001 - the size ran before; a flaky failure is not our signal
+        return True
+    return any(not np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def _responsive_size(
+    session: Any, source: Path | None, feed_at: FeedAt, low: int, size: int | None, why: str
+) -> tuple[int | None, str]:
+    """The next few ladder sizes above `size` that fit the budget, run and respond to their
+    inputs; else `size` with a note that random inputs do not exercise the model there."""
+    current = max(feed_at(size)[name].shape[i] for name, i in _guessed_axes(feed_at, low))
+    above = [s for s in PROBE_LADDER if s > current][:RESPONSIVE_STEPS]
+    try:
+        estimates = runtime.estimate(source or session, feed_at, low, above) if above else {}
+    except Exception:  # noqa: BLE001 - no estimate: do not try larger sizes blindly
+        estimates = {}
+    for bigger in above:
+        fits = bigger in estimates and estimates[bigger] <= runtime.ACTIVATION_BUDGET
+        runs = fits and runtime.run_error(session, feed_at(bigger)) is None
+        if runs and _responsive(session, feed_at, bigger):
+            return bigger, f"at {current} the outputs do not depend on the inputs"
+    return size, f"{why}; at this size the outputs do not depend on the random inputs"
+
+
+def _guessed_axes(feed_at: FeedAt, low: int) -> list[tuple[str, int]]:
+    """(input, axis) pairs of the guessed dims: where feed_at(low) and feed_at(2 * low) differ."""
+    small, large = feed_at(low), feed_at(2 * low)
+    return [
+        (name, axis)
+        for name, value in small.items()
+        for axis, (a, b) in enumerate(zip(value.shape, large[name].shape, strict=True))
+        if a != b
+    ]
 
 
 def _why_not_default(estimate: int, budget: int) -> str:
