@@ -55,6 +55,52 @@ _HELP = {
     "no_validate": "Skip validation against the originals.",
 }
 
+_ConfigOpt = Annotated[
+    str, typer.Option("-c", "--config", help="YAML pipeline file, or a preset name (level1...).")
+]
+_OutDirOpt = Annotated[
+    Path, typer.Option("-o", "--out-dir", help="Folder for outputs, reports, summary.json.")
+]
+_JobsOpt = Annotated[
+    int | None,
+    typer.Option(
+        "-j", "--jobs", min=1, help="Worker processes (default: CPUs, bounded by memory)."
+    ),
+]
+_DataMapOpt = Annotated[
+    Path | None,
+    typer.Option("--data-map", help="YAML/JSON: model name or glob -> validation .npz."),
+]
+_ShardOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--shard",
+        metavar="I/N",
+        help="Compress only shard I of N (CI matrix jobs); writes summary-I-of-N.json.",
+    ),
+]
+_ExecutorOpt = Annotated[
+    Executor,
+    typer.Option(
+        "--executor",
+        help="local: worker processes here; ray: one Ray task per model "
+        f"({batch_ray.INSTALL_COMMAND}).",
+    ),
+]
+_AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--address",
+        metavar="ADDRESS",
+        help="Ray cluster for --executor ray: auto or ray://HOST:10001 "
+        "(default: RAY_ADDRESS, else this machine's Ray cluster or a new one).",
+    ),
+]
+_HtmlOpt = Annotated[bool, typer.Option("--html", help="Also write OUT_DIR/<model>.report.html.")]
+_MarkdownOpt = Annotated[
+    bool, typer.Option("--markdown", help="Also write OUT_DIR/<model>.report.md.")
+]
+
 
 def paths_argument(help: str) -> Any:
     """The PATHS... argument of batch and batch-merge."""
@@ -71,54 +117,15 @@ def batch(
     paths: Annotated[
         list[str], paths_argument("Model files, folders (searched for *.onnx) or quoted globs.")
     ],
-    config_path: Annotated[
-        str,
-        typer.Option("-c", "--config", help="YAML pipeline file, or a preset name (level1...)."),
-    ],
-    out_dir: Annotated[
-        Path, typer.Option("-o", "--out-dir", help="Folder for outputs, reports, summary.json.")
-    ],
-    jobs: Annotated[
-        int | None,
-        typer.Option(
-            "-j", "--jobs", min=1, help="Worker processes (default: CPUs, bounded by memory)."
-        ),
-    ] = None,
-    data_map: Annotated[
-        Path | None,
-        typer.Option("--data-map", help="YAML/JSON: model name or glob -> validation .npz."),
-    ] = None,
-    shard: Annotated[
-        str | None,
-        typer.Option(
-            "--shard",
-            metavar="I/N",
-            help="Compress only shard I of N (CI matrix jobs); writes summary-I-of-N.json.",
-        ),
-    ] = None,
-    executor: Annotated[
-        Executor,
-        typer.Option(
-            "--executor",
-            help="local: worker processes here; ray: one Ray task per model "
-            f"({batch_ray.INSTALL_COMMAND}).",
-        ),
-    ] = Executor.local,
-    address: Annotated[
-        str | None,
-        typer.Option(
-            "--address",
-            metavar="ADDRESS",
-            help="Ray cluster for --executor ray: auto or ray://HOST:10001 "
-            "(default: RAY_ADDRESS, else this machine's Ray cluster or a new one).",
-        ),
-    ] = None,
-    html: Annotated[
-        bool, typer.Option("--html", help="Also write OUT_DIR/<model>.report.html.")
-    ] = False,
-    markdown: Annotated[
-        bool, typer.Option("--markdown", help="Also write OUT_DIR/<model>.report.md.")
-    ] = False,
+    config_path: _ConfigOpt,
+    out_dir: _OutDirOpt,
+    jobs: _JobsOpt = None,
+    data_map: _DataMapOpt = None,
+    shard: _ShardOpt = None,
+    executor: _ExecutorOpt = Executor.local,
+    address: _AddressOpt = None,
+    html: _HtmlOpt = False,
+    markdown: _MarkdownOpt = False,
 ) -> None:
     """Compress many models with one config, in parallel worker processes.
 
