@@ -218,7 +218,40 @@ def test_zeros_stay_exactly_zero(tmp_path: Path) -> None:
     clustered = weights_of(model)["w1"]
     np.testing.assert_array_equal(clustered == 0, w1 == 0)
     assert distinct(clustered) == 16  # zero plus 15 shared non-zero values
-    assert result.stats["tensors"][0]["unique_values_after"] == 16
+    row = result.stats["tensors"][0]
+    assert (row["unique_values_before"], row["unique_values_after"]) == (distinct(w1), 16)
+
+
+def test_large_weights_are_clustered_without_sorting_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above kmeans1d.HISTOGRAM_ABOVE values nothing sorts the whole tensor (a sort of a
+    64 MB weight took longer than clustering it): a sample rules out "already has <= K
+    values", the values before are not counted, the values after come from the codebook."""
+    from mcompress.passes.cluster import kmeans1d
+
+    rows, cols = 2048, kmeans1d.HISTOGRAM_ABOVE // 2048 + 1
+    values = np.random.default_rng(0).normal(0, 0.02, (rows, cols)).astype(np.float32)
+    node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+    graph = helper.make_graph(
+        [node],
+        "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cols])],
+        [numpy_helper.from_array(values, "w")],
+    )
+    sizes: list[int] = []
+    for name in ("sort", "unique"):
+        original = getattr(np, name)
+        monkeypatch.setattr(
+            np, name, lambda a, *r, _f=original, **k: sizes.append(np.size(a)) or _f(a, *r, **k)
+        )
+    model, result = apply_cluster(builders._model(graph), tmp_path, clusters=256)
+    monkeypatch.undo()
+    row = result.stats["tensors"][0]
+    assert max(sizes) < values.size // 20
+    assert (row["unique_values_before"], row["unique_values_after"]) == (None, 256)
+    assert distinct(weights_of(model)["w"]) == 256
 
 
 def test_per_channel_uses_each_layers_output_axis(tmp_path: Path) -> None:

@@ -151,6 +151,7 @@ def test_histogram_mode_matches_exact_mode() -> None:
     exact = kmeans1d(values, 32)
     histogram = kmeans1d(values, 32, histogram_above=10_000)
     assert histogram.inertia <= 1.01 * exact.inertia
+    assert (exact.distinct, histogram.distinct) == (np.unique(values).size, None)
     assert histogram.centroids.size == 32
     assert histogram.labels.shape == values.shape
     reconstructed = histogram.centroids[histogram.labels].astype(np.float64)

@@ -34,6 +34,11 @@ MAX_CLUSTERS = 256
 # Tensors with more (non-zero) elements are clustered on a weighted histogram of this many bins.
 HISTOGRAM_ABOVE = 4_000_000
 HISTOGRAM_BINS = 1 << 20
+# Values per weighted bincount into those bins (its float64 copy of the weights stays small).
+HISTOGRAM_CHUNK = 1 << 22
+# Values per step of the element-wise passes over a large tensor: their temporaries fit in the
+# cache and are reused.
+CACHE_CHUNK = 1 << 16
 # `auto` solves up to this many clusters exactly with cuts on a grid of DP_GROUPS_PER_CLUSTER * k.
 DP_CLUSTERS = 32
 DP_GROUPS_PER_CLUSTER = 4
@@ -61,6 +66,7 @@ class KMeans1D:
     labels: np.ndarray  # uint8, the input's shape
     inertia: float  # sum of squared differences between the input and centroids[labels]
     iterations: int  # Lloyd iterations run in total
+    distinct: int | None = None  # distinct input values; None when not sorted (histogram)
 
 
 def kmeans1d(
@@ -93,10 +99,11 @@ def kmeans1d(
     has_zero = not bool(nonzero.all())
     free = data[nonzero] if has_zero else data
     if free.size == 0:
-        return KMeans1D(np.zeros(1, np.float32), np.zeros(np.shape(values), np.uint8), 0.0, 0)
+        labels = np.zeros(np.shape(values), np.uint8)
+        return KMeans1D(np.zeros(1, np.float32), labels, 0.0, 0, int(data.size > 0))
 
     if free.size > histogram_above:
-        points, mass, bin_of = _histogram(free, HISTOGRAM_BINS)
+        points, mass, bin_of, position = _histogram(free, HISTOGRAM_BINS)
     else:
         points, mass = _unique_counts(np.sort(free))
     summary = _Sorted(points, mass)
@@ -110,7 +117,7 @@ def kmeans1d(
     bounds[0], bounds[-1] = 0, points.size
     bounds[1:-1] = points.searchsorted(cuts, "right")
     if free.size > histogram_above:
-        free_labels = np.searchsorted(cuts, points).astype(np.uint8)[bin_of]
+        free_labels = np.searchsorted(cuts, points).astype(np.uint8)[position].take(bin_of)
     else:
         free_labels = _labels(free, cuts)
     centroids32, free_labels = _finalize(free, free_labels, summary, bounds, keep_zero)
@@ -123,7 +130,8 @@ def kmeans1d(
         labels[nonzero] = free_labels + (free_labels >= zero_at)
     else:
         labels = free_labels
-    return KMeans1D(centroids32, labels.reshape(np.shape(values)), inertia, iterations)
+    distinct = None if free.size > histogram_above else points.size + has_zero
+    return KMeans1D(centroids32, labels.reshape(np.shape(values)), inertia, iterations, distinct)
 
 
 class _Sorted:
@@ -209,22 +217,46 @@ def _unique_counts(ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ordered[mass[:-1]], mass.astype(np.float64)
 
 
-def _histogram(values: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _histogram(
+    values: np.ndarray, bins: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reduce values to the means of the non-empty ones of `bins` equal-width bins (ascending),
-    the prefix sums of their counts (from 0), and for each value the position of its bin."""
+    the prefix sums of their counts (from 0), each value's bin (int32), and for each bin the
+    position of its mean among the means."""
     lo, hi = float(values.min()), float(values.max())
     if hi == lo:
-        return np.array([lo]), np.array([0.0, values.size]), np.zeros(values.size, np.intp)
-    index = ((values - values.dtype.type(lo)) * values.dtype.type(bins / (hi - lo))).astype(
-        np.int32
-    )
-    np.minimum(index, bins - 1, out=index)
+        return (
+            np.array([lo]),
+            np.array([0.0, values.size]),
+            np.zeros(values.size, np.int32),
+            np.zeros(bins, np.intp),
+        )
+    index = _bin_index(values, lo, bins / (hi - lo), bins)
     count = np.bincount(index, minlength=bins).astype(np.float64)
-    total = np.bincount(index, weights=values, minlength=bins)
+    total = np.zeros(bins)
+    for start in range(0, values.size, HISTOGRAM_CHUNK):
+        end = start + HISTOGRAM_CHUNK
+        total += np.bincount(index[start:end], weights=values[start:end], minlength=bins)
     filled = count > 0
     position = np.cumsum(filled) - 1
     mass = np.concatenate(([0.0], np.cumsum(count[filled])))
-    return np.clip(total[filled] / count[filled], lo, hi), mass, position[index]
+    return np.clip(total[filled] / count[filled], lo, hi), mass, index, position
+
+
+def _bin_index(values: np.ndarray, lo: float, scale: float, bins: int) -> np.ndarray:
+    """Equal-width bin of each value, from 0 to bins - 1 (int32), computed in cache-sized
+    chunks (a full-size float temporary costs more in page faults than the arithmetic)."""
+    index = np.empty(values.size, np.int32)
+    buffer = np.empty(min(values.size, CACHE_CHUNK), values.dtype)
+    offset, factor = values.dtype.type(lo), values.dtype.type(scale)
+    for start in range(0, values.size, CACHE_CHUNK):
+        chunk = values[start : start + CACHE_CHUNK]
+        scaled, out = buffer[: chunk.size], index[start : start + chunk.size]
+        np.subtract(chunk, offset, out=scaled)
+        scaled *= factor
+        out[...] = scaled
+        np.minimum(out, bins - 1, out=out)
+    return index
 
 
 def _group_bounds(data: _Sorted, groups: int) -> np.ndarray:
@@ -538,7 +570,15 @@ def _finalize(
 
 
 def _inertia(free: np.ndarray, centroids: np.ndarray, labels: np.ndarray) -> float:
-    """Sum of squared errors, in place (no BLAS `dot`: its threads would spin on idle cores)."""
-    diff = centroids.astype(np.float64).take(labels)
-    diff -= free
-    return float(np.square(diff, out=diff).sum())
+    """Sum of squared errors in float64, in cache-sized chunks (no BLAS `dot`: its threads
+    would spin on idle cores)."""
+    table = centroids.astype(np.float64)
+    buffer = np.empty(min(free.size, CACHE_CHUNK))
+    total = 0.0
+    for start in range(0, free.size, CACHE_CHUNK):
+        chunk = labels[start : start + CACHE_CHUNK]
+        diff = buffer[: chunk.size]
+        table.take(chunk, out=diff)
+        diff -= free[start : start + CACHE_CHUNK]
+        total += float(np.einsum("i,i->", diff, diff))
+    return total

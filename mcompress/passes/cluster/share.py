@@ -2,40 +2,50 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from mcompress.passes.cluster.config import Config
-from mcompress.passes.cluster.kmeans1d import KMeans1D, kmeans1d
+from mcompress.passes.cluster.kmeans1d import HISTOGRAM_ABOVE, KMeans1D, kmeans1d
 from mcompress.weights import Candidate
+
+# Elements sampled to rule out "already has at most K distinct values" without a full sort.
+DISTINCT_SAMPLE = 4096
 
 
 def cluster_weight(
     cand: Candidate, cfg: Config, axis: int | None
 ) -> tuple[dict[str, Any] | None, str]:
-    """Cluster one weight (per slice along `axis` when given); its stats row, or why not."""
+    """Cluster one weight (per slice along `axis` when given); its stats row, or why not.
+
+    Large tensors are never sorted here: a random sample rules out "already has <= K values"
+    and their distinct values before clustering are not counted (None in the stats)."""
     weight = cand.weight
     if weight.size < 2 * cfg.clusters:
         return None, f"{weight.size} elements < 2 x clusters ({2 * cfg.clusters})"
     values = np.asarray(weight.array())
     data = values if values.dtype == np.float64 else values.astype(np.float32, copy=False)
-    if not np.isfinite(data).all():
+    if not (math.isfinite(data.min()) and math.isfinite(data.max())):
         return None, "contains NaN or infinity"
-    distinct = int(np.unique(data).size)
-    if distinct <= cfg.clusters:
-        return None, f"already has {distinct} <= {cfg.clusters} distinct values"
+    few = _distinct_if_at_most(data, cfg.clusters)
+    if few is not None:
+        return None, f"already has {few} <= {cfg.clusters} distinct values"
     if axis is not None and data.ndim > 1:
         moved = np.moveaxis(data, axis, 0)
         results = [_kmeans(row, cfg) for row in moved.reshape(moved.shape[0], -1)]
-        stacked = np.stack([r.centroids[r.labels] for r in results]).reshape(moved.shape)
-        new = np.moveaxis(stacked, 0, axis)
+        tables = [_keep_off_zero(r.centroids, values.dtype) for r in results]
+        stacked = np.stack([t[r.labels] for t, r in zip(tables, results, strict=True)])
+        new = np.moveaxis(stacked.reshape(moved.shape), 0, axis)
+        before = int(np.unique(data).size) if data.size <= HISTOGRAM_ABOVE else None
     else:
         axis = None
         results = [_kmeans(data, cfg)]
-        new = results[0].centroids[results[0].labels]
+        tables = [_keep_off_zero(results[0].centroids, values.dtype)]
+        new = tables[0].take(results[0].labels)
+        before = results[0].distinct
     inertia = sum(r.inertia for r in results)
-    new = _keep_off_zero(new, data, values.dtype)
     weight.replace(new)
     row_stats: dict[str, Any] = {
         "name": weight.name,
@@ -43,8 +53,9 @@ def cluster_weight(
         "shape": list(weight.shape),
         "elements": weight.size,
         "clusters": cfg.clusters,
-        "unique_values_before": distinct,
-        "unique_values_after": int(np.unique(new).size),
+        "unique_values_before": before,
+        # Every centroid is used: the distinct values after are those of the tables.
+        "unique_values_after": int(np.unique(np.concatenate(tables)).size),
         "inertia": inertia,
         "mse": inertia / max(weight.size, 1),
         "relative_rmse": _relative_rmse(inertia, data),
@@ -56,27 +67,39 @@ def cluster_weight(
     return row_stats, ""
 
 
+def _distinct_if_at_most(data: np.ndarray, limit: int) -> int | None:
+    """How many distinct values `data` holds when that is at most `limit`, else None; a
+    random sample usually shows more than `limit` without a full sort."""
+    if data.size > DISTINCT_SAMPLE:
+        picks = np.random.default_rng(0).integers(0, data.size, DISTINCT_SAMPLE)
+        if np.unique(data.reshape(-1)[picks]).size > limit:
+            return None
+    distinct = int(np.unique(data).size)
+    return distinct if distinct <= limit else None
+
+
 def _kmeans(values: np.ndarray, cfg: Config) -> KMeans1D:
     return kmeans1d(
         values, cfg.clusters, init=cfg.init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed
     )
 
 
-def _keep_off_zero(new: np.ndarray, original: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Cast to the weight's dtype; a non-zero value that would round to 0 becomes the smallest
-    non-zero of its sign, so zeros after clustering are exactly the zeros before."""
-    cast = new.astype(dtype, copy=False)
-    lost = (cast == 0) & (original != 0)
+def _keep_off_zero(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Centroids cast to the weight's dtype; a non-zero one that would round to 0 becomes the
+    smallest non-zero of its sign, so zeros after clustering are exactly the zeros before (the
+    only zero centroid is the exact one that holds the zeros)."""
+    cast = centroids.astype(dtype)
+    lost = (cast == 0) & (centroids != 0)
     if lost.any():
         tiny = np.nextafter(dtype.type(0), dtype.type(1))
-        cast = cast.copy()
-        cast[lost] = np.where(new[lost] < 0, -tiny, tiny)
+        cast[lost] = np.where(centroids[lost] < 0, -tiny, tiny)
     return cast
 
 
 def _relative_rmse(inertia: float, data: np.ndarray) -> float:
     """RMS error over RMS weight: a scale-free measure of how much the tensor changed."""
-    power = float(np.square(data, dtype=np.float64).sum())
+    flat = data.reshape(-1)
+    power = float(np.einsum("i,i->", flat, flat, dtype=np.float64))
     return float(np.sqrt(inertia / power)) if power > 0 else 0.0
 
 
