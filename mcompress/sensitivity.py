@@ -1,8 +1,11 @@
-"""Per-layer sensitivity: prune (or fake-quantize) one layer at a time and measure the damage.
+"""Per-layer sensitivity: prune, quantize or cluster one layer at a time and measure the damage.
 
-Tells a user which layers to exclude or treat gently before compressing the whole model. The
-model is loaded and prepared once and kept in memory; one onnxruntime session (built from its
-bytes) serves every trial, with the altered weight fed in place of its initializer.
+Tells a user (and `mcompress tune`) which layers to exclude or treat gently before compressing
+the whole model. Each layer is altered by the pass's own code (the prune pass's magnitude
+pruning, the quantize pass's plan and quantizers - per channel, 4-bit blocks - and the cluster
+pass's k-means), so a layer's figure is what the pass would do to it. The model is loaded and
+prepared once and kept in memory; one onnxruntime session (built from its bytes) serves every
+trial, with the altered weight fed in place of its initializer.
 """
 
 from __future__ import annotations
@@ -19,12 +22,17 @@ from onnx import helper
 from mcompress import model_io, runtime
 from mcompress.errors import ModelError, UsageError
 from mcompress.inputs import InputSet, make_feeds
+from mcompress.passes import quantize
+from mcompress.passes.cluster.config import Config as ClusterConfig
+from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS
+from mcompress.passes.cluster.share import cluster_weight
 from mcompress.passes.prune.magnitude import zero_smallest
+from mcompress.passes.quantize.restored import restored_weights
 from mcompress.prepare import prepare
 from mcompress.runtime import error_line
 from mcompress.weights import Candidate, find_candidates
 
-DEFAULT_LEVELS = {"prune": (0.3, 0.5, 0.7, 0.9), "quantize": (8.0, 4.0)}
+DEFAULT_LEVELS = {"prune": (0.3, 0.5, 0.7, 0.9), "quantize": (8.0, 4.0), "cluster": (16.0, 4.0)}
 # Models whose tensors exceed this are refused: every trial keeps the whole model in memory.
 MAX_MODEL_BYTES = 1 << 30
 
@@ -32,7 +40,8 @@ Progress = Callable[[str, int, int], None]
 
 
 def parse_levels(text: str | None, pass_type: str) -> list[float]:
-    """`"0.3,0.5"` -> [0.3, 0.5], checked: sparsities in (0, 1), or bit widths 2..8."""
+    """`"0.3,0.5"` -> [0.3, 0.5], checked: sparsities in (0, 1), bit widths the quantize pass
+    writes (8, 4) or cluster counts 2..256."""
     if not text:
         return list(DEFAULT_LEVELS[pass_type])
     try:
@@ -44,8 +53,10 @@ def parse_levels(text: str | None, pass_type: str) -> list[float]:
     for level in levels:
         if pass_type == "prune" and not 0 < level < 1:
             raise UsageError(f"--levels: sparsity {level:g} is not between 0 and 1")
-        if pass_type == "quantize" and (level != int(level) or not 2 <= level <= 8):
-            raise UsageError(f"--levels: {level:g} is not a bit width from 2 to 8")
+        if pass_type == "quantize" and level not in (8, 4):
+            raise UsageError(f"--levels: {level:g} is not a bit width of the quantize pass (8, 4)")
+        if pass_type == "cluster" and (level != int(level) or not 2 <= level <= MAX_CLUSTERS):
+            raise UsageError(f"--levels: {level:g} is not a cluster count from 2 to 256")
     return levels
 
 
@@ -66,6 +77,10 @@ def analyze(
     model = model_io.load_model(model_path)
     prepare(model)
     _internalize(model)
+    names = model_io.FreshNames(model.proto)
+    for graph in model.graphs():
+        for node in graph.node:
+            node.name = node.name or names.fresh(node.op_type)
     candidates, _ = find_candidates(model, min_elements=0)
     if not candidates:
         raise ModelError(
@@ -76,6 +91,7 @@ def analyze(
     inputs = make_feeds(
         model_path, data=data, samples=samples, seed=seed, input_shapes=input_shapes
     )
+    altered = [level_values(model, probed, pass_type, level) for level in levels]
     runner = _Runner(model, probed, inputs)
     judge = _Judge(inputs, runner.run())
     rows: list[dict[str, Any]] = []
@@ -84,8 +100,9 @@ def analyze(
         results = []
         for j, level in enumerate(levels):
             progress("sensitivity", i * len(levels) + j, total)
-            values = _altered(np.asarray(cand.weight.array()), pass_type, level)
-            results.append({"level": level, **judge.score(runner.run(cand, values))})
+            values = altered[j].get(cand.weight.name)
+            outputs = runner.run(cand, values) if values is not None else runner.run()
+            results.append({"level": level, **judge.score(outputs)})
         deltas = [r["delta"] for r in results]
         rows.append(
             {
@@ -120,16 +137,6 @@ def analyze(
         "notes": notes,
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-def fake_quantize(values: np.ndarray, bits: int) -> np.ndarray:
-    """Symmetric per-tensor weight-only quantize-dequantize to `bits` bits."""
-    qmax = 2 ** (bits - 1) - 1
-    peak = float(np.max(np.abs(values))) if values.size else 0.0
-    if peak == 0:
-        return np.array(values, copy=True)
-    scale = peak / qmax
-    return (np.clip(np.round(values / scale), -qmax, qmax) * scale).astype(values.dtype)
 
 
 class _Judge:
@@ -180,11 +187,29 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.dot(a, b) / (na * nb))
 
 
-def _altered(values: np.ndarray, pass_type: str, level: float) -> np.ndarray:
-    """`values` pruned to sparsity `level`, or fake-quantized to `level` bits."""
-    if pass_type == "prune":
-        return zero_smallest(values, int(round(level * values.size)))
-    return fake_quantize(values, int(level))
+def level_values(
+    model: model_io.Model, probed: list[Candidate], pass_type: str, level: float
+) -> dict[str, np.ndarray]:
+    """{weight name: its values after the pass at `level`} for the probed weights, each altered
+    alone by the pass's own code; a weight the pass leaves alone is absent."""
+    names = {c.weight.name for c in probed}
+    if pass_type == "quantize":
+        cfg = quantize.Config(bits=int(level))
+        found = restored_weights(model, cfg)
+        return {name: found[name] for name in names if name in found}
+    altered = {}
+    for cand in probed:
+        values = np.asarray(cand.weight.array())
+        if pass_type == "prune":
+            altered[cand.weight.name] = zero_smallest(values, int(round(level * values.size)))
+            continue
+        saved = onnx.TensorProto()
+        saved.CopyFrom(cand.weight.tensor)
+        row, _ = cluster_weight(cand, ClusterConfig(clusters=int(level)), None)
+        if row is not None:
+            altered[cand.weight.name] = np.array(cand.weight.array(), copy=True)
+        cand.weight.tensor.CopyFrom(saved)
+    return altered
 
 
 class _Runner:
@@ -213,6 +238,7 @@ class _Runner:
     def run(
         self, cand: Candidate | None = None, values: np.ndarray | None = None
     ) -> list[list[np.ndarray]]:
+        """Outputs for every feed, with `cand`'s weight replaced by `values` when given."""
         if cand is None or values is None:
             return _outputs(self.session, self.inputs.feeds)
         weight = cand.weight

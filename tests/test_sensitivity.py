@@ -8,12 +8,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from mcompress import sensitivity
+from mcompress import model_io, sensitivity
 from mcompress.cli import app
 from mcompress.errors import UsageError
+from mcompress.passes import quantize
+from mcompress.passes.base import PassContext
+from mcompress.passes.quantize.restored import restored_weights
+from mcompress.weights import find_candidates
 from tests import builders
 from tests.conftest import SAMPLES
 
@@ -86,7 +92,7 @@ def test_quantize_random_inputs_cosine_and_max_layers(tmp_path: Path) -> None:
     data = sensitivity.analyze(
         source,
         pass_type="quantize",
-        levels=[8, 2],
+        levels=[8, 4],
         data=None,
         samples=8,
         seed=0,
@@ -98,20 +104,68 @@ def test_quantize_random_inputs_cosine_and_max_layers(tmp_path: Path) -> None:
     assert {row["name"] for row in data["layers"]} == {"embedding", "w_ff"}  # the two largest
     assert any("probed the 2 largest of 4" in note for note in data["notes"])
     for row in data["layers"]:
-        eight, two = (r["metric"] for r in row["results"])
-        assert eight > 0.999 and two < eight
+        eight, four = (r["metric"] for r in row["results"])
+        assert eight > 0.999 and four < eight
 
 
-def test_fake_quantize_and_level_parsing() -> None:
-    values = np.array([-1.0, -0.6, 0.0, 0.26, 1.0], np.float32)
-    assert sensitivity.fake_quantize(values, 2).tolist() == [-1.0, -1.0, 0.0, 0.0, 1.0]
-    assert np.abs(sensitivity.fake_quantize(values, 8) - values).max() <= 0.5 / 127
+def test_level_parsing() -> None:
     assert sensitivity.parse_levels(None, "quantize") == [8.0, 4.0]
+    assert sensitivity.parse_levels(None, "cluster") == [16.0, 4.0]
     assert sensitivity.parse_levels("0.2, 0.8", "prune") == [0.2, 0.8]
     with pytest.raises(UsageError, match="not between 0 and 1"):
         sensitivity.parse_levels("0.5,1.5", "prune")
-    with pytest.raises(UsageError, match="not a bit width"):
-        sensitivity.parse_levels("3.5", "quantize")
+    with pytest.raises(UsageError, match="not a bit width of the quantize pass"):
+        sensitivity.parse_levels("2", "quantize")
+    with pytest.raises(UsageError, match="not a cluster count"):
+        sensitivity.parse_levels("300", "cluster")
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantize_levels_are_what_the_weight_only_pass_writes(bits: int, tmp_path: Path) -> None:
+    """Each probed weight is quantized by the pass's own code (per channel at 8 bits, blocks at
+    4): the original model with those weights gives exactly the quantized model's outputs."""
+    source = builders.save(builders.transformer_like(vocab=500), tmp_path / "t.onnx")
+    model = model_io.load_model(source)
+    probed, _ = find_candidates(model, min_elements=0)
+    values = sensitivity.level_values(model, probed, "quantize", bits)
+    cfg = quantize.Config(mode="weight-only", bits=bits)
+    restored = restored_weights(model, cfg)
+    assert values.keys() == restored.keys() == {"embedding", "w_q", "w_ff", "w_out"}
+    quantize.apply(model, cfg, PassContext(source))
+    quantized = tmp_path / "q.onnx"
+    model_io.save_model(model, quantized)
+    altered = onnx.load(str(source))
+    for tensor in altered.graph.initializer:
+        tensor.CopyFrom(numpy_helper.from_array(restored[tensor.name], tensor.name))
+    altered_path = tmp_path / "altered.onnx"
+    onnx.save(altered, str(altered_path))
+    tokens = {"tokens": np.arange(32, dtype=np.int64).reshape(2, 16)}
+    expected = builders.run(quantized, tokens)[0]
+    assert np.array_equal(builders.run(altered_path, tokens)[0], expected)
+    assert np.abs(expected - builders.run(source, tokens)[0]).max() > 1e-3
+
+
+def test_quantize_levels_per_channel_like_dynamic_matmul(tmp_path: Path) -> None:
+    """Dynamic MatMul weights: int8 per column, as the stored weight and its scales say."""
+    source = builders.save(builders.transformer_like(vocab=500), tmp_path / "t.onnx")
+    model = model_io.load_model(source)
+    probed, _ = find_candidates(model, min_elements=0)
+    w_q = sensitivity.level_values(model, probed, "quantize", 8)["w_q"]
+    quantize.apply(model, quantize.Config(), PassContext(source))
+    inits = {t.name: numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+    stored = inits["w_q_quantized"].astype(np.float32) * inits["w_q_scale"]
+    assert np.array_equal(w_q, stored)
+    assert np.unique(inits["w_q_scale"]).size == w_q.shape[1]  # one scale per column
+
+
+def test_cluster_levels_share_the_passes_values(tmp_path: Path) -> None:
+    source = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    model = model_io.load_model(source)
+    probed, _ = find_candidates(model, min_elements=0)
+    values = sensitivity.level_values(model, probed, "cluster", 4)
+    assert values and all(len(np.unique(v)) <= 4 for v in values.values())
+    untouched = {c.weight.name: np.asarray(c.weight.array()) for c in probed}
+    assert all(len(np.unique(untouched[name])) > 4 for name in values)
 
 
 def test_bad_levels_exit_2_with_one_line(tmp_path: Path) -> None:

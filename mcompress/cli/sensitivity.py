@@ -23,13 +23,19 @@ def sensitivity(
         Path | None, typer.Option("--data", help="Validation .npz (with 'labels': accuracy).")
     ] = None,
     pass_type: Annotated[
-        str, typer.Option("--pass", help="prune (default) or quantize.", show_default=False)
+        str,
+        typer.Option(
+            "--pass",
+            help="prune (default), quantize or cluster: the pass's own code alters each layer.",
+            show_default=False,
+        ),
     ] = "prune",
     levels: Annotated[
         str | None,
         typer.Option(
             "--levels",
-            help="Comma list: sparsities for prune (0.3,0.5,0.7,0.9), bits for quantize (8,4).",
+            help="Comma list: sparsities for prune (0.3,0.5,0.7,0.9), bits for quantize (8,4), "
+            "shared values for cluster (16,4).",
         ),
     ] = None,
     max_layers: Annotated[
@@ -53,8 +59,8 @@ def sensitivity(
     from mcompress import sensitivity as sens
     from mcompress.cli.common import ProgressDisplay, parse_shape
 
-    if pass_type not in ("prune", "quantize"):
-        raise UsageError(f"--pass must be prune or quantize, not '{pass_type}'")
+    if pass_type not in ("prune", "quantize", "cluster"):
+        raise UsageError(f"--pass must be prune, quantize or cluster, not '{pass_type}'")
     parsed = sens.parse_levels(levels, pass_type)
     shapes = {k: tuple(v) for k, v in (parse_shape(s) for s in input_shape or [])}
     with Outputs(force) as outs, ProgressDisplay(quiet=json_out) as progress:
@@ -100,7 +106,7 @@ def sensitivity_table(result: dict[str, Any]) -> Table:
     table.add_column("layer")
     table.add_column("op")
     table.add_column("params", justify="right")
-    unit = "" if result["pass"] == "prune" else " bits"
+    unit = {"prune": "", "quantize": " bits", "cluster": " values"}[result["pass"]]
     for level in result["levels"]:
         table.add_column(f"{level:g}{unit}", justify="right")
     table.add_column("score", justify="right")
@@ -133,7 +139,7 @@ def _html_page(result: dict[str, Any]) -> str:
         for row in result["layers"]
         for r in row["results"]
     ]
-    unit = "sparsity" if result["pass"] == "prune" else "bits"
+    unit = {"prune": "sparsity", "quantize": "bits", "cluster": "shared values"}[result["pass"]]
     title = f"{result['metric']} vs {unit}, each layer alone"
     svg = sensitivity_svg(rows, title=title, metric=result["metric"])
     name = escape(Path(result["model"]).name)

@@ -387,8 +387,17 @@ def _block_row(
     name = _original_name(node.input[_BLOCK_WEIGHT_INPUT[node.op_type]], originals)
     if name is None:
         return []
+    restored, stored = block_weight(node, inits, base_dir)
+    bits = int(_attrs(node).get("bits", 4))
+    return [_row(name, originals[name][0], src_dir, restored, stored, bits, node.op_type)]
+
+
+def block_weight(
+    node: onnx.NodeProto, inits: dict[str, onnx.TensorProto], base_dir: Path
+) -> tuple[np.ndarray, list[onnx.TensorProto]]:
+    """The float weight a MatMulNBits ([K, N]) or GatherBlockQuantized node holds, and the
+    initializers that store it."""
     a = _attrs(node)
-    bits = int(a.get("bits", 4))
     zp = inits.get(node.input[3]) if len(node.input) > 3 and node.input[3] else None
     zero_point = None if zp is None else _values(zp, base_dir)
     if node.op_type == "MatMulNBits":
@@ -399,17 +408,16 @@ def _block_row(
             zero_point,
             k=int(a["K"]),
             n=int(a["N"]),
-            bits=bits,
+            bits=int(a.get("bits", 4)),
             block_size=int(a["block_size"]),
         )
-    else:
-        data, scales = inits[node.input[0]], inits[node.input[2]]
-        restored = dequantize_linear(
-            _values(data, base_dir).astype(np.int32),
-            _values(scales, base_dir),
-            None if zero_point is None else zero_point.astype(np.int32),
-            int(a.get("quantize_axis", 1)),
-            int(a.get("block_size", 128)),
-        )
-        stored = [data, scales, *([zp] if zp is not None else [])]
-    return [_row(name, originals[name][0], src_dir, restored, stored, bits, node.op_type)]
+        return restored, stored
+    data, scales = inits[node.input[0]], inits[node.input[2]]
+    restored = dequantize_linear(
+        _values(data, base_dir).astype(np.int32),
+        _values(scales, base_dir),
+        None if zero_point is None else zero_point.astype(np.int32),
+        int(a.get("quantize_axis", 1)),
+        int(a.get("block_size", 128)),
+    )
+    return restored, [data, scales, *([zp] if zp is not None else [])]
