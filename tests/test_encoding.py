@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from mcompress import encoding, model_io
 from mcompress.cli import app
+from mcompress.encoding import facts as encoding_facts
 from tests.builders import if_subgraph, run, save
 
 RNG = np.random.default_rng(0)
@@ -321,8 +322,8 @@ def test_dense_tensors_are_ruled_out_without_a_full_pass(monkeypatch: pytest.Mon
     def no_full_pass(*_: object) -> None:
         raise AssertionError("a dense tensor reached a full codebook pass")
 
-    monkeypatch.setattr(encoding, "_hash_lookup", no_full_pass)
-    monkeypatch.setattr(encoding, "_per_channel_codes", no_full_pass)
+    monkeypatch.setattr(encoding_facts, "_hash_lookup", no_full_pass)
+    monkeypatch.setattr(encoding_facts, "_per_channel_codes", no_full_pass)
     proto = matmul_model(
         {f"w{i}": RNG.normal(size=(512, 512)).astype(np.float32) for i in range(4)}
     )
@@ -337,7 +338,7 @@ def test_pruned_tensors_skip_the_per_channel_pass(monkeypatch: pytest.MonkeyPatc
     def no_full_pass(*_: object) -> None:
         raise AssertionError("a pruned tensor reached the per-channel codebook pass")
 
-    monkeypatch.setattr(encoding, "_per_channel_codes", no_full_pass)
+    monkeypatch.setattr(encoding_facts, "_per_channel_codes", no_full_pass)
     proto = matmul_model({"w": pruned((384, 384), 0.5)}, inputs=384)
     model = model_io.Model(proto, Path("m.onnx"), Path("."), had_external_data=False)
     [row] = encoding.pack(model)["tensors"]

@@ -1,0 +1,108 @@
+"""Compact lossless weight storage that stock onnxruntime expands at load.
+
+Pruned or clustered weights are dense float arrays full of zeros or repeated values, so their
+files do not shrink. `pack` stores each weight in its smallest lossless form: packed codebook
+indices plus a codebook (one per tensor, or one per channel for per-channel clustering); a
+bit-mask of the non-zeros plus their values; gap-coded positions of the non-zeros plus their
+values (very sparse tensors); or either of the last two with the values themselves
+codebook-coded. Standard ops of opset 11 (BitShift, Cast, CumSum, Add, Mul, Gather, Reshape,
+Slice, ConstantOfShape, ScatterElements) rebuild each tensor under its own name, and
+onnxruntime constant-folds them when it creates a session. `unpack` turns them (and any
+`sparse_initializer`) back into dense initializers so a packed model can be compressed again.
+
+`sparse_initializer` is not emitted: onnx shape inference cannot type it (`check_model(...,
+full_check=True)` fails), the checker rejects the int32 indices onnxruntime accepts, and with
+int64 indices it is larger than the gap-coded form.
+
+Modules: `facts` (what one weight holds), `plan` (a candidate encoding and its byte cost),
+`forms` (the encodings), `expand` (unpacking).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mcompress.encoding.expand import densify_sparse, evaluate_expansions
+from mcompress.encoding.facts import BIT_VIEWS, Facts, worth
+from mcompress.encoding.forms import candidates
+from mcompress.encoding.plan import (
+    PREFIX,
+    GraphState,
+    Plan,
+    PlanNames,
+    element_count,
+    tensor_cost,
+    tensor_stub,
+)
+from mcompress.model_io import Model, iter_graphs, load_model, read_array
+
+# Opset that has every op the node encodings use (BitShift and CumSum arrived in 11).
+MIN_OPSET = 11
+
+# IR version from which initializers need not also be graph inputs.
+MIN_IR = 4
+
+
+def pack(model: Model, *, min_elements: int = 64) -> dict[str, Any]:
+    """Re-encode each float weight in its smallest lossless form; return per-tensor stats.
+
+    Only tensors whose encoding changed are listed; the totals cover those tensors.
+    """
+    rows: list[dict[str, Any]] = []
+    scanned = 0
+    if model.opset("") < MIN_OPSET or model.proto.ir_version < MIN_IR:
+        note = f"weights left dense: packing needs opset >= {MIN_OPSET} and IR >= {MIN_IR}"
+        return {"tensors": rows, "scanned": 0, "bytes_before": 0, "bytes_after": 0, "note": note}
+    names = PlanNames(model.proto)
+    # Innermost graphs first: editing a graph copies its nodes, and with them any subgraph.
+    for graph in reversed(list(iter_graphs(model.proto.graph))):
+        state = GraphState(graph, names)
+        graph_rows: list[dict[str, Any]] = []
+        inputs = {i.name for i in graph.input}
+        for tensor in list(graph.initializer):
+            if (
+                tensor.data_type not in BIT_VIEWS
+                or tensor.name.startswith(PREFIX)
+                or tensor.name in inputs
+                or element_count(tensor.dims) < min_elements
+            ):
+                continue
+            scanned += 1
+            facts = Facts.of(tensor, read_array(tensor, model.base_dir))
+            dense = tensor_cost(
+                tensor_stub(tensor.name, tensor.data_type, facts.shape), facts.nbytes
+            )
+            best = min(candidates(facts, state), key=Plan.cost, default=None)
+            if best is None or not worth(dense, best.cost()):
+                continue
+            graph_rows.append(facts.row(best.encoding, dense, best.cost()))
+            state.commit(best)
+        state.finish()
+        rows[:0] = graph_rows
+    return {
+        "tensors": rows,
+        "scanned": scanned,
+        "bytes_before": sum(r["bytes_before"] for r in rows),
+        "bytes_after": sum(r["bytes_after"] for r in rows),
+    }
+
+
+def unpack(model: Model) -> int:
+    """Turn mcompress expansions and sparse initializers back into dense initializers.
+
+    Returns how many tensors were restored.
+    """
+    count = 0
+    for graph in reversed(list(iter_graphs(model.proto.graph))):
+        count += densify_sparse(graph, model) + evaluate_expansions(graph, model)
+    return count
+
+
+def expanded_weights(path: str | Path) -> dict[str, np.ndarray]:
+    """Every float weight of the model at `path`, expanded as onnxruntime sees it."""
+    model = load_model(path)
+    unpack(model)
+    return {w.name: np.array(w.array()) for w in model.weights()}

@@ -1,0 +1,138 @@
+"""One candidate encoding of one tensor (`Plan`: its nodes and tensors, and their cost in
+bytes), the edits to one graph (`GraphState`), and how their names are chosen."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mcompress.model_io import iter_graphs, store_raw
+
+# Short, because every node and tensor of an expansion carries it: bytes in the file.
+PREFIX = "mcp/"
+
+
+def element_count(dims: Any) -> int:
+    return int(np.prod(list(dims), dtype=np.int64))
+
+
+def field_cost(body: int) -> int:
+    """Bytes of a length-delimited protobuf field with a `body`-byte body and 1-byte tag."""
+    return 1 + max(1, (body.bit_length() + 6) // 7) + body
+
+
+def tensor_stub(name: str, data_type: int, shape: tuple[int, ...]) -> TensorProto:
+    tensor = TensorProto(name=name, data_type=data_type)
+    tensor.dims.extend(shape)
+    return tensor
+
+
+def tensor_cost(stub: TensorProto, payload: int) -> int:
+    """Serialized bytes of an initializer: header, raw data and its field framing."""
+    return field_cost(stub.ByteSize() + field_cost(payload))
+
+
+class PlanNames:
+    """Fresh `mcp/<n>` prefixes that no name in the model uses yet."""
+
+    def __init__(self, proto: onnx.ModelProto) -> None:
+        self.taken = {n.split("/")[1] for n in _all_names(proto) if n.startswith(PREFIX)}
+        self.next = 0
+
+    def fresh(self) -> str:
+        while str(self.next) in self.taken:
+            self.next += 1
+        self.taken.add(str(self.next))
+        return f"{PREFIX}{self.next}"
+
+
+def _all_names(proto: onnx.ModelProto) -> Iterator[str]:
+    for graph in iter_graphs(proto.graph):
+        yield from (t.name for t in graph.initializer)
+        yield from (s.values.name for s in graph.sparse_initializer)
+        for node in graph.node:
+            yield node.name
+            yield from node.output
+
+
+Producer = Callable[[], np.ndarray]
+
+
+@dataclass
+class Plan:
+    """One candidate encoding of one tensor: its protos, and producers of its data."""
+
+    encoding: str
+    tag: str
+    helpers: dict[tuple[Any, ...], str]  # helper constants the graph already has
+    nodes: list[onnx.NodeProto] = field(default_factory=list)
+    data: list[tuple[TensorProto, Producer]] = field(default_factory=list)
+    new_helpers: dict[tuple[Any, ...], TensorProto] = field(default_factory=dict)
+    bytes: int = 0
+
+    def tensor(self, suffix: str, dtype: Any, shape: tuple[int, ...], make: Producer) -> str:
+        """A per-tensor initializer whose values `make()` produces only if this plan wins."""
+        stub = tensor_stub(f"{self.tag}/{suffix}", helper.np_dtype_to_tensor_dtype(dtype), shape)
+        self.data.append((stub, make))
+        self.bytes += tensor_cost(stub, element_count(shape) * np.dtype(dtype).itemsize)
+        return stub.name
+
+    def const(self, key: str, values: np.ndarray) -> str:
+        """A small helper constant shared by every expansion in the graph."""
+        full_key = (values.dtype.str, values.shape, values.tobytes())
+        if full_key in self.helpers:
+            return self.helpers[full_key]
+        if full_key not in self.new_helpers:
+            tensor = numpy_helper.from_array(values, f"{self.tag}/{key}")
+            self.new_helpers[full_key] = tensor
+            self.bytes += field_cost(tensor.ByteSize())
+        return self.new_helpers[full_key].name
+
+    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+        name = f"{self.tag}/{len(self.nodes)}"
+        node = helper.make_node(op, inputs, [output or name], name=name, **attrs)
+        self.nodes.append(node)
+        self.bytes += field_cost(node.ByteSize())
+        return node.output[0]
+
+    def cost(self) -> int:
+        return self.bytes
+
+
+class GraphState:
+    """Edits to one graph, applied together: new tensors, nodes first, originals removed."""
+
+    def __init__(self, graph: onnx.GraphProto, names: PlanNames) -> None:
+        self.graph = graph
+        self.names = names
+        self.helpers: dict[tuple[Any, ...], str] = {}
+        self.nodes: list[onnx.NodeProto] = []
+        self.removed: set[str] = set()
+
+    def plan(self, encoding: str) -> Plan:
+        return Plan(encoding, self.names.fresh(), self.helpers)
+
+    def commit(self, plan: Plan) -> None:
+        for key, tensor in plan.new_helpers.items():
+            self.graph.initializer.append(tensor)
+            self.helpers[key] = tensor.name
+        for stub, make in plan.data:
+            added = self.graph.initializer.add()  # append(stub) would copy its data again
+            added.CopyFrom(stub)
+            store_raw(added, make())
+        self.nodes.extend(plan.nodes)
+        self.removed.add(plan.nodes[-1].output[0])
+
+    def finish(self) -> None:
+        for index in reversed(range(len(self.graph.initializer))):
+            if self.graph.initializer[index].name in self.removed:
+                del self.graph.initializer[index]
+        if self.nodes:
+            rest = list(self.graph.node)
+            del self.graph.node[:]
+            self.graph.node.extend(self.nodes + rest)
