@@ -40,6 +40,7 @@ from mcompress.errors import (
 from mcompress.outputs import Outputs, sweep_stale, write_file
 from mcompress.processes import die_with_parent, signal_name_of, stop_on_signals, stop_processes
 from mcompress.report import RunReport, finite
+from mcompress.scratch import multiprocessing_temp_outside
 from mcompress.shard import Shard
 
 SUMMARY_SCHEMA_VERSION = 1
@@ -447,6 +448,7 @@ def _died(job: Job) -> Row:
 
 
 def _context() -> Any:
+    multiprocessing_temp_outside()
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
 

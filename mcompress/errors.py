@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import signal
+from types import FrameType
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_BAD_INPUT = 2
@@ -66,3 +69,18 @@ class Interrupted(BaseException):
         super().__init__(signal_name)
         self.signal_name = signal_name
         self.exit_code = exit_code
+
+
+def raise_on_signals() -> None:
+    """Ctrl-C and SIGTERM raise `Interrupted`, so the command unwinds (its staging files are
+    removed) and exits 130 / 143 with one line. Further signals are ignored meanwhile, so that
+    the cleanup itself is not cut short."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        name = signal.Signals(signum).name
+        raise Interrupted(name, interrupt_exit_code(name))
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)

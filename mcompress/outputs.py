@@ -157,13 +157,10 @@ class Outputs:
         target = Path(target)
         folder = target.resolve().parent
         if folder not in self._staging:
-            sweep_stale(folder)
             try:
-                prefix = f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-"
-                made = tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder)
+                self._staging[folder] = private_folder(folder)
             except OSError as exc:
                 raise os_error(target, exc) from None
-            self._staging[folder] = Path(made)
         staged = self._staging[folder] / target.name
         self._staged[target] = staged
         return staged
@@ -257,6 +254,14 @@ def _signals_deferred() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def private_folder(parent: Path) -> Path:
+    """A new folder of this process in `parent` (`.mcompress-<host>-<pid>-<random>.tmp`), once
+    those of dead processes there are removed."""
+    sweep_stale(parent)
+    prefix = f"{STAGING_PREFIX}{_HOST}-{os.getpid()}-"
+    return Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=parent))
 
 
 def sweep_stale(folder: Path) -> None:

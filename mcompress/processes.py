@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from mcompress.outputs import pid_alive
@@ -18,13 +19,27 @@ _PR_SET_PDEATHSIG = 1
 _PARENT_POLL_SECONDS = 0.5
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    with suppress(OSError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    return None
+
+
+def _prctl_pdeathsig(signum: int) -> None:
+    """Ask Linux to send `signum` to this process when its parent dies (elsewhere: nothing).
+    Safe between fork and exec once `_libc()` was loaded before the fork."""
+    libc = _libc()
+    with suppress(AttributeError):
+        if libc is not None:
+            libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
 def die_with_parent(parent: int, grace: float) -> None:
     """SIGTERM this process when `parent` is gone (even killed with SIGKILL): PR_SET_PDEATHSIG
     where Linux has it (the direct parent may be a fork server), and a thread polling `parent`
     anywhere; after `grace` seconds more the process exits regardless."""
-    with suppress(OSError, AttributeError):
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _prctl_pdeathsig(signal.SIGTERM)
 
     def watch() -> None:
         while pid_alive(parent):
@@ -34,6 +49,20 @@ def die_with_parent(parent: int, grace: float) -> None:
         os._exit(137)
 
     threading.Thread(target=watch, name="mcompress-parent-watch", daemon=True).start()
+
+
+def killed_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` for `subprocess`: the child (a helper that holds no files of ours) is
+    killed when this process dies, even by SIGKILL, instead of running on alone."""
+    parent = os.getpid()
+    _libc()  # loaded here: finding it runs a program, which a forked child must not do
+
+    def setup() -> None:
+        _prctl_pdeathsig(signal.SIGKILL)
+        if os.getppid() != parent:  # died before prctl took effect
+            os._exit(137)
+
+    return setup
 
 
 def stop_processes(pids: set[int], grace: float) -> None:

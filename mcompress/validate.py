@@ -22,12 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from mcompress import fidelity, latency_stats, runtime
+from mcompress import fidelity, latency_stats, processes, runtime
 from mcompress.config import ValidateConfig
 from mcompress.errors import DataError, GateError, McompressError, ModelError
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.report import Gate, RunReport
-from mcompress.runtime import error_line
 
 Progress = Callable[[str, int, int], None]
 CONFIDENT_MARGIN = 0.2
@@ -128,7 +127,7 @@ def _session(path: Path, role: str) -> Any:
         return runtime.session(path, spinning=False)
     except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
         raise ModelError(
-            f"{role} model '{path}' does not load in onnxruntime: {error_line(exc)}"
+            f"{role} model '{path}' does not load in onnxruntime: {runtime.error_line(exc)}"
         ) from None
 
 
@@ -189,7 +188,7 @@ def _run(
         return list(session.run(names, feed))
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
         raise DataError(
-            f"the {role} model failed on sample {index}: {error_line(exc)}",
+            f"the {role} model failed on sample {index}: {runtime.error_line(exc)}",
             "pin dynamic shapes with --input-shape or pass real inputs with --data",
         ) from None
 
@@ -420,7 +419,7 @@ def _batch_latency(
     try:
         return _latency(sessions, batch, runs)
     except Exception as exc:  # noqa: BLE001 - a model may accept only batch 1
-        notes.append(f"no latency at batch {len(chosen)}: {error_line(exc)}")
+        notes.append(f"no latency at batch {len(chosen)}: {runtime.error_line(exc)}")
         return None
 
 
@@ -477,6 +476,7 @@ def _memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any
                     capture_output=True,
                     text=True,
                     timeout=600,
+                    preexec_fn=processes.killed_with_parent(),
                 )
             except (subprocess.SubprocessError, OSError):
                 return None

@@ -374,7 +374,7 @@ def test_interrupt_stops_workers_and_leaves_no_partial_outputs(
     # files that existed before the run: an earlier report of every model (replaced only by a
     # model that finishes, --force) and unrelated files, which the run must never touch
     for i in range(4):
-        (out / f"m{i}.slow.report.json").write_text(f'{{"earlier": {i}}}', encoding="utf-8")
+        (out / f"m{i}.report.json").write_text(f'{{"earlier": {i}}}', encoding="utf-8")
     (out / "notes.txt").write_text("mine", encoding="utf-8")
     (out / "m0.slow.onnx.data").write_bytes(b"\x01" * 1000)
     cfg = tmp_path / "slow.yaml"
@@ -410,11 +410,11 @@ def test_interrupt_stops_workers_and_leaves_no_partial_outputs(
     assert {r["exit_code"] for r in rows if r["status"] == "interrupted"} == {code}
     finished = {r["name"] for r in rows if r["status"] == "ok"}
     expected = {"summary.json", "notes.txt", "m0.slow.onnx.data"}
-    expected |= {f"m{i}.slow.report.json" for i in range(4)}
+    expected |= {f"m{i}.report.json" for i in range(4)}
     expected |= {f"{name}.slow.onnx" for name in finished}
     assert {p.name for p in out.iterdir()} == expected  # no temp files, no unfinished outputs
     after = _hashes(tmp_path)
-    rewritten = {f"out/{name}.slow.report.json" for name in finished} | {"out/summary.json"}
+    rewritten = {f"out/{name}.report.json" for name in finished} | {"out/summary.json"}
     rewritten |= {f"out/{name}.slow.onnx" for name in finished}
     assert {k: v for k, v in after.items() if k not in rewritten} == {
         k: v for k, v in before.items() if k not in rewritten

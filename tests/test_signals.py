@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,15 @@ import pytest
 import mcompress.cli as cli
 from mcompress.outputs import STAGING_PREFIX
 from tests import builders
+
+
+@pytest.fixture(autouse=True)
+def _keep_signal_handlers() -> Iterator[None]:
+    """`cli.main` installs its own SIGINT/SIGTERM handlers: give pytest its own back."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, action in previous.items():
+        signal.signal(s, action)
 
 
 def _interrupt_quantize(tmp_path: Path, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
@@ -60,13 +70,8 @@ def test_sigterm_in_process_reaches_cleanup(monkeypatch: pytest.MonkeyPatch, cap
         return 0
 
     monkeypatch.setattr(cli, "app", command)
-    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with pytest.raises(SystemExit) as exit_info:
-            cli.main()
-    finally:
-        for s, action in previous.items():
-            signal.signal(s, action)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
     assert exit_info.value.code == 143
     assert cleaned == ["finally"]
     assert capsys.readouterr().err == "mcompress: interrupted (SIGTERM)\n"

@@ -8,7 +8,6 @@ import signal
 import sys
 import tempfile
 import traceback
-from types import FrameType
 from typing import Any
 
 import typer
@@ -35,19 +34,31 @@ from mcompress.errors import (
     EXIT_BAD_INPUT,
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
-    EXIT_TERMINATED,
     Interrupted,
     McompressError,
+    interrupt_exit_code,
+    raise_on_signals,
 )
-
-_SIGNAL_EXITS = {signal.SIGINT: EXIT_INTERRUPTED, signal.SIGTERM: EXIT_TERMINATED}
+from mcompress.scratch import private_temp
 
 
 def main() -> None:
     """Entry point: one line per known error, a log file for unexpected ones."""
-    _raise_on_signals()
+    raise_on_signals()
     try:
-        code = app(standalone_mode=False)
+        _run()
+    finally:
+        # The command is over: a signal now would kill the interpreter while it shuts down
+        # (Python restores the default action then), ending a finished run without a word.
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
+def _run() -> None:
+    """Run the command; exit with its code, one line per known error."""
+    try:
+        with private_temp():
+            code = app(standalone_mode=False)
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
@@ -63,27 +74,13 @@ def main() -> None:
     except (Interrupted, KeyboardInterrupt) as exc:
         name = exc.signal_name if isinstance(exc, Interrupted) else "SIGINT"
         err.print(f"mcompress: interrupted ({name})", markup=False, highlight=False)
-        sys.exit(_SIGNAL_EXITS[signal.Signals[name]])
+        sys.exit(interrupt_exit_code(name))
     except Exception as exc:
         _report_crash(exc)
         sys.exit(EXIT_INTERNAL)
     # Without standalone mode click returns (not raises) the exit code of `typer.Exit`.
     if isinstance(code, int) and code:
         sys.exit(code)
-
-
-def _raise_on_signals() -> None:
-    """Ctrl-C and SIGTERM raise `Interrupted`, so the command unwinds (its staging files are
-    removed) and exits 130 / 143 with one line. Further signals are ignored meanwhile, so that
-    the cleanup itself is not cut short."""
-
-    def handler(signum: int, frame: FrameType | None) -> None:
-        for sig in _SIGNAL_EXITS:
-            signal.signal(sig, signal.SIG_IGN)
-        raise Interrupted(signal.Signals(signum).name, _SIGNAL_EXITS[signal.Signals(signum)])
-
-    for sig in _SIGNAL_EXITS:
-        signal.signal(sig, handler)
 
 
 def _print_usage_error(exc: typer.TyperException) -> None:
