@@ -81,7 +81,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     started = time.perf_counter()
     searched = None
     if cfg.search is not None:
-        cfg, searched = budget.search(cfg, opts.input_path, trial_runner(opts))
+        cfg, searched = budget.search(
+            cfg, opts.input_path, trial_runner(opts), _trial_progress(cfg, opts)
+        )
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
     with (
@@ -145,6 +147,19 @@ def _plan(
     data_file = model_io.data_path(opts.output)
     outs.add(data_file, "the external data of -o", exists_ok=not model_io.saves_external(model))
     outs.check()
+
+
+def _trial_progress(cfg: PipelineConfig, opts: RunOptions) -> budget.OnTrial:
+    """Progress of a budget search: one step per trial (a search runs for minutes)."""
+    planned = budget.planned_trials(cfg)
+    done = 0
+
+    def on_trial(trial: budget.Trial) -> None:
+        nonlocal done
+        done += 1
+        opts.progress("search", done, max(planned, done))
+
+    return on_trial
 
 
 def trial_runner(opts: RunOptions) -> budget.Compress:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -13,7 +14,7 @@ import pytest
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
-from mcompress import fidelity, render
+from mcompress import config, fidelity, render
 from mcompress.cli import app
 from mcompress.validate import cosine, output_metrics
 from tests import builders
@@ -311,3 +312,38 @@ def test_search_without_labels_keeps_a_margin_above_the_floor() -> None:
     assert budget._within_margin(plain, report(8.9), accuracy)
     own = config.build({"passes": [{"type": "strip"}], "validate": {"min_sqnr": 6}})
     assert budget._within_margin(own, report(8.9), floor)
+
+
+def test_search_trials_recover_on_fewer_calibration_samples(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trials recover on at most SEARCH_CALIBRATION_SAMPLES (recovery costs grow with the
+    samples); the chosen config runs on all of them. The search names its choice in a note."""
+    from mcompress import budget, pipeline
+
+    seen: list[list[int]] = []
+    real = pipeline.trial_runner
+
+    def recording(opts: pipeline.RunOptions) -> budget.Compress:
+        compress = real(opts)
+
+        def wrapped(cfg: config.PipelineConfig, path: Path) -> Any:
+            seen.append(
+                [p.calibration_samples for p in cfg.passes if getattr(p, "calibration", None)]
+            )
+            return compress(cfg, path)
+
+        return wrapped
+
+    monkeypatch.setattr(pipeline, "trial_runner", recording)
+    model = builders.save(builders.mlp(hidden=64, inputs=64), tmp_path / "mlp.onnx")
+    out = tmp_path / "out.onnx"
+    args = ["run", str(model), "-c", "level2", "-o", str(out), "--calibration", "random"]
+    result = runner.invoke(app, [*args, "--min-top1-agreement", "0.5", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trials = report["search"]["trials"]
+    assert len(seen) == len(trials) == budget.planned_trials(config.load("level2"))
+    assert all(samples and max(samples) == budget.SEARCH_CALIBRATION_SAMPLES for samples in seen)
+    chosen = report["search"]["chosen"]["label"]
+    assert any(f"search: chose {chosen} of {len(trials)} trials" in n for n in report["notes"])
