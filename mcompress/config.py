@@ -141,13 +141,15 @@ def build(
     option that set it: an error in that value names the option (`--sparsity: must be < 1`).
     """
     try:
-        return PipelineConfig.model_validate(data)
+        cfg = PipelineConfig.model_validate(data)
     except ValidationError as exc:
         error = exc.errors()[0]
         key = ".".join(str(p) for p in _key_path(error["loc"]))
         if flags and key in flags:
             raise ConfigError(f"{flags[key]}: {option_message(error)}") from None
         raise _config_error(exc, data, source, None) from None
+    _last_only(cfg, source, None)
+    return cfg
 
 
 def option_message(error: Any) -> str:
@@ -216,7 +218,26 @@ def load(path: str | Path) -> PipelineConfig:
     if not cfg.passes:
         where = f"{path}:{_line_of(root, ['passes'])}" if "passes" in data else str(path)
         raise ConfigError(f"{where}: passes: no pass to run", _NEEDS_PASSES)
+    _last_only(cfg, str(path), root)
     return cfg
+
+
+# Passes that must run last: distill fits the final model to the original, so a pass after
+# it would compress what it fitted.
+_LAST_ONLY = ("distill",)
+
+
+def _last_only(cfg: PipelineConfig, source: str, root: yaml.Node | None) -> None:
+    """Refuse a `distill` pass anywhere but last in `passes`."""
+    for index, pass_cfg in enumerate(cfg.passes[:-1]):
+        if pass_cfg.type in _LAST_ONLY:
+            line = _line_of(root, ["passes", index])
+            where = f"{source}:{line}" if line else source
+            raise ConfigError(
+                f"{where}: passes.{index}: {pass_cfg.type} must be the last pass "
+                f"({len(cfg.passes) - index - 1} pass(es) follow it)",
+                f"move {pass_cfg.type} to the end of 'passes'",
+            )
 
 
 # A config without passes would write an unchanged copy: refused, pointing at the fix.

@@ -37,6 +37,9 @@ class RunOptions:
     force: bool = False
     command: str = "run"
     progress: Progress = lambda label, done, total: None
+    # The model the output is validated against and reported as the input, when that is not
+    # `input_path` (`mcompress distill ORIGINAL COMPRESSED`).
+    original: Path | None = None
 
 
 def file_info(path: Path) -> FileInfo:
@@ -104,6 +107,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
         )
         _compress(cfg, opts, model, report)
         report.input.gzip_bytes = input_gzip.result()
+    if opts.original is not None and report.output is not None:
+        report.input = file_info(opts.original)
+        report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)
     if cfg.validation.enabled:
         report.validation = _validate(cfg, opts, model.path)
     if searched is not None:
@@ -120,7 +126,8 @@ def _validate(cfg: PipelineConfig, opts: RunOptions, staged: Path) -> dict[str, 
     onnxruntime crashes on is kept (exit 3, like a failed gate), any other failure leaves
     no output behind."""
     try:
-        return validate.validate_pair(opts.input_path, staged, cfg.validation, opts.progress)
+        reference = opts.original or opts.input_path
+        return validate.validate_pair(reference, staged, cfg.validation, opts.progress)
     except McompressError as exc:
         exc.message = exc.message.replace(str(staged), str(opts.output))
         if isinstance(exc, GateError) and opts.outputs is not None:
@@ -137,6 +144,7 @@ def _plan(
     outs = opts.outputs
     assert outs is not None
     outs.add_input(opts.input_path, "input model")
+    outs.add_input(opts.original, "original model")
     for path in input_files:
         outs.add_input(path, "external data of the input model")
     outs.add_input(cfg.validation.data, "--data file")
@@ -144,6 +152,7 @@ def _plan(
         calibration = getattr(pass_cfg, "calibration", None)
         if calibration not in (None, "random"):
             outs.add_input(calibration, "calibration data")
+        outs.add_input(getattr(pass_cfg, "teacher", None), "teacher model")
     data_file = model_io.data_path(opts.output)
     outs.add(data_file, "the external data of -o", exists_ok=not model_io.saves_external(model))
     outs.check()

@@ -18,6 +18,7 @@ from mcompress.cli import (  # noqa: F401
     batch_merge,
     cluster,
     configs,
+    distill,
     doctor,
     fp16,
     inspect,

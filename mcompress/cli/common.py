@@ -33,7 +33,7 @@ EXIT_CODES_HELP = (
 
 # The order `--help` lists commands in: everyday passes first, tooling last.
 COMMAND_ORDER = (
-    "quantize", "prune", "cluster", "fp16", "strip", "run", "validate", "inspect",
+    "quantize", "prune", "cluster", "distill", "fp16", "strip", "run", "validate", "inspect",
     "tune", "sensitivity", "doctor", "batch", "configs",
 )  # fmt: skip
 
@@ -335,7 +335,7 @@ def writes_model(
             cfg = with_cli_validation(cfg, opts)
             if config_file is not None:
                 config_file = config.resolve_config_path(config_file)
-            _execute(cfg, model_path, opts, name, fn.__name__, config_file)
+            _execute(cfg, model_path, opts, name, fn.__name__, config_file, kwargs.get("original"))
 
         command = _with_options(fn, tuple(OPTIONS), body, {})
         return app.command(name=fn.__name__.replace("_", "-"), epilog=EXIT_CODES_HELP)(command)
@@ -411,7 +411,10 @@ def _execute(
     what: str,
     command: str,
     config_file: Path | None,
+    original: Path | None = None,
 ) -> None:
+    """Run the pipeline and write the model and reports; `original` (distill) is the model
+    validated against when it is not `model`."""
     output = opts.output or model_io.default_output(model, what)
     with Outputs(opts.force) as outs:
         outs.add(output, "-o", replaces_model=True)
@@ -426,6 +429,7 @@ def _execute(
                     outputs=outs,
                     command=command,
                     progress=progress,
+                    original=original,
                 ),
             )
         stage_reports(outs, report, opts)

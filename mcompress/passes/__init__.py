@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from mcompress.passes import cluster, fp16, prune, quantize, strip
+from mcompress.passes import cluster, distill, fp16, prune, quantize, strip
 
 PASSES: dict[str, ModuleType] = {
     "strip": strip,
@@ -12,4 +12,5 @@ PASSES: dict[str, ModuleType] = {
     "prune": prune,
     "cluster": cluster,
     "fp16": fp16,
+    "distill": distill,
 }
