@@ -74,6 +74,9 @@ class DistillStats:
         """One line: held-out agreement and KL before -> after, what was fitted, seconds."""
         b, a = self.before, self.after
         assert b is not None and a is not None
+        if not self.layers and not self.classifier:
+            why = self.skipped[0]["reason"] if self.skipped else "no layer"
+            return f"distill: nothing fitted, the model is unchanged ({why}; see skipped)"
         parts = [
             f"distill: held-out top-1 agreement {b.top1:.1%} -> {a.top1:.1%}, "
             f"KL {b.kl:.4g} -> {a.kl:.4g} ({self.samples_held_out} samples held out)"

@@ -56,7 +56,15 @@ def plan(model: Model, teacher_names: set[str], count: int, exclude: tuple[str, 
     layers = {layer.position: layer for layer in find_layers(model)}
     result = Plan()
     chain = _chain_to_output(model, graph, weighted[-1][1]) if weighted else None
-    if chain is None:
+    last_quantized = bool(weighted) and _quantized_how(weighted[-1][1], graph) is not None
+    if chain is None and last_quantized:
+        node = weighted.pop()[1]
+        how = QUANTIZED_NOTE.format(how=_quantized_how(node, graph))
+        result.skipped.append({"name": node.name or node.output[0], "reason": f"classifier: {how}"})
+    elif not weighted:
+        why = "no Conv, Gemm or MatMul with a constant weight in the main graph (layers inside "
+        result.skipped.append({"name": "(model)", "reason": why + "If/Loop bodies are not fitted)"})
+    elif chain is None:
         why = "the last weighted layer does not feed a graph output through bias Adds, Softmax "
         result.skipped.append({"name": "(classifier)", "reason": why + "and reshapes only"})
     else:

@@ -42,8 +42,13 @@ def joined(results: list[Batch], name: str) -> np.ndarray:
 
 def as_log_probs(y: np.ndarray) -> np.ndarray:
     """Class scores `[..., classes]` as `[samples, classes]` log-probabilities when they are
-    probabilities (non-negative rows summing to 1), else as the logits they are."""
+    probabilities (non-negative rows summing to 1), else as the logits they are; a single
+    score is a two-class probability (in [0, 1]) or logit."""
     y = np.asarray(y, dtype=np.float64).reshape(-1, y.shape[-1])
+    if y.shape[-1] == 1:  # one score: a probability (sigmoid) or a logit of two classes
+        if y.min() >= 0 and y.max() <= 1:
+            return np.log(np.maximum(np.concatenate([1 - y, y], axis=-1), 1e-12))
+        return np.concatenate([np.zeros_like(y), y], axis=-1)
     if y.min() >= 0 and np.allclose(y.sum(axis=-1), 1.0, atol=1e-3):
         return np.log(np.maximum(y, 1e-12))
     return y
