@@ -11,7 +11,7 @@ import onnx
 from onnx import helper
 
 from mcompress.model_io import Model, read_array
-from mcompress.passes.base import node_excluded
+from mcompress.graph import node_excluded
 from mcompress.recover.layers import Layer, find_layers
 
 WEIGHTED_OPS = {
