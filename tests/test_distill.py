@@ -18,6 +18,7 @@ from mcompress.recover.distill import (
     KDOptions,
     TargetStats,
     fit_layer,
+    fit_on_grid,
     kd_fit,
     kl,
     log_softmax,
@@ -208,3 +209,82 @@ def test_distill_without_calibration_is_exit_2(tmp_path: Path) -> None:
         "calibration: in the pass); the original model is the teacher"
     )
     assert not (tmp_path / "s.distilled.onnx").exists()
+
+
+def test_pipeline_ending_in_distill_uses_run_calibration_and_no_recover(tmp_path: Path) -> None:
+    model = builders.save(classifier(), tmp_path / "m.onnx")
+    x = inputs(128, seed=5)
+    np.savez(tmp_path / "calib.npz", x=x)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "passes:\n  - {type: prune, sparsity: 0.6, min_elements: 0, recover: false}\n"
+        "  - {type: distill}\n"
+    )
+    common = ["run", str(model), "-c", str(config), "--calibration", str(tmp_path / "calib.npz")]
+    result = _cli(*common, "-o", str(tmp_path / "on.onnx"), "--json", "--no-gates")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    stats = report["passes"][1]["stats"]
+    assert stats["teacher"] == str(model)  # the pipeline's input is the teacher
+    assert stats["after"]["kl"] < 0.7 * stats["before"]["kl"]  # measured 0.29 against 0.55
+    assert report["passes"][0]["stats"]["totals"]["sparsity"] >= 0.59  # prune ran without recovery
+    off = _cli(*common, "--no-recover", "-o", str(tmp_path / "off.onnx"), "--json", "--no-gates")
+    assert off.returncode == 0, off.stderr
+    off_note = "distill: recover is off (--no-recover / recover: false): the model is unchanged"
+    assert off_note in json.loads(off.stdout)["notes"]
+
+
+def test_fit_on_grid_stays_on_the_int8_grid_and_lowers_the_error(tmp_path: Path) -> None:
+    path = builders.save(classifier(), tmp_path / "m.onnx")
+    layer = find_layers(model_io.load_model(path))[1]
+    truth = layer.matrices()
+    cols = np.array([True] * WIDTH + [False])
+    scale = np.ones_like(truth)
+    scale[..., :-1] = np.abs(truth[..., :-1]).max(axis=2, keepdims=True) / 127
+    noisy = truth + np.random.default_rng(5).normal(0, 0.05, truth.shape)
+    student = noisy.copy()
+    student[..., :-1] = np.clip(np.rint(noisy[..., :-1] / scale[..., :-1]), -127, 127)
+    student[..., :-1] *= scale[..., :-1]
+    mixing = np.random.default_rng(4).normal(size=(WIDTH, WIDTH))
+    x = (inputs(300, seed=3) @ mixing).astype(np.float32)
+    stats = TargetStats()
+    stats.add(layer, x, x @ truth[0, :, :-1].T + truth[0, :, -1])
+    fitted = fit_on_grid(student, cols, stats, (scale, np.zeros_like(scale), -127, 127))
+    codes = fitted[..., :-1] / scale[..., :-1]
+    np.testing.assert_allclose(codes, np.rint(codes), atol=1e-6)
+    assert np.abs(codes).max() <= 127 + 1e-9
+    assert stats.error(student) > 0.01
+    assert stats.error(fitted) < 0.1 * stats.error(student)
+
+
+def test_distill_refits_a_quantized_conv_on_its_grid_and_names_what_it_skips(
+    tmp_path: Path,
+) -> None:
+    model = builders.save(builders.conv_bn(channels=8), tmp_path / "m.onnx")
+    x = np.random.default_rng(0).normal(size=(64, 3, 16, 16)).astype(np.float32)
+    np.savez(tmp_path / "calib.npz", x=x)
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        "passes:\n  - {type: prune, sparsity: 0.6, min_elements: 0, recover: false}\n"
+        "  - {type: quantize, recover: false}\n  - {type: distill}\n"
+    )
+    out = tmp_path / "o.onnx"
+    result = _cli(
+        "run", str(model), "-c", str(config), "--calibration", str(tmp_path / "calib.npz"),
+        "-o", str(out), "--json", "--no-gates",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)["passes"][-1]["stats"]
+    [conv1] = stats["layers"]
+    assert conv1["name"] == "conv1" and conv1["storage"] == "quantized"
+    assert conv1["error_after"] <= conv1["error_before"]
+    assert stats["skipped"] == [
+        {"name": "conv2", "reason": "its weight is quantized and it has no bias to re-fit with it"}
+    ]
+    assert stats["after"]["kl"] < stats["before"]["kl"]
+    graph = onnx.load(str(out)).graph
+    codes = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.data_type == 3}
+    conv = next(n for n in graph.node if n.name == "conv1")
+    mul = next(n for n in graph.node if n.output[0] == conv.input[1])
+    cast = next(n for n in graph.node if n.op_type == "Cast" and n.output[0] in mul.input)
+    assert codes[cast.input[0]].dtype == np.int8

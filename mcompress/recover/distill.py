@@ -112,6 +112,34 @@ def _fit_codebook(
     return out
 
 
+def fit_on_grid(
+    mats: np.ndarray,
+    cols: np.ndarray,
+    stats: TargetStats,
+    grid: tuple[np.ndarray, np.ndarray, int, int],
+) -> np.ndarray:
+    """A quantized layer's new matrices on its grid (scale and zero point matrices shaped like
+    `mats`, code range low..high): the least-squares target rounded column by column with the
+    error spread over the columns not yet rounded (GPTQ). A weight that is mostly zero (pruned,
+    then quantized) keeps its zeros."""
+    assert stats.hcc is not None
+    scale, zero, low, high = grid
+    target = ls_fit(mats, stats)
+    zeros = (mats == 0) & cols
+    fixed = zeros if zeros[..., cols].mean() >= PRUNED_SHARE else None
+
+    def snap(column: np.ndarray, col: int) -> np.ndarray:
+        s, z = scale[..., col], zero[..., col]
+        return (np.clip(np.rint(column / s) + z, low, high) - z) * s
+
+    h = solve.damped(stats.hcc)
+    return solve.obs_sweep(target, h, prunable=cols, fixed_zero=fixed, quantize=snap)
+
+
+# A quantized weight with at least this share of zero codes was pruned first: zeros stay.
+PRUNED_SHARE = 0.3
+
+
 def nearest(values: np.ndarray, book: np.ndarray) -> np.ndarray:
     """Each value replaced by the closest entry of the sorted codebook `book`."""
     idx = np.clip(np.searchsorted(book, values), 1, max(book.size - 1, 1))

@@ -5,6 +5,7 @@ agreement and KL on the held-out samples before and after (nothing changes if KL
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +17,7 @@ from mcompress.inputs import InputSet, make_feeds
 from mcompress.model_io import FreshNames, Model, load_model
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.distill.plan import Head, plan
+from mcompress.passes.distill.quantized import Grid
 from mcompress.passes.distill.runs import Agreement, agreement, as_log_probs, joined, tensors
 from mcompress.recover.activations import batches
 from mcompress.recover.blas import single_thread
@@ -24,6 +26,7 @@ from mcompress.recover.distill import (
     KDOptions,
     TargetStats,
     fit_layer,
+    fit_on_grid,
     kd_fit,
     nearest,
     storage,
@@ -171,11 +174,12 @@ def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) ->
         joined(tensors(teacher.proto, teacher.base_dir, [t_output], data.held), t_output)
     )
     stats.before = _measure(model, output, data.held, teacher_held)
-    undo: list[tuple[Layer, np.ndarray]] = []
+    undo: list[Callable[[], None]] = []
     fresh = FreshNames(model.proto)
     for done, layer in enumerate(todo.layers):
         ctx.progress("distill", done, len(todo.layers) + 1)
-        row = _refit(model, layer, teacher_fit, data.fit, fresh, undo)
+        grid = todo.grids.get(layer.position)
+        row = _refit(model, layer, grid, teacher_fit, data.fit, fresh, undo)
         if isinstance(row, str):
             stats.skipped.append({"name": layer.name, "reason": row})
         else:
@@ -190,8 +194,8 @@ def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) ->
     ctx.progress("distill", len(todo.layers) + 1, len(todo.layers) + 1)
     stats.after = _measure(model, output, data.held, teacher_held)
     if stats.after.kl > stats.before.kl:
-        for layer, mats in reversed(undo):
-            layer.store(mats, model, fresh)
+        for restore in reversed(undo):
+            restore()
         stats.reverted, stats.after = True, stats.before
     stats.seconds = round(time.perf_counter() - started, 3)
     changed = bool(undo) and not stats.reverted
@@ -217,16 +221,17 @@ def _measure(model: Model, output: str, held: list[Batch], teacher: np.ndarray) 
 def _refit(
     model: Model,
     layer: Layer,
+    grid: Grid | None,
     teacher: list[Batch],
     fit: list[Batch],
     fresh: FreshNames,
-    undo: list[tuple[Layer, np.ndarray]],
+    undo: list[Callable[[], None]],
 ) -> LayerFit | str:
     """Re-fit one layer to the teacher's output of it; the reason when it cannot be."""
     started = time.perf_counter()
     source, target = layer.node.input[0], layer.node.output[0]
     inputs = tensors(model.proto, model.base_dir, [source], fit)
-    mats = layer.matrices()
+    mats = layer.matrices() if grid is None else grid.matrices()
     channels = mats.shape[0] * mats.shape[1]
     stats = TargetStats()
     for x, t in zip(inputs, teacher, strict=True):
@@ -239,12 +244,18 @@ def _refit(
         except ValueError as exc:
             return f"its output does not match the teacher's: {exc}"
     cols = prunable_columns(layer, mats)
-    new = fit_layer(mats, cols, stats)
-    undo.append((layer, mats))
-    layer.store(new, model, fresh)
+    if grid is None:
+        form, new = storage(mats, cols), fit_layer(mats, cols, stats)
+        undo.append(lambda: layer.store(mats, model, fresh))
+        layer.store(new, model, fresh)
+    else:
+        form = "quantized"
+        new = fit_on_grid(mats, cols, stats, (grid.scale, grid.zero, grid.low, grid.high))
+        undo.append(lambda: grid.store(mats))
+        grid.store(new)
     return LayerFit(
         layer.name,
-        storage(mats, cols),
+        form,
         round(stats.error(mats), 6),
         round(stats.error(new), 6),
         round(time.perf_counter() - started, 3),
@@ -258,7 +269,7 @@ def _fit_head(
     data: Split,
     teacher: tuple[np.ndarray, np.ndarray],
     fresh: FreshNames,
-    undo: list[tuple[Layer, np.ndarray]],
+    undo: list[Callable[[], None]],
 ) -> dict[str, Any] | str:
     """Fit the classifier to the teacher's softened outputs by gradient descent; the reason
     when it cannot be."""
@@ -291,7 +302,7 @@ def _fit_head(
     if form == "clustered":
         book = np.unique(mats[0][:, cols])
         w[:, cols] = np.where(mats[0][:, cols] == 0, 0.0, nearest(w[:, cols], book))
-    undo.append((layer, mats))
+    undo.append(lambda: layer.store(mats, model, fresh))
     layer.store(w[None], model, fresh)
     return {
         "name": layer.name,

@@ -10,8 +10,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.model_io import Model, read_array
 from mcompress.graph import node_excluded
+from mcompress.model_io import Model, read_array
+from mcompress.passes.distill.quantized import Grid, find_grid
 from mcompress.recover.layers import Layer, find_layers
 
 WEIGHTED_OPS = {
@@ -20,8 +21,8 @@ WEIGHTED_OPS = {
 }  # fmt: skip
 # Ops between the classifier layer and the output that keep one row of class scores per sample.
 _PASS_THROUGH = {"Identity", "Reshape", "Flatten", "Squeeze"}
-QUANTIZED_NOTE = "its weight is stored quantized ({how}); distill fits float, pruned and "
-QUANTIZED_NOTE += "clustered weights only"
+QUANTIZED_NOTE = "its weight is stored quantized ({how}); distill re-fits float, pruned, "
+QUANTIZED_NOTE += "clustered and Cast/Mul-rebuilt integer weights only"
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Plan:
     layers: list[Layer] = field(default_factory=list)
     head: Head | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
+    grids: dict[int, Grid] = field(default_factory=dict)  # position -> quantized layer's grid
 
 
 def plan(model: Model, teacher_names: set[str], count: int, exclude: tuple[str, ...]) -> Plan:
@@ -71,18 +73,23 @@ def plan(model: Model, teacher_names: set[str], count: int, exclude: tuple[str, 
         head_at, head_node = weighted.pop()
         result.head = _head(graph, layers.get(head_at), head_node, chain, result, exclude)
     for position, node in weighted[max(len(weighted) - count, 0) :]:
-        reason = _why_not(node, layers.get(position), constant, teacher_names, exclude, graph)
-        if reason:
-            result.skipped.append({"name": node.name or node.output[0], "reason": reason})
+        layer = layers.get(position)
+        grid = find_grid(model, position) if layer is None else None
+        if isinstance(grid, Grid):
+            layer = grid.layer
+            result.grids[position] = grid
+        reason = grid if isinstance(grid, str) else None
+        reason = reason or _why_not(node, layer, teacher_names, exclude, graph)
+        if reason or layer is None:
+            result.skipped.append({"name": node.name or node.output[0], "reason": str(reason)})
         else:
-            result.layers.append(layers[position])
+            result.layers.append(layer)
     return result
 
 
 def _why_not(
     node: onnx.NodeProto,
     layer: Layer | None,
-    constant: set[str],
     teacher_names: set[str],
     exclude: tuple[str, ...],
     graph: onnx.GraphProto,
