@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from pathlib import Path
 from typing import Annotated, Any, Union
 
@@ -13,6 +14,7 @@ from mcompress.errors import ConfigError
 from mcompress.passes import PASSES
 
 PRESETS_DIR = Path(__file__).parent / "presets"
+MAX_INPUT_ELEMENTS = 2**31  # an input shape's elements (--input-shape, input_shapes)
 
 
 class ValidateConfig(BaseModel):
@@ -63,6 +65,16 @@ class ValidateConfig(BaseModel):
         description="gates skipped with a note (not failed) when their metric is unavailable",
     )
 
+    @field_validator("input_shapes")
+    @classmethod
+    def _shapes(cls, shapes: dict[str, list[int]]) -> dict[str, list[int]]:
+        """The rules of --input-shape: every dim at least 1, fewer than 2^31 elements."""
+        for name, dims in shapes.items():
+            problem = shape_problem(f"{name}={'x'.join(map(str, dims))}", dims)
+            if problem:
+                raise ValueError(problem)
+        return shapes
+
     @field_validator("optional_gates")
     @classmethod
     def _known_gates(cls, names: list[str]) -> list[str]:
@@ -71,6 +83,17 @@ class ValidateConfig(BaseModel):
         if unknown:
             raise ValueError(f"unknown gate {unknown[0]!r}; gates: {', '.join(gates)}")
         return names
+
+
+def shape_problem(text: str, dims: list[int]) -> str | None:
+    """Why the input shape `text` (`name=1x3x224x224`, giving `dims`) is refused, or None."""
+    if not dims or min(dims) < 1:
+        return f"'{text}': every dimension must be at least 1"
+    if math.prod(dims) >= MAX_INPUT_ELEMENTS:
+        return (
+            f"'{text}' has {math.prod(dims)} elements; at most {MAX_INPUT_ELEMENTS - 1} are allowed"
+        )
+    return None
 
 
 def _pass_union() -> Any:
@@ -274,7 +297,7 @@ def _config_error(
     key = ".".join(str(p) for p in loc) or "(top level)"
     line = _line_of(root, loc)
     where = f"{source}:{line}" if line else source
-    message = err["msg"]
+    message = str(err["msg"]).removeprefix("Value error, ")
     hint = None
     if err["type"] == "extra_forbidden":
         message = f"unknown key '{loc[-1]}'"

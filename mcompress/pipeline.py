@@ -14,8 +14,10 @@ import onnx
 from mcompress import budget, encoding, model_io, runtime, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
-from mcompress.errors import GateError, McompressError, ModelError, NothingToDo
+from mcompress.errors import DataError, GateError, McompressError, ModelError, NothingToDo
 from mcompress.inputs import make_feeds
+from mcompress.inputs.facts import graph_inputs
+from mcompress.inputs.shapes import pinned_dims
 from mcompress.outputs import Outputs
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext, unmatched_patterns
@@ -183,7 +185,7 @@ def trial_runner(opts: RunOptions) -> budget.Compress:
 def _check_inputs(cfg: PipelineConfig, opts: RunOptions, model: model_io.Model) -> None:
     """Fail before any pass runs when onnxruntime cannot load the input model (a session
     from the file, graph optimizations off: no seconds added on a large model) or when the
-    `--data` file does not fit its inputs, rather than after a compressed model was written."""
+    `--data` file or a pass's calibration data does not fit its inputs."""
     if not _lowered_on_save(model):
         try:
             runtime.session(opts.input_path, optimize=False)
@@ -191,14 +193,26 @@ def _check_inputs(cfg: PipelineConfig, opts: RunOptions, model: model_io.Model) 
             raise ModelError(
                 f"the input model does not run in onnxruntime: {runtime.error_line(exc)}"
             ) from None
+    shapes = {k: tuple(v) for k, v in cfg.validation.input_shapes.items()}
+    pinned_dims(graph_inputs(model.proto), shapes)
     if cfg.validation.data:
-        make_feeds(
-            model,
-            data=Path(cfg.validation.data),
-            samples=1,
-            seed=cfg.validation.seed,
-            input_shapes={k: tuple(v) for k, v in cfg.validation.input_shapes.items()},
-        )
+        _check_data(model, Path(cfg.validation.data), cfg.validation.seed, shapes)
+    for pass_cfg in cfg.passes:
+        calibration = getattr(pass_cfg, "calibration", None)
+        if calibration in (None, "random"):
+            continue
+        try:
+            _check_data(model, Path(calibration), cfg.validation.seed, shapes)
+        except DataError as exc:  # its messages start "data ..."
+            exc.message = f"calibration {exc.message}"
+            raise
+
+
+def _check_data(
+    model: model_io.Model, data: Path, seed: int, shapes: dict[str, tuple[int, ...]]
+) -> None:
+    """Read one sample of `data` for `model`: DataError when it does not fit."""
+    make_feeds(model, data=data, samples=1, seed=seed, input_shapes=shapes)
 
 
 def _lowered_on_save(model: model_io.Model) -> bool:

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
+from typer.testing import CliRunner
 
+from mcompress.errors import DataError, McompressError
 from tests import builders
 
 
@@ -219,3 +222,84 @@ def test_nodes_without_names_quantize(tmp_path: Path) -> None:
     result = mcompress("quantize", path, "-o", tmp_path / "q.onnx")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "q.onnx").is_file()
+
+
+def _bad_npz(folder: Path) -> dict[str, str]:
+    """Calibration files that do not fit builders.mlp's input x [batch, 32], each with the
+    reason mcompress gives."""
+    cases = {
+        "name.npz": ({"y": np.zeros((4, 32), np.float32)}, " has no array for input 'x'"),
+        "shape.npz": ({"x": np.zeros((4, 31), np.float32)}, ": input 'x' has shape [4, 31]"),
+        "dtype.npz": ({"x": np.array([["a"] * 32] * 4)}, ": input 'x' is <U1, the model"),
+        "samples.npz": ({"x": np.zeros((0, 32), np.float32)}, ": every array needs the same"),
+        "none.npz": ({}, " has no array for input 'x' (expected float32 [batch, 32])"),
+    }
+    for name, (arrays, _) in cases.items():
+        np.savez(folder / name, **arrays)
+    return {name: reason for name, (_, reason) in cases.items()}
+
+
+def test_bad_calibration_is_exit_2_before_any_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcompress import pipeline
+    from mcompress.cli import app
+
+    path = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    cases = _bad_npz(tmp_path)
+    monkeypatch.setattr(pipeline, "_apply", lambda *a: pytest.fail("a pass ran"))
+    commands = [["quantize"], ["quantize", "--mode", "static"], ["prune"], ["cluster"]]
+    before = digest(tmp_path)
+    for name, reason in cases.items():
+        npz = tmp_path / name
+        config = tmp_path / "c.yaml"  # a pipeline: the first pass must not run either
+        config.write_text(
+            f"passes:\n  - {{type: strip}}\n  - {{type: prune, calibration: '{npz}'}}\n",
+            encoding="utf-8",
+        )
+        for args in [*([*c, str(path), "--calibration", str(npz)] for c in commands)] + [
+            ["run", str(path), "-c", str(config)]
+        ]:
+            result = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "out.onnx")])
+            exc = result.exception
+            assert isinstance(exc, DataError), (args, result.output)
+            assert exc.message.startswith(f"calibration data '{npz}'{reason}"), exc.message
+        config.unlink()
+    assert digest(tmp_path) == before
+    line = refused(tmp_path, "quantize", path, "--calibration", tmp_path / "name.npz")
+    assert line == (
+        f"mcompress: error: calibration data '{tmp_path / 'name.npz'}' has no array for input "
+        "'x' (expected float32 [batch, 32])"
+    )
+
+
+def test_yaml_input_shapes_are_checked_like_input_shape(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mcompress import pipeline
+    from mcompress.cli import app
+
+    path = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    config = tmp_path / "c.yaml"
+    monkeypatch.setattr(pipeline, "_apply", lambda *a: pytest.fail("a pass ran"))
+    with_line = f"{config}:4: validate.input_shapes: "
+    either = "--input-shape / validate.input_shapes"
+    cases = {
+        "{x: [-1, 32]}": with_line + "'x=-1x32': every dimension must be at least 1",
+        "{x: [0, 32]}": with_line + "'x=0x32': every dimension must be at least 1",
+        "{x: [65536, 32768]}": with_line
+        + "'x=65536x32768' has 2147483648 elements; at most 2147483647 are allowed",
+        "{z: [1, 32]}": f"{either} names input 'z', which the model does not have",
+        "{x: [1, 31]}": f"{either} x=1x31 does not fit the model's x [batch, 32]",
+    }
+    for shapes, message in cases.items():
+        config.write_text(
+            f"passes:\n  - {{type: quantize}}\nvalidate:\n  input_shapes: {shapes}\n",
+            encoding="utf-8",
+        )
+        before = digest(tmp_path)
+        args = ["run", str(path), "-c", str(config), "-o", str(tmp_path / "out.onnx")]
+        exc = CliRunner().invoke(app, args).exception
+        assert isinstance(exc, McompressError) and exc.exit_code == 2, shapes
+        assert exc.message == message
+        assert digest(tmp_path) == before

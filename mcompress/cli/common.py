@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import inspect as pyinspect
-import math
 import os
 import sys
 import time
@@ -391,17 +390,10 @@ def parse_shape(text: str) -> tuple[str, list[int]]:
         raise McompressError(
             f"--input-shape '{text}' is not of the form name=1x3x224x224"
         ) from None
-    if min(values) < 1:
-        raise McompressError(f"--input-shape '{text}': every dimension must be at least 1")
-    if math.prod(values) >= MAX_INPUT_ELEMENTS:
-        raise McompressError(
-            f"--input-shape '{text}' has {math.prod(values)} elements; at most "
-            f"{MAX_INPUT_ELEMENTS - 1} are allowed"
-        )
+    problem = config.shape_problem(text, values)
+    if problem:
+        raise McompressError(f"--input-shape {problem}")
     return name, values
-
-
-MAX_INPUT_ELEMENTS = 2**31
 
 
 def _execute(

@@ -52,7 +52,7 @@ def resolve(
     model: model_io.Model, inputs: list[ModelInput], input_shapes: dict[str, tuple[int, ...]]
 ) -> tuple[Shapes, Guessed, list[str]]:
     """Concrete shapes, the (input -> dim indices) that were guessed, and notes on each choice."""
-    known = _given(inputs, input_shapes)
+    known = pinned_dims(inputs, input_shapes)
     outputs = [o.name for o in model.proto.graph.output]
     shapes: Shapes = {}
     guessed: Guessed = {}
@@ -84,13 +84,17 @@ def resolve(
     return shapes, guessed, notes
 
 
-def _given(inputs: list[ModelInput], input_shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
-    """Sizes of named dims pinned by `input_shapes`, after checking each shape fits its input."""
+def pinned_dims(
+    inputs: list[ModelInput], input_shapes: dict[str, tuple[int, ...]]
+) -> dict[str, int]:
+    """Sizes of named dims pinned by `input_shapes`, after checking each shape names an input
+    of the model and fits it (DataError otherwise)."""
     names = {inp.name for inp in inputs}
     unknown = sorted(set(input_shapes) - names)
     if unknown:
         raise DataError(
-            f"--input-shape names input '{unknown[0]}', which the model does not have",
+            f"--input-shape / validate.input_shapes names input '{unknown[0]}', which the "
+            "model does not have",
             f"inputs: {', '.join(sorted(names))}",
         )
     known: dict[str, int] = {}
@@ -102,8 +106,8 @@ def _given(inputs: list[ModelInput], input_shapes: dict[str, tuple[int, ...]]) -
             isinstance(d, int) and d != g for d, g in zip(inp.dims, given, strict=True)
         ):
             raise DataError(
-                f"--input-shape {inp.name}={'x'.join(map(str, given))} does not fit the model's "
-                f"{inp.name} {fmt_dims(inp.dims)}"
+                f"--input-shape / validate.input_shapes {inp.name}={'x'.join(map(str, given))} "
+                f"does not fit the model's {inp.name} {fmt_dims(inp.dims)}"
             )
         for d, g in zip(inp.dims, given, strict=True):
             if isinstance(d, str) and d:
