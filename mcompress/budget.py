@@ -248,7 +248,7 @@ def _within_margin(cfg: PipelineConfig, report: RunReport, gates: list[Any]) -> 
     own_floor = cfg.validation.min_sqnr is not None or cfg.validation.min_top1_agreement is not None
     if accuracy_measured or own_floor or report.validation is None:
         return True
-    for metrics in report.validation["outputs"].values():
+    for metrics in report.validation.outputs.values():
         if metrics.get("recurrent_state_of"):
             continue
         top1 = metrics.get("top1_agreement")

@@ -24,7 +24,7 @@ from mcompress.config import PipelineConfig
 from mcompress.errors import McompressError
 from mcompress.passes import PASSES
 from mcompress.passes.fp16.ops import FP16_CPU_KERNELS
-from mcompress.report import human_bytes
+from mcompress.render_terminal import human_bytes
 from mcompress.runtime import error_line
 
 Severity = Literal["note", "warning", "problem"]

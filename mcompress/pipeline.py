@@ -122,7 +122,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     return report
 
 
-def _validate(cfg: PipelineConfig, opts: RunOptions, staged: Path) -> dict[str, Any] | None:
+def _validate(cfg: PipelineConfig, opts: RunOptions, staged: Path) -> validate.Validation | None:
     """Validate the staged output against the untouched input. When validation fails, the
     error names the output as the user does and says whether it was written: a model
     onnxruntime crashes on is kept (exit 3, like a failed gate), any other failure leaves

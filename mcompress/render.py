@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mcompress import render_search
-from mcompress.report import FLOOR_GATES, RunReport, gzip_text, human_bytes
+from mcompress.render_terminal import gzip_text, human_bytes
+from mcompress.report import FLOOR_GATES, RunReport
 
 MAX_BARS = 15
 _BEFORE = "#9aa5b1"

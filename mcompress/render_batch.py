@@ -7,7 +7,7 @@ import os
 from typing import Any
 
 from mcompress.render import _md_table
-from mcompress.report import human_bytes
+from mcompress.render_terminal import human_bytes
 
 COLUMNS = ("model", "input", "output", "ratio", "key metric", "gates", "status", "seconds")
 

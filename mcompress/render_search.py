@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from mcompress.report import human_bytes
+from mcompress.render_terminal import human_bytes
 
 HEADER = ["trial", "size", "gate figures", "within budget", "on the front", "seconds"]
 

@@ -8,32 +8,40 @@ a CI gate that silently passes is worse than one that asks for data.
 
 from __future__ import annotations
 
-import json
 import math
-import signal
-import statistics
-import subprocess
-import sys
-import tempfile
-import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mcompress import fidelity, latency_stats, processes, runtime
+from mcompress import fidelity, performance, runtime
 from mcompress.config import ValidateConfig
-from mcompress.errors import DataError, GateError, McompressError, ModelError
+from mcompress.errors import DataError, ModelError
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.report import Gate, RunReport
 
 Progress = Callable[[str, int, int], None]
 CONFIDENT_MARGIN = 0.2
-WARMUP_RUNS = 3
-# Samples stacked into one batch for the second latency measurement, with --data.
-DATA_BATCH = 32
 _ALL_SAMPLES = 10**9
+
+
+@dataclass
+class Validation:
+    """The report's `validation` section: the compressed model's outputs against the original's
+    on the same inputs (per output and worst overall), the fidelity floor, task accuracy with
+    labels, latency and peak memory. Nested figures are plain mappings (see the README)."""
+
+    inputs: dict[str, Any] = field(default_factory=dict)  # data file or random, guessed sizes
+    samples: int = 0
+    outputs: dict[str, Any] = field(default_factory=dict)  # name -> output_metrics(...)
+    overall: dict[str, Any] = field(default_factory=dict)  # the worst output's figures
+    floor: dict[str, Any] | None = None  # floor_section
+    task: dict[str, Any] | None = None  # accuracy with labels (_task)
+    latency: dict[str, Any] | None = None  # performance.latency
+    memory: dict[str, Any] | None = None  # performance.memory
+    notes: list[str] = field(default_factory=list)
 
 
 def validate_pair(
@@ -41,30 +49,25 @@ def validate_pair(
     compressed: Path,
     cfg: ValidateConfig,
     progress: Progress,
-) -> dict[str, Any] | None:
+) -> Validation | None:
     """Run both models on the same inputs and measure how far apart they are."""
     if not cfg.enabled:
         return None
     inputs = feeds_for(Path(original), cfg)
-    memory = _memory(Path(original), Path(compressed), inputs)
+    memory = performance.memory(Path(original), Path(compressed), inputs)
     sessions = open_sessions(Path(original), Path(compressed))
     total = len(inputs.feeds) + cfg.latency_runs
-    figures = compare_outputs(sessions, inputs, cfg, lambda i: progress("validating", i, total))
-    notes = figures.pop("notes")
-    latency = _latency(
+    found = compare_outputs(sessions, inputs, cfg, lambda i: progress("validating", i, total))
+    found.latency = performance.latency(
         sessions, inputs.feeds[0], cfg.latency_runs,
         lambda i: progress("validating", len(inputs.feeds) + i, total),
     )  # fmt: skip
     if not inputs.synthetic:
-        latency["data_batch"] = _batch_latency(sessions, inputs.feeds, cfg.latency_runs, notes)
-    return {
-        "inputs": inputs.description,
-        "samples": len(inputs.feeds),
-        **figures,
-        "latency": latency,
-        "memory": memory,
-        "notes": notes,
-    }
+        found.latency["data_batch"] = performance.batch_latency(
+            sessions, inputs.feeds, cfg.latency_runs, found.notes
+        )
+    found.memory = memory
+    return found
 
 
 def feeds_for(original: Path, cfg: ValidateConfig) -> InputSet:
@@ -89,8 +92,9 @@ def compare_outputs(
     inputs: InputSet,
     cfg: ValidateConfig,
     tick: Callable[[int], None] = lambda i: None,
-) -> dict[str, Any]:
-    """Fidelity per output and overall, the floor, task accuracy with labels, and notes."""
+) -> Validation:
+    """Fidelity per output and overall, the floor, task accuracy with labels, and notes (no
+    latency or memory)."""
     names, pairs, notes = _outputs(sessions)
     notes[:0] = inputs.description.get("notes", [])
     results, states = _run_all(sessions, pairs, inputs.feeds, tick)
@@ -108,13 +112,15 @@ def compare_outputs(
         task = _task(names, results, inputs.labels)
         if task is None:
             notes.append("labels given, but no output looks like class scores; no accuracy")
-    return {
-        "outputs": outputs,
-        "overall": overall(outputs),
-        "floor": floor_section(cfg, outputs, synthetic=inputs.synthetic),
-        "task": task,
-        "notes": notes,
-    }
+    return Validation(
+        inputs=inputs.description,
+        samples=len(inputs.feeds),
+        outputs=outputs,
+        overall=overall(outputs),
+        floor=floor_section(cfg, outputs, synthetic=inputs.synthetic),
+        task=task,
+        notes=notes,
+    )
 
 
 # ---------------------------------------------------------------- onnxruntime
@@ -368,151 +374,17 @@ def classification_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[st
     }
 
 
-# ---------------------------------------------------------------- latency and memory
-
-
-def _latency(
-    sessions: list[Any],
-    feed: dict[str, np.ndarray],
-    runs: int,
-    tick: Callable[[int], None] = lambda i: None,
-) -> dict[str, Any]:
-    """Median and p90 milliseconds of `runs` runs of one feed, the two models interleaved."""
-    feeds = [runtime.typed_feed(session, feed) for session in sessions]
-    for _ in range(WARMUP_RUNS):
-        for session, typed in zip(sessions, feeds, strict=True):
-            session.run(None, typed)
-    times: list[list[float]] = [[], []]
-    for i in range(runs):
-        # Alternate which model runs first: the second of a pair shares the CPU with the first
-        # one's thread pool winding down, a bias that made identical files look 1.3x slower.
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
-            start = time.perf_counter()
-            sessions[which].run(None, feeds[which])
-            times[which].append((time.perf_counter() - start) * 1000)
-        tick(i + 1)
-    stats = [
-        {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))} for t in times
-    ]
-    return {
-        "input_shapes": {k: list(v.shape) for k, v in feed.items()},
-        "warmup_runs": WARMUP_RUNS,
-        "runs": runs,
-        "original": stats[0],
-        "compressed": stats[1],
-        **latency_stats.compare(times[0], times[1]),
-    }
-
-
-def _batch_latency(
-    sessions: list[Any], feeds: list[dict[str, np.ndarray]], runs: int, notes: list[str]
-) -> dict[str, Any] | None:
-    """Latency with up to DATA_BATCH data samples stacked on the batch axis, when every input
-    has a dynamic first dimension and each feed holds one sample; else None."""
-    inputs = sessions[0].get_inputs()
-    if len(feeds) < 2 or any(not i.shape or isinstance(i.shape[0], int) for i in inputs):
-        return None
-    if any(v.ndim == 0 or v.shape[0] != 1 for v in feeds[0].values()):
-        return None
-    chosen = feeds[:DATA_BATCH]
-    batch = {name: np.concatenate([f[name] for f in chosen]) for name in chosen[0]}
-    try:
-        return _latency(sessions, batch, runs)
-    except Exception as exc:  # noqa: BLE001 - a model may accept only batch 1
-        notes.append(f"no latency at batch {len(chosen)}: {runtime.error_line(exc)}")
-        return None
-
-
-_MEMORY_SCRIPT = """
-import json, os, sys
-import numpy as np
-import onnxruntime as ort
-
-LINUX = os.path.exists("/proc/self/clear_refs")
-
-def vm(key):
-    if not LINUX:
-        return 0
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-
-names = json.loads(sys.argv[3])
-npz = np.load(sys.argv[2], allow_pickle=False)
-feed = {name: npz[f"arr_{i}"] for i, name in enumerate(names)}
-ort.set_default_logger_severity(4)
-options = ort.SessionOptions()
-options.log_severity_level = 4
-if LINUX:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-before = vm("VmRSS")
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-types = {"tensor(float16)": np.float16, "tensor(float)": np.float32}
-for i in session.get_inputs():
-    feed[i.name] = feed[i.name].astype(types.get(i.type, feed[i.name].dtype))
-session.run(None, feed)
-print(json.dumps(vm("VmHWM") - before if LINUX else None))
-"""
-
-
-def _memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any] | None:
-    """Peak resident memory added by loading and running each model once, measured in a fresh
-    process (Linux peak-RSS counters; None elsewhere or when a model fails there).
-
-    Run before any session of this process: onnxruntime can crash outright (segfault) on a
-    graph it mis-optimizes, and that must end in a clear error, not take mcompress down.
-    """
-    with tempfile.TemporaryDirectory() as tmp:
-        feed_path = Path(tmp) / "feed.npz"
-        np.savez(feed_path, *inputs.feeds[0].values())
-        names = json.dumps(list(inputs.feeds[0]))
-        peaks = []
-        for path, role in ((original, "original"), (compressed, "compressed")):
-            try:
-                done = subprocess.run(
-                    [sys.executable, "-c", _MEMORY_SCRIPT, str(path), str(feed_path), names],
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    preexec_fn=processes.killed_with_parent(),
-                )
-            except (subprocess.SubprocessError, OSError):
-                return None
-            if done.returncode < 0:
-                raise _crashed(path, role, -done.returncode)
-            try:
-                peaks.append(json.loads(done.stdout.strip().splitlines()[-1]))
-            except (ValueError, IndexError):
-                return None
-    if None in peaks:
-        return None
-    peaks = [max(int(p), 0) for p in peaks]
-    return {
-        "method": "peak RSS growth of a fresh process loading and running the model once",
-        "original_peak_bytes": peaks[0],
-        "compressed_peak_bytes": peaks[1],
-        "ratio": peaks[1] / peaks[0] if peaks[0] else None,
-    }
-
-
-def _crashed(path: Path, role: str, signal_number: int) -> McompressError:
-    """The error for onnxruntime dying on a model (the compressed one is written by then)."""
-    try:
-        name = signal.Signals(signal_number).name
-    except ValueError:
-        name = f"signal {signal_number}"
-    message = f"onnxruntime crashed ({name}) loading and running the {role} model '{path}'"
-    if role == "original":
-        return ModelError(message, "the model cannot be validated with this onnxruntime")
-    return GateError(
-        message + "; it is written but unusable with default session options",
-        "keep the nodes involved in float32 with exclude or block_nodes, or try another pass",
-    )
-
-
 # ---------------------------------------------------------------- gates
+
+
+def _figure(section: str, key: str) -> Callable[[RunReport], Any]:
+    """Reads `key` of a validation section of a report (None when it was not measured)."""
+
+    def read(report: RunReport) -> Any:
+        found = getattr(report.validation, section) if report.validation else None
+        return (found or {}).get(key)
+
+    return read
 
 
 _GATES: dict[str, tuple[str, str, Callable[[RunReport], Any]]] = {
@@ -520,17 +392,17 @@ _GATES: dict[str, tuple[str, str, Callable[[RunReport], Any]]] = {
     "max_accuracy_drop": (
         "max",
         "accuracy drop (needs --data with labels)",
-        lambda r: ((r.validation or {}).get("task") or {}).get("accuracy_drop"),
+        _figure("task", "accuracy_drop"),
     ),
     "min_cosine": (
         "min",
         "cosine similarity of the outputs",
-        lambda r: ((r.validation or {}).get("overall") or {}).get("cosine"),
+        _figure("overall", "cosine"),
     ),
     "max_latency_ratio": (
         "max",
         "latency ratio compressed/original (lower end of its 95% confidence interval)",
-        lambda r: ((r.validation or {}).get("latency") or {}).get("gate_ratio"),
+        _figure("latency", "gate_ratio"),
     ),
     "min_compression_ratio": ("min", "compression ratio", lambda r: r.compression_ratio),
 }
@@ -569,7 +441,7 @@ def evaluate_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
 def _floor_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
     """One gate per floor metric (SQNR, top-1 agreement) at its worst judged output. A
     threshold set explicitly fails when no output has that metric; a default one is absent."""
-    floor = (report.validation or {}).get("floor")
+    floor = report.validation.floor if report.validation else None
     if report.validation is None:
         report.notes.append("not validated: the fidelity floor was not checked")
     if floor is None:

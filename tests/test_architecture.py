@@ -38,6 +38,7 @@ ORCHESTRATION = {
     "budget",
     "tune",
     "render_search",
+    "render_terminal",
 }
 
 # Known debt (issue 16), each with the reason it is still here.

@@ -300,7 +300,7 @@ def test_search_without_labels_keeps_a_margin_above_the_floor() -> None:
 
     def report(sqnr: float, top1: float | None = None) -> SimpleNamespace:
         metrics = {"sqnr_db": sqnr, "top1_agreement": top1, "original_classes_predicted": 2}
-        return SimpleNamespace(validation={"outputs": {"y": metrics}})
+        return SimpleNamespace(validation=SimpleNamespace(outputs={"y": metrics}))
 
     plain = config.build({"passes": [{"type": "strip"}]})
     floor = [Gate("min_sqnr", 1.0, 8.9, True)]

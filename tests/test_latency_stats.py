@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mcompress import latency_stats, validate
+from mcompress import latency_stats, performance, validate
 from tests import builders
 
 
@@ -47,6 +47,6 @@ def test_identical_files_are_never_slower_in_ten_validations(tmp_path: Path) -> 
     shutil.copyfile(src, copy)
     sessions = [validate._session(src, "original"), validate._session(copy, "compressed")]
     feed = {"x": np.random.default_rng(0).normal(size=(1, 1024)).astype(np.float32)}
-    verdicts = [validate._latency(sessions, feed, 20) for _ in range(10)]
+    verdicts = [performance.latency(sessions, feed, 20) for _ in range(10)]
     assert [v["slower"] for v in verdicts] == [False] * 10
     assert all(v["gate_ratio"] <= 1.0 or v["p_slower"] >= 0.01 for v in verdicts)

@@ -80,7 +80,7 @@ def test_levels_are_monotonically_smaller_within_their_gates(tmp_path: Path) -> 
         )
         assert report.output is not None and report.validation is not None
         assert report.passed, (level, [g for g in report.gates if not g.passed])
-        assert report.validation["task"]["accuracy_drop"] <= bound
+        assert report.validation.task["accuracy_drop"] <= bound
         sizes[level] = report.output.size_bytes
     assert sizes["level1"] > sizes["level2"] > sizes["level3"], sizes
     assert sizes["level1"] < 0.35 * (SAMPLES / "digits_cnn.onnx").stat().st_size

@@ -17,8 +17,10 @@ from typer.testing import CliRunner
 from mcompress.cli import app
 from mcompress.config import ValidateConfig
 from mcompress.errors import DataError, GateError, ModelError
-from mcompress.report import FileInfo, RunReport, validation_lines
+from mcompress.render_terminal import validation_lines
+from mcompress.report import FileInfo, RunReport
 from mcompress.validate import (
+    Validation,
     classification_metrics,
     evaluate_gates,
     output_metrics,
@@ -211,7 +213,7 @@ def test_progress_reaches_total(tmp_path: Path) -> None:
     calls: list[tuple[str, int, int]] = []
     cfg = ValidateConfig(samples=5, latency_runs=3)
     result = validate_pair(model, model, cfg, lambda *a: calls.append(a))
-    assert result is not None and result["latency"]["runs"] == 3
+    assert result is not None and result.latency is not None and result.latency["runs"] == 3
     assert calls[0] == ("validating", 1, 8) and calls[-1] == ("validating", 8, 8)
     assert validate_pair(model, model, ValidateConfig(enabled=False), lambda *a: None) is None
 
@@ -221,7 +223,8 @@ def test_progress_reaches_total(tmp_path: Path) -> None:
 
 def _report(validation: dict | None, ratio: float = 2.0) -> RunReport:
     info = FileInfo("m.onnx", 100, 90, 10)
-    return RunReport("validate", info, info, compression_ratio=ratio, validation=validation)
+    section = None if validation is None else Validation(**validation)
+    return RunReport("validate", info, info, compression_ratio=ratio, validation=section)
 
 
 def test_gates_compare_in_the_right_direction() -> None:
@@ -311,7 +314,7 @@ def test_summary_says_slower_only_when_the_test_says_so(slower: bool, text: str)
         "slower": slower,
         "confidence_slower": 0.999,
     }
-    rows = validation_lines({"samples": 1, "inputs": {"synthetic": True}, "latency": latency})
+    rows = validation_lines(Validation(samples=1, inputs={"synthetic": True}, latency=latency))
     (row,) = [r for r in rows if r[0] == "latency (median)"]
     assert text in row[2] and ("SLOWER" in row[2]) is slower
 
@@ -322,11 +325,11 @@ def test_summary_names_the_output_behind_each_worst_figure() -> None:
         "state": {"cosine": 0.98, "max_abs_error": 2.0},
     }
     overall = {"cosine": 0.90, "max_abs_error": 2.0}
-    validation = {"samples": 1, "inputs": {}, "outputs": outputs, "overall": overall}
+    validation = Validation(samples=1, outputs=outputs, overall=overall)
     rows = {label: text for label, _, text in validation_lines(validation)}
     assert rows["cosine"] == "0.900000 (prob)"
     assert rows["max abs error"] == "2 (state)"
-    validation["outputs"] = {"prob": outputs["prob"]}
+    validation.outputs = {"prob": outputs["prob"]}
     assert {label: t for label, _, t in validation_lines(validation)}["cosine"] == "0.900000"
 
 
@@ -335,12 +338,12 @@ def test_onnxruntime_crashing_on_the_output_is_a_one_line_error_exit_3(
 ) -> None:
     """Sessions start in a child process first: a segfault there (onnxruntime mis-optimizing a
     graph) becomes exit 3 naming the model, not a dead mcompress."""
-    from mcompress import validate
+    from mcompress import performance
 
     crash = (
         "import os, signal, sys\nif 'out' in sys.argv[1]: os.kill(os.getpid(), signal.SIGSEGV)\n"
     )
-    monkeypatch.setattr(validate, "_MEMORY_SCRIPT", crash + validate._MEMORY_SCRIPT)
+    monkeypatch.setattr(performance, "MEMORY_SCRIPT", crash + performance.MEMORY_SCRIPT)
     src = builders.save(builders.mlp(), tmp_path / "mlp.onnx")
     out = tmp_path / "out.onnx"
     result = runner.invoke(app, ["quantize", str(src), "-o", str(out)])

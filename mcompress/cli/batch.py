@@ -34,7 +34,7 @@ from mcompress.cli.common import (
     with_cli_validation,
 )
 from mcompress.errors import UsageError
-from mcompress.report import human_bytes
+from mcompress.render_terminal import human_bytes
 from mcompress.shard import Shard
 
 EXIT_INTERRUPTED = 130

@@ -22,7 +22,8 @@ from typer.core import TyperCommand, TyperGroup
 from mcompress import __version__, config, model_io, pipeline
 from mcompress.errors import EXIT_GATE_FAILED, McompressError
 from mcompress.outputs import Outputs
-from mcompress.report import RunReport, summary_table, verdict
+from mcompress.render_terminal import summary_table
+from mcompress.report import RunReport, verdict
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 success · 1 internal error (traceback saved to a log file) · "

@@ -23,7 +23,8 @@ def inspect(
     Example: mcompress inspect model.onnx --json
     """
     from mcompress.analysis import describe
-    from mcompress.report import finite, inspect_tables
+    from mcompress.render_terminal import inspect_tables
+    from mcompress.report import finite
 
     facts = describe(model_io.load_model(model), top=top)
     if json_out:
