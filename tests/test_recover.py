@@ -159,7 +159,7 @@ def test_cluster_with_calibration_cli(tmp_path: Path) -> None:
         tensors = report["passes"][0]["stats"]["tensors"]
         assert sorted(t["name"] for t in tensors) == ["w0", "w1", "w2"]
         assert all(t["unique_values_after"] <= 4 for t in tensors)
-    assert sqnr["--recover"] > sqnr["--no-recover"] + 3, sqnr
+    assert sqnr["--recover"] > sqnr["--no-recover"] + 1.5, sqnr
 
 
 def test_weighted_kmeans_follows_the_weights() -> None:
@@ -198,13 +198,17 @@ def test_run_calibration_reaches_every_pass_that_recovers() -> None:
 
 def test_gptq_weights_are_on_the_grid_the_quantize_pass_uses(tmp_path: Path) -> None:
     from mcompress.passes.quantize.math import quantize
-    from mcompress.recover.rounding import nearest, rounder
+    from mcompress.recover.rounding import nearest, rounder, uniform_grid
 
     model = _model(chain(), tmp_path)
     feeds = [{"x": _inputs(256, 24, seed=7)}]
     names = {f"w{i}" for i in range(3)}
+
+    def grid(layer, mats, cols):  # type: ignore[no-untyped-def]
+        return uniform_grid(mats, cols, True, 127) if layer.weight.name in names else None
+
     stats = RecoveryStats("t", True, 256)
-    reconstruct(model, find_layers(model), feeds, rounder(True, names), nearest(True, names), stats)
+    reconstruct(model, find_layers(model), feeds, rounder(grid), nearest(grid), stats)
     for layer in find_layers(model):
         w = np.asarray(layer.weight.array())
         q = quantize(w, axis=1, symmetric=True)  # Gemm x @ W: one scale per output column
@@ -245,3 +249,87 @@ def test_recovery_leaves_weights_an_earlier_pass_shaped(tmp_path: Path) -> None:
     first, second, _ = find_layers(model)
     np.testing.assert_array_equal(first.weight.array(), clustered)
     np.testing.assert_array_equal(second.weight.array(), sparse)
+
+
+def matmul_layer(rows: int = 64, cols: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """x @ W, one MatMul with a [rows, cols] weight of uneven column and block ranges."""
+    r = np.random.default_rng(seed)
+    w = r.normal(size=(rows, cols)) * r.uniform(0.2, 2.0, size=(rows, 1))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "mm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", rows])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", cols])],
+        [numpy_helper.from_array(w.astype(np.float32), "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = builders.IR_VERSION
+    return model
+
+
+def test_4bit_gptq_is_on_the_int4_storage_grid_and_beats_round_to_nearest(
+    tmp_path: Path,
+) -> None:
+    from mcompress.passes.quantize import int4_storage
+    from mcompress.recover.rounding import int4_grid, nearest, rounder
+
+    proto = matmul_layer()
+    model = _model(proto, tmp_path)
+    original = np.asarray(find_layers(model)[0].weight.array()).copy()
+
+    def grid(layer, mats, cols):  # type: ignore[no-untyped-def]
+        return int4_grid(np.asarray(layer.weight.array()), 16)
+
+    x = _inputs(512, 64, seed=9)
+    stats = RecoveryStats("t", True, 512)
+    reconstruct(model, find_layers(model), [{"x": x}], rounder(grid), nearest(grid), stats)
+    w = np.asarray(find_layers(model)[0].weight.array())
+    stored = int4_storage.quantize(w, 16)
+    rtn = int4_storage.quantize(original, 16)
+    np.testing.assert_array_equal(stored.multipliers, rtn.multipliers)
+    np.testing.assert_array_equal(stored.scale, rtn.scale)
+
+    def err(weight: np.ndarray) -> float:
+        return float(np.sum((x @ (weight - original)) ** 2) / np.sum((x @ original) ** 2))
+
+    gptq, plain = err(stored.int8() * stored.scale), err(rtn.int8() * rtn.scale)
+    assert gptq < 0.7 * plain, (gptq, plain)
+    assert stats.layers[0].error_without == pytest.approx(plain, rel=1e-3)
+
+
+def test_weights_recovery_cannot_reach_are_pruned_first_and_named(tmp_path: Path) -> None:
+    """An embedding table (Gather) is pruned by magnitude before the reconstruction, so the
+    MatMul reading it is fitted to the original outputs from the pruned table's rows."""
+    r = np.random.default_rng(10)
+    table = (r.normal(size=(64, 16)) @ r.normal(size=(16, 16))).astype(np.float32)
+    w = r.normal(size=(16, 16)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
+         helper.make_node("MatMul", ["e", "w"], ["y"], name="mm")],
+        "embed",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 16])],
+        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = builders.IR_VERSION
+    source = builders.save(proto, tmp_path / "embed.onnx")
+    np.savez(tmp_path / "calib.npz", ids=r.integers(0, 64, size=(128, 8)))
+    np.savez(tmp_path / "val.npz", ids=r.integers(0, 64, size=(64, 8)))
+    reports = {}
+    for flag in ("--recover", "--no-recover"):
+        result = subprocess.run(
+            [sys.executable, "-m", "mcompress", "prune", str(source), "-s", "0.5",
+             "--min-elements", "0", "--calibration", str(tmp_path / "calib.npz"), flag,
+             "--data", str(tmp_path / "val.npz"), "-o", str(tmp_path / f"{flag}.onnx"), "--json"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert result.returncode in (0, 3), result.stderr
+        reports[flag] = json.loads(result.stdout)
+    on = reports["--recover"]
+    assert any("1 weights recovery cannot reconstruct (e.g. 'table', read by Gather)" in n
+               for n in on["notes"])  # fmt: skip
+    [row] = [t for t in on["passes"][0]["stats"]["tensors"] if t["name"] == "table"]
+    assert row["recovered"] is False and row["sparsity"] == 0.5
+    sqnr = {f: rep["validation"]["overall"]["sqnr_db"] for f, rep in reports.items()}
+    assert sqnr["--recover"] > sqnr["--no-recover"] + 1.5, sqnr

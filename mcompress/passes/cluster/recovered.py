@@ -2,7 +2,7 @@
 re-fitted in graph order against the original model's outputs (mcompress.recover.clustering).
 
 Weights recovery cannot reach (inside subgraphs, shared by several nodes, other ops) are
-clustered as without data.
+clustered as without data, before the reconstruction, so the layers after them compensate.
 """
 
 from __future__ import annotations
@@ -38,6 +38,12 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     ]
     reachable = {layer.weight.name for layer in layers}
     before = {c.weight.name: np.array(c.weight.array(), copy=True) for c in candidates}
+    # Weights recovery cannot reach are clustered first, so the layers after them compensate.
+    unreached = {
+        c.weight.name: cluster_weight(c, cfg, None)
+        for c in candidates
+        if c.weight.name not in reasons and c.weight.name not in reachable
+    }
     calibration = load_calibration(model, cfg, ctx)
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
     reconstruct(
@@ -57,7 +63,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         elif name in reachable:
             tensors.append(_row(cand, before[name], cfg.clusters))
         else:
-            row, reason = cluster_weight(cand, cfg, None)
+            row, reason = unreached[name]
             if row is None:
                 skipped.append({"name": name, "reason": reason})
             else:

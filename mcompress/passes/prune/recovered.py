@@ -1,8 +1,9 @@
 """Unstructured `prune` with calibration data: each layer is pruned and re-fitted in graph order
 against the original model's outputs (mcompress.recover), instead of zeroing by magnitude alone.
 
-Weights that recovery cannot reach (inside subgraphs, shared by several nodes, other ops) are
-pruned by magnitude as without data; the stats say which.
+Weights that recovery cannot reach (inside subgraphs, shared by several nodes, other ops such as
+embedding tables read by Gather) are pruned by magnitude as without data, before the
+reconstruction, so the layers after them compensate; the stats say which.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     ]
     reachable = {layer.weight.name for layer in layers}
     before = {c.weight.name: np.array(c.weight.array(), copy=True) for c in candidates}
+    # Weights recovery cannot reach are pruned first, so the layers after them compensate.
+    unreached = {
+        c.weight.name: {**prune_tensor(c, k), "recovered": False}
+        for c, k in zip(candidates, counts, strict=True)
+        if c.weight.name not in reachable
+    }
     calibration = load_calibration(model, cfg, ctx)
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
     criterion = cfg.criterion or "sparsegpt"
@@ -52,14 +59,10 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         recovery,
         ctx.progress,
     )
-    tensors = []
-    for cand, k in zip(candidates, counts, strict=True):
-        if cand.weight.name in reachable:
-            tensors.append(tensor_row(cand, before[cand.weight.name], cand.weight.array()))
-        else:
-            row = prune_tensor(cand, k)
-            row["recovered"] = False
-            tensors.append(row)
+    tensors = [
+        unreached.get(c.weight.name) or tensor_row(c, before[c.weight.name], c.weight.array())
+        for c in candidates
+    ]
     totals = totals_of(tensors)
     stats: dict[str, Any] = {
         "mode": "unstructured",
@@ -73,6 +76,13 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         "recovery": asdict(recovery),
     }
     notes = [recovery.summary()]
+    if unreached:
+        example = next(iter(unreached.values()))
+        notes.append(
+            f"prune: {len(unreached)} weights recovery cannot reconstruct (e.g. "
+            f"'{example['name']}', read by {', '.join(example['ops'])}) pruned by magnitude; "
+            "only the layers after them compensate (exclude them to keep them whole)"
+        )
     if recovery.synthetic:
         notes.append("prune: recovery calibrated on synthetic random inputs (calibration: random)")
     return PassResult(modified=bool(tensors) or bool(layers), stats=stats, notes=notes)

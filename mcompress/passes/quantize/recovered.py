@@ -1,22 +1,29 @@
 """`quantize --calibration` outside static mode: GPTQ rounding (mcompress.recover.rounding)
-puts each layer's weights on the int8 grid this pass then uses, compensating each rounding
-error in the weights not yet rounded, layer by layer against the original's outputs."""
+puts each layer's weights on the grid this pass then uses (4-bit blocks for MatMuls with 4-bit
+storage, int8 elsewhere), compensating each rounding error in the weights not yet rounded,
+layer by layer against the original's outputs."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from mcompress.graph import node_excluded
+import numpy as np
+
 from mcompress.model_io import Model
+from mcompress.graph import node_excluded
 from mcompress.passes.base import PassContext
-from mcompress.recover.layers import find_layers
+from mcompress.passes.quantize import int4_storage
+from mcompress.passes.quantize import matmul as quantize_matmul
+from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
-from mcompress.recover.rounding import nearest, rounder
+from mcompress.recover.rounding import Grid, GridOf, int4_grid, nearest, rounder, uniform_grid
 from mcompress.recover.sequential import RecoveryStats, reconstruct
 
 if TYPE_CHECKING:
     from mcompress.passes.quantize import Config
+
+INT8_MAX = 127
 
 
 def pre_round(
@@ -25,24 +32,52 @@ def pre_round(
     """GPTQ-round `weights` in place when calibration data is given; (recovery stats, notes)."""
     if cfg.mode == "static" or not wants_recovery(cfg):
         return None, []
-    if cfg.bits != 8 or not cfg.weights_symmetric:
+    if not cfg.weights_symmetric:
         return None, [
-            "quantize: GPTQ rounding covers symmetric 8-bit weights; these weights were "
-            "rounded to nearest"
+            "quantize: GPTQ rounding covers symmetric weights; these weights were rounded to "
+            "nearest"
         ]
+    notes = []
+    if cfg.bits == 4 and cfg.mode != "dynamic":
+        notes.append(
+            "quantize: 4-bit MatMul weights written by onnxruntime's MatMulNBits quantizer are "
+            "rounded to nearest (GPTQ covers mode: dynamic); other weights use GPTQ int8"
+        )
     layers = [layer for layer in find_layers(model) if not node_excluded(layer.node, cfg.exclude)]
     calibration = load_calibration(model, cfg, ctx)
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
+    grids = grid_chooser(model, cfg, weights)
     reconstruct(
-        model,
-        layers,
-        calibration.feeds,
-        rounder(cfg.per_channel, weights),
-        nearest(cfg.per_channel, weights),
-        recovery,
-        ctx.progress,
+        model, layers, calibration.feeds, rounder(grids), nearest(grids), recovery, ctx.progress
     )
-    notes = [recovery.summary()]
+    notes.insert(0, recovery.summary())
     if recovery.synthetic:
         notes.append("quantize: GPTQ calibrated on synthetic random inputs (calibration: random)")
     return asdict(recovery), notes
+
+
+def grid_chooser(model: Model, cfg: Config, weights: set[str]) -> GridOf:
+    """The grid the pass will store each weight on (see `quantize.apply`): 4-bit blocks for a
+    MatMul the dynamic 4-bit step rewrites, the dynamic int8 MatMul's 7- or 8-bit grid, int8
+    weight-only storage for the rest; None for MatMuls onnxruntime's 4-bit quantizer writes."""
+    dynamic = cfg.mode == "dynamic" and model.opset() >= quantize_matmul.MIN_OPSET
+    matmul_qmax = 2 ** (quantize_matmul.weight_bits() - 1) - 1
+
+    def grid_of(layer: Layer, mats: np.ndarray, cols: np.ndarray) -> Grid | None:
+        if layer.weight.name not in weights:
+            return None
+        if layer.kind == "matmul" and cfg.bits == 4:
+            if not dynamic:
+                return None
+            weight = np.asarray(layer.weight.array())
+            if int4_storage.fits(weight.shape[0], cfg.block_size):
+                return int4_grid(weight, cfg.block_size)
+            return uniform_grid(mats, cols, True, matmul_qmax)
+        runs_dynamic = layer.kind == "matmul" or (
+            cfg.bits == 8 and quantize_matmul.plain_gemm(layer.node)
+        )
+        if dynamic and runs_dynamic:
+            return uniform_grid(mats, cols, cfg.per_channel, matmul_qmax)
+        return uniform_grid(mats, cols, cfg.per_channel, INT8_MAX)
+
+    return grid_of
