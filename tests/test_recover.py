@@ -271,7 +271,8 @@ def test_4bit_gptq_is_on_the_int4_storage_grid_and_beats_round_to_nearest(
     tmp_path: Path,
 ) -> None:
     from mcompress.passes.quantize import int4_storage
-    from mcompress.recover.rounding import int4_grid, nearest, rounder
+    from mcompress.passes.quantize.recovered import int4_grid
+    from mcompress.recover.rounding import nearest, rounder
 
     proto = matmul_layer()
     model = _model(proto, tmp_path)

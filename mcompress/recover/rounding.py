@@ -2,12 +2,10 @@
 rounding column by column with the error spread over the columns not yet rounded, against the
 original layer's outputs.
 
-Two grids: symmetric int8 (scale = max|w| / qmax per output channel or per tensor; qmax 127,
-or 63 where the dynamic MatMul stores 7-bit weights) and the 4-bit storage of
-`mcompress.passes.quantize.int4_storage` (codes in [-7, 7] times an integer multiplier per
-block of inputs, over one scale per output). The element that sets each scale (and, in 4-bit,
-each block multiplier) keeps its original value, so the pass's own rounding finds the same
-grid and reproduces the integers GPTQ chose exactly.
+A grid is a step per weight and a largest code: symmetric int8 (`uniform_grid`: scale =
+max|w| / qmax per output channel or per tensor) or any grid the quantize pass describes (its
+4-bit blocks). The element that sets each step keeps its original value, so the pass's own
+rounding finds the same grid and reproduces the integers GPTQ chose exactly.
 """
 
 from __future__ import annotations
@@ -17,7 +15,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mcompress.passes.quantize import int4_storage
 from mcompress.recover import solve
 from mcompress.recover.layers import Layer
 from mcompress.recover.pruning import prunable_columns
@@ -67,22 +64,6 @@ def uniform_grid(mats: np.ndarray, cols: np.ndarray, per_channel: bool, qmax: in
     full = np.zeros(mats.shape, bool)
     full[..., cols] = pinned
     return Grid(step, qmax, full)
-
-
-def int4_grid(weight: np.ndarray, block_size: int) -> Grid:
-    """The 4-bit block grid `int4_storage.quantize` gives a MatMul weight `[K, N]` (matrices
-    `[1, N, K]`): step = block multiplier x column scale."""
-    stored = int4_storage.quantize(np.asarray(weight, np.float32), block_size)
-    k, n = weight.shape
-    step = (stored.multipliers.astype(np.float64) * stored.scale).repeat(block_size, axis=1)
-    blocks = np.abs(weight).reshape(k // block_size, block_size, n)
-    pinned = np.zeros(blocks.shape, bool)
-    np.put_along_axis(pinned, blocks.argmax(axis=1)[:, None, :], True, axis=1)
-    return Grid(
-        step.reshape(k, n).T[None],
-        int4_storage.CODE_MAX,
-        pinned.reshape(k, n).T[None],
-    )
 
 
 def rounder(grid_of: GridOf) -> Compressor:

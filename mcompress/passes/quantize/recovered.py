@@ -10,14 +10,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mcompress.model_io import Model
 from mcompress.graph import node_excluded
+from mcompress.model_io import Model
 from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
-from mcompress.recover.rounding import Grid, GridOf, int4_grid, nearest, rounder, uniform_grid
+from mcompress.recover.rounding import Grid, GridOf, nearest, rounder, uniform_grid
 from mcompress.recover.sequential import RecoveryStats, reconstruct
 
 if TYPE_CHECKING:
@@ -81,3 +81,19 @@ def grid_chooser(model: Model, cfg: Config, weights: set[str]) -> GridOf:
         return uniform_grid(mats, cols, cfg.per_channel, INT8_MAX)
 
     return grid_of
+
+
+def int4_grid(weight: np.ndarray, block_size: int) -> Grid:
+    """The 4-bit block grid `int4_storage.quantize` gives a MatMul weight `[K, N]` (matrices
+    `[1, N, K]`): step = block multiplier x column scale."""
+    stored = int4_storage.quantize(np.asarray(weight, np.float32), block_size)
+    k, n = weight.shape
+    step = (stored.multipliers.astype(np.float64) * stored.scale).repeat(block_size, axis=1)
+    blocks = np.abs(weight).reshape(k // block_size, block_size, n)
+    pinned = np.zeros(blocks.shape, bool)
+    np.put_along_axis(pinned, blocks.argmax(axis=1)[:, None, :], True, axis=1)
+    return Grid(
+        step.reshape(k, n).T[None],
+        int4_storage.CODE_MAX,
+        pinned.reshape(k, n).T[None],
+    )
