@@ -11,14 +11,13 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from mcompress.graph import iter_graphs
+from mcompress.gzipped import gzip_estimated, gzip_size
 from mcompress.model_io import (
     FLOAT_TYPES,
     Model,
     disk_size,
     external_files,
-    gzip_estimated,
-    gzip_size,
-    iter_graphs,
     read_array,
 )
 

@@ -22,6 +22,7 @@ from mcompress import inputs, model_io, runtime
 from mcompress.analysis import constant_node_weights, tensor_sites
 from mcompress.config import PipelineConfig
 from mcompress.errors import McompressError
+from mcompress.graph import names_used
 from mcompress.passes import PASSES
 from mcompress.passes.fp16.ops import FP16_CPU_KERNELS
 from mcompress.render_terminal import human_bytes
@@ -593,7 +594,7 @@ def _check_unused(ctx: _Context) -> Iterator[Finding]:
     names: list[str] = []
     size = 0
     for graph in ctx.model.graphs():
-        used = model_io.names_used(graph)
+        used = names_used(graph)
         for tensor in graph.initializer:
             if tensor.name not in used:
                 names.append(tensor.name)

@@ -6,19 +6,12 @@ Weights are read lazily (external data is memory-mapped) and presented to passes
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import itertools
 import os
 import tempfile
-import threading
-import zlib
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import onnx
@@ -27,19 +20,13 @@ from onnx import helper, numpy_helper
 
 from mcompress import spill
 from mcompress.errors import ModelError
+from mcompress.graph import iter_graphs
 from mcompress.tensor_checks import check_tensors, expected_nbytes, external_int
 
 PROTOBUF_LIMIT = 2**31 - 1
 # Tensors at least this large go to the external data file when a model is saved externally.
 EXTERNAL_THRESHOLD = 1024
 _ALIGN = 64
-# Bytes gzip_size reads at a time (about 0.2 s of level-6 work: how soon a stop is noticed).
-_GZIP_CHUNK = 2**22
-# Models up to this size get their exact gzip size (level 6 runs at ~25 MB/s: 0.15 s at most);
-# larger ones an estimate from evenly spaced samples, which takes ~0.03 s at any size.
-GZIP_EXACT_LIMIT = 2**22
-_GZIP_SAMPLES = 32
-_GZIP_SAMPLE = 2**15
 
 
 @dataclass
@@ -149,64 +136,6 @@ def remove_initializers(graph: onnx.GraphProto, names: set[str]) -> None:
         for index in reversed(range(len(entries))):
             if entries[index].name in names:
                 del entries[index]
-
-
-class FreshNames:
-    """Value and node names unique across the whole model, for nodes and tensors a pass adds."""
-
-    def __init__(self, proto: onnx.ModelProto) -> None:
-        self.taken: set[str] = set()
-        for graph in iter_graphs(proto.graph):
-            self.taken.update(t.name for t in graph.initializer)
-            self.taken.update(v.name for v in (*graph.input, *graph.output, *graph.value_info))
-            for node in graph.node:
-                self.taken.update(node.input)
-                self.taken.update(node.output)
-                if node.name:
-                    self.taken.add(node.name)
-
-    def fresh(self, base: str) -> str:
-        """`base`, or `base_1`, `base_2`, ... : the first not yet used."""
-        name, i = base, 0
-        while name in self.taken:
-            i += 1
-            name = f"{base}_{i}"
-        self.taken.add(name)
-        return name
-
-
-def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    """`graph` and all graphs nested in its nodes' attributes, depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from iter_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from iter_graphs(sub)
-
-
-def subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
-    """The graphs held directly in a node's attributes."""
-    found: list[onnx.GraphProto] = []
-    for attr in node.attribute:
-        if attr.type == onnx.AttributeProto.GRAPH:
-            found.append(attr.g)
-        elif attr.type == onnx.AttributeProto.GRAPHS:
-            found.extend(attr.graphs)
-    return found
-
-
-def names_used(graph: onnx.GraphProto) -> set[str]:
-    """Every value name read by `graph`'s nodes, its nested subgraphs, or its outputs."""
-    used = {o.name for o in graph.output}
-    for g in iter_graphs(graph):
-        for node in g.node:
-            used.update(node.input)
-        used.update(o.name for o in g.output)
-    used.discard("")
-    return used
 
 
 # ---------------------------------------------------------------- external data
@@ -573,71 +502,3 @@ def disk_size(path: str | os.PathLike[str], files: list[Path] | None = None) -> 
     path = Path(path)
     files = data_files(path) if files is None else files
     return path.stat().st_size + sum(f.stat().st_size for f in files)
-
-
-def gzip_size(path: str | os.PathLike[str], files: list[Path] | None = None) -> int:
-    """Bytes of the model (and its data files, `files` as for `disk_size`) after gzip level 6;
-    estimated for models over `GZIP_EXACT_LIMIT` bytes (see `gzip_estimated`)."""
-    path = Path(path)
-    with gzip_size_started(path, data_files(path) if files is None else files) as size:
-        return size.result()
-
-
-def gzip_estimated(size_bytes: int) -> bool:
-    """Whether `gzip_size` of a model this large is a sampled estimate rather than the exact
-    count (within 0.2% on the benchmarks' 4-207 MB models, 3% on a 2.8 MB one that is mostly
-    graph metadata)."""
-    return size_bytes > GZIP_EXACT_LIMIT
-
-
-@contextlib.contextmanager
-def gzip_size_started(path: Path, files: list[Path]) -> Iterator[Future[int]]:
-    """`gzip_size(path, files)`, computed on a thread while the block runs.
-
-    zlib releases the GIL, so the time it takes overlaps the caller's own work instead of
-    adding to it. The files are opened at once: replacing them meanwhile (an output saved
-    over its input) does not change what is measured. Read the result inside the block;
-    leaving it stops the thread.
-    """
-    stop = threading.Event()
-    with contextlib.ExitStack() as stack:
-        streams = [stack.enter_context(open(f, "rb")) for f in [path, *files]]
-        sizes = [os.fstat(s.fileno()).st_size for s in streams]
-        count = _gzip_sampled if gzip_estimated(sum(sizes)) else _gzip_count
-        pool = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="mcompress-gzip"))
-        try:
-            yield pool.submit(count, streams, sizes, stop)
-        finally:
-            stop.set()
-
-
-def _gzip_count(streams: Sequence[BinaryIO], sizes: list[int], stop: threading.Event) -> int:
-    """Bytes of the streams concatenated into one gzip stream at level 6 (zlib, as Python's
-    `gzip` module writes it); -1 once `stop` is set, which only an abandoned caller sees."""
-    gz = zlib.compressobj(6, zlib.DEFLATED, 16 + zlib.MAX_WBITS)  # gzip header and trailer
-    count = 0
-    for stream in streams:
-        while chunk := stream.read(_GZIP_CHUNK):
-            if stop.is_set():
-                return -1
-            count += len(gz.compress(chunk))
-    return count + len(gz.flush())
-
-
-def _gzip_sampled(streams: Sequence[BinaryIO], sizes: list[int], stop: threading.Event) -> int:
-    """`_gzip_count` estimated: the deflate ratio of one sample from the middle of each of
-    `_GZIP_SAMPLES` equal slices of the concatenated streams, times their total size."""
-    total = sum(sizes)
-    starts = list(itertools.accumulate(sizes, initial=0))
-    read = packed = 0
-    for i in range(_GZIP_SAMPLES):
-        if stop.is_set():
-            return -1
-        where = max((2 * i + 1) * total // (2 * _GZIP_SAMPLES) - _GZIP_SAMPLE // 2, 0)
-        index = bisect.bisect_right(starts, where) - 1
-        streams[index].seek(where - starts[index])
-        sample = streams[index].read(_GZIP_SAMPLE)
-        deflate = zlib.compressobj(6, zlib.DEFLATED, -zlib.MAX_WBITS)
-        packed += len(deflate.compress(sample)) + len(deflate.flush())
-        read += len(sample)
-    return round(packed / max(read, 1) * total) + 18  # + gzip header and trailer

@@ -11,7 +11,7 @@ from typing import Any
 
 import onnx
 
-from mcompress import budget, encoding, model_io, runtime, spill, validate
+from mcompress import budget, encoding, gzipped, model_io, runtime, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.errors import DataError, GateError, McompressError, ModelError, NothingToDo
@@ -62,9 +62,9 @@ def _measure(
     return FileInfo(
         path=str(path),
         size_bytes=size,
-        gzip_bytes=model_io.gzip_size(path, files) if gzip_bytes is None else gzip_bytes,
+        gzip_bytes=gzipped.gzip_size(path, files) if gzip_bytes is None else gzip_bytes,
         parameters=parameters,
-        gzip_estimated=model_io.gzip_estimated(size),
+        gzip_estimated=gzipped.gzip_estimated(size),
     )
 
 
@@ -92,7 +92,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
     with (
-        model_io.gzip_size_started(opts.input_path, input_files) as input_gzip,
+        gzipped.gzip_size_started(opts.input_path, input_files) as input_gzip,
         spill.spilling(model.had_external_data),
     ):
         restored = encoding.unpack(model) if cfg.passes else 0

@@ -16,15 +16,8 @@ import onnx
 from onnx import helper
 
 from mcompress.errors import ModelError
-from mcompress.model_io import (
-    FreshNames,
-    Model,
-    add_initializer,
-    fill_tensor,
-    iter_graphs,
-    names_used,
-    remove_initializers,
-)
+from mcompress.graph import FreshNames, iter_graphs, names_used
+from mcompress.model_io import Model, add_initializer, fill_tensor, remove_initializers
 
 
 def prepare(model: Model) -> dict[str, Any]:

@@ -26,7 +26,7 @@ class FileInfo:
     size_bytes: int
     gzip_bytes: int
     parameters: int
-    gzip_estimated: bool = False  # sampled, for large files (model_io.GZIP_EXACT_LIMIT)
+    gzip_estimated: bool = False  # sampled, for large files (gzipped.GZIP_EXACT_LIMIT)
 
 
 @dataclass

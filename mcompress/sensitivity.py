@@ -21,6 +21,7 @@ from onnx import helper
 
 from mcompress import model_io, runtime
 from mcompress.errors import ModelError, UsageError
+from mcompress.graph import FreshNames
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.passes import quantize
 from mcompress.passes.cluster.config import Config as ClusterConfig
@@ -77,7 +78,7 @@ def analyze(
     model = model_io.load_model(model_path)
     prepare(model)
     _internalize(model)
-    names = model_io.FreshNames(model.proto)
+    names = FreshNames(model.proto)
     for graph in model.graphs():
         for node in graph.node:
             node.name = node.name or names.fresh(node.op_type)

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import onnx
 
-from mcompress.graph import node_excluded
-from mcompress.model_io import Model, Weight, subgraphs
+from mcompress.graph import node_excluded, subgraphs
+from mcompress.model_io import Model, Weight
 
 Key = tuple[int, str]
 

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from mcompress import encoding, model_io
 from mcompress.cli import app
 from mcompress.encoding import facts as encoding_facts
+from mcompress.graph import iter_graphs
 from tests.builders import if_subgraph, run, save
 
 RNG = np.random.default_rng(0)
@@ -191,7 +192,7 @@ def test_weights_in_if_subgraphs(tmp_path: Path) -> None:
     proto = if_subgraph()
     outer = clustered((16, 16), 4)
     inner = pruned((16, 16), 0.95)
-    for graph in model_io.iter_graphs(proto.graph):
+    for graph in iter_graphs(proto.graph):
         for tensor in graph.initializer:
             if tensor.name in ("w_outer", "w_inner"):
                 values = outer if tensor.name == "w_outer" else inner

@@ -21,7 +21,8 @@ from typer.testing import CliRunner
 from mcompress import config, pipeline
 from mcompress.cli import app
 from mcompress.errors import PassError
-from mcompress.model_io import iter_graphs, load_model
+from mcompress.graph import iter_graphs
+from mcompress.model_io import load_model
 from mcompress.passes import fp16
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.fp16.ops import FP16_CPU_KERNELS

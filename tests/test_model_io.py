@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mcompress import model_io
+from mcompress import gzipped, model_io
 from mcompress.analysis import count_parameters
 from mcompress.errors import ModelError
 from mcompress.prepare import prepare
@@ -171,9 +171,9 @@ def test_gzip_size_is_gzip_level_6_of_the_model_and_its_data(
     model = model_io.load_model(path)
     files = model_io.external_files(model.proto, model.base_dir)
     assert files == [(tmp_path / "ext.onnx.data").resolve()]
-    assert model_io.gzip_size(path) == expected
-    monkeypatch.setattr(model_io, "_GZIP_CHUNK", 1000)
-    assert model_io.gzip_size(path, files) == expected
+    assert gzipped.gzip_size(path) == expected
+    monkeypatch.setattr(gzipped, "_GZIP_CHUNK", 1000)
+    assert gzipped.gzip_size(path, files) == expected
     assert model_io.disk_size(path, files) == model_io.disk_size(path) == len(data)
 
 
@@ -196,11 +196,11 @@ def test_gzip_size_of_a_large_model_is_a_close_estimate(
         [numpy_helper.from_array(w, name) for name, w in weights.items()],
     )
     path = builders.save(builders._model(graph), tmp_path / "mixed.onnx", external=True)
-    exact = model_io.gzip_size(path)
-    assert not model_io.gzip_estimated(model_io.disk_size(path))
-    monkeypatch.setattr(model_io, "GZIP_EXACT_LIMIT", 2**16)
-    assert model_io.gzip_estimated(model_io.disk_size(path))
-    estimate = model_io.gzip_size(path)
+    exact = gzipped.gzip_size(path)
+    assert not gzipped.gzip_estimated(model_io.disk_size(path))
+    monkeypatch.setattr(gzipped, "GZIP_EXACT_LIMIT", 2**16)
+    assert gzipped.gzip_estimated(model_io.disk_size(path))
+    estimate = gzipped.gzip_size(path)
     assert estimate != exact and abs(estimate - exact) < 0.02 * exact
 
 
@@ -208,12 +208,12 @@ def test_gzip_size_started_stops_when_the_block_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = builders.save(builders.mlp(), tmp_path / "m.onnx")
-    monkeypatch.setattr(model_io, "_GZIP_CHUNK", 16)
-    with model_io.gzip_size_started(path, []) as size:
-        assert size.result() == model_io.gzip_size(path)
+    monkeypatch.setattr(gzipped, "_GZIP_CHUNK", 16)
+    with gzipped.gzip_size_started(path, []) as size:
+        assert size.result() == gzipped.gzip_size(path)
     with (
         pytest.raises(RuntimeError, match="pass failed"),
-        model_io.gzip_size_started(path, []) as size,
+        gzipped.gzip_size_started(path, []) as size,
     ):
         raise RuntimeError("pass failed")
     assert size.done()

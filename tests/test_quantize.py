@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress import config, model_io, pipeline
-from mcompress.model_io import iter_graphs
+from mcompress.graph import iter_graphs
 from mcompress.passes import quantize as quantize_pass
 from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize import matmul as quantize_matmul

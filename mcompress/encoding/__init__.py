@@ -37,7 +37,8 @@ from mcompress.encoding.plan import (
     tensor_cost,
     tensor_stub,
 )
-from mcompress.model_io import Model, iter_graphs, load_model, read_array
+from mcompress.graph import iter_graphs
+from mcompress.model_io import Model, load_model, read_array
 
 # Opset that has every op the node encodings use (BitShift and CumSum arrived in 11).
 MIN_OPSET = 11

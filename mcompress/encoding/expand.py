@@ -9,7 +9,8 @@ from onnx import helper, numpy_helper
 
 from mcompress.encoding.plan import PREFIX, element_count
 from mcompress.errors import ModelError
-from mcompress.model_io import Model, add_initializer, names_used, read_array
+from mcompress.graph import names_used
+from mcompress.model_io import Model, add_initializer, read_array
 
 
 def densify_sparse(graph: onnx.GraphProto, model: Model) -> int:

@@ -11,7 +11,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcompress.model_io import iter_graphs, store_raw
+from mcompress.graph import iter_graphs
+from mcompress.model_io import store_raw
 
 # Short, because every node and tensor of an expansion carries it: bytes in the file.
 PREFIX = "mcp/"

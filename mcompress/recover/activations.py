@@ -17,7 +17,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from mcompress.model_io import Model, read_array, subgraphs
+from mcompress.graph import subgraphs
+from mcompress.model_io import Model, read_array
 from mcompress.recover.layers import Layer
 
 Batch = dict[str, np.ndarray]

@@ -14,7 +14,8 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.model_io import FreshNames, Model, Weight, add_initializer, iter_graphs
+from mcompress.graph import FreshNames, iter_graphs
+from mcompress.model_io import Model, Weight, add_initializer
 
 
 @dataclass

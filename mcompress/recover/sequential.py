@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mcompress.model_io import FreshNames, Model
+from mcompress.graph import FreshNames
+from mcompress.model_io import Model
 from mcompress.recover.activations import Batch, SegmentRunner, batches
 from mcompress.recover.blas import single_thread
 from mcompress.recover.layers import Layer

@@ -21,7 +21,8 @@ import onnx
 from onnx import helper
 
 from mcompress import runtime
-from mcompress.model_io import FreshNames, Model, make_runtime_compatible
+from mcompress.graph import FreshNames
+from mcompress.model_io import Model, make_runtime_compatible
 from mcompress.passes.fp16.ops import FLOAT, FLOAT16
 from mcompress.passes.fp16.plan import Flag
 

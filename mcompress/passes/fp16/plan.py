@@ -20,7 +20,7 @@ from typing import Any
 import onnx
 from onnx import helper
 
-from mcompress.model_io import subgraphs
+from mcompress.graph import subgraphs
 from mcompress.passes.fp16.ops import (
     ATTRIBUTE_TYPED_OPS,
     CONTROL_FLOW_OPS,

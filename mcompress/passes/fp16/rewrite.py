@@ -13,7 +13,7 @@ from collections import Counter
 
 import onnx
 
-from mcompress.model_io import FreshNames, iter_graphs, names_used
+from mcompress.graph import FreshNames, iter_graphs, names_used
 from mcompress.passes.fp16.ops import FLOAT
 from mcompress.passes.fp16.plan import Decision, GraphState, Plan, Val, make_cast
 

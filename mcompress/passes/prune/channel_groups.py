@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mcompress.graph import node_excluded
-from mcompress.model_io import Model, names_used, subgraphs
+from mcompress.graph import names_used, node_excluded, subgraphs
+from mcompress.model_io import Model
 from mcompress.passes.prune.channel_layout import (
     ELEMENTWISE,
     LAYERS,

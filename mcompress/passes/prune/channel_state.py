@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcompress.model_io import Model, iter_graphs
+from mcompress.graph import iter_graphs
+from mcompress.model_io import Model
 from mcompress.passes.prune.channel_layout import (
     Analysis,
     AxisEdit,

@@ -15,8 +15,9 @@ import onnx
 from onnx import helper
 
 from mcompress.analysis import count_parameters
+from mcompress.graph import iter_graphs
 from mcompress.inputs import BATCH_NAMES, DEFAULT_DIM, DEFAULT_IMAGE_DIM
-from mcompress.model_io import Model, add_initializer, iter_graphs
+from mcompress.model_io import Model, add_initializer
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.prune.channel_groups import analyze, iter_layer_sites
 from mcompress.passes.prune.channel_layout import LAYERS, Analysis, Segment, Shapes, attr

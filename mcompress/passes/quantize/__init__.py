@@ -37,7 +37,8 @@ from pydantic import Field, field_validator
 
 from mcompress import model_io
 from mcompress.errors import McompressError, PassError
-from mcompress.model_io import Model, iter_graphs
+from mcompress.graph import FreshNames, iter_graphs
+from mcompress.model_io import Model
 from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
@@ -148,7 +149,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     if cfg.mode != "static" and not targets:
         return PassResult(False, {"weights_quantized": 0}, ["no float32 weights to quantize"])
     ctx.progress("quantize", 0, 3)
-    names = model_io.FreshNames(model.proto)
+    names = FreshNames(model.proto)
     for graph in iter_graphs(model.proto.graph):
         for node in graph.node:
             if not node.name:

@@ -19,7 +19,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from mcompress.model_io import FreshNames, add_initializer
+from mcompress.graph import FreshNames
+from mcompress.model_io import add_initializer
 
 CODE_MAX = 7
 MULTIPLIER_MAX = 16

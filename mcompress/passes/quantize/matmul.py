@@ -29,7 +29,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from mcompress.model_io import FreshNames, add_initializer, read_array, remove_initializers
+from mcompress.graph import FreshNames
+from mcompress.model_io import add_initializer, read_array, remove_initializers
 from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize.math import error_stats, quantize
 

@@ -22,11 +22,11 @@ from onnx import helper, numpy_helper
 
 from mcompress import runtime
 from mcompress.errors import McompressError
+from mcompress.graph import iter_graphs
 from mcompress.model_io import (
     PROTOBUF_LIMIT,
     Model,
     is_external,
-    iter_graphs,
     make_runtime_compatible,
     read_array,
     save_model,

@@ -15,8 +15,7 @@ import onnx
 
 from mcompress import model_io
 from mcompress.errors import PassError
-from mcompress.graph import node_excluded
-from mcompress.model_io import iter_graphs
+from mcompress.graph import iter_graphs, node_excluded
 from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import ort as quantize_ort
 from mcompress.runtime import error_line

@@ -25,15 +25,8 @@ import onnx
 import onnx.version_converter
 from onnx import TensorProto, helper
 
-from mcompress.graph import node_excluded
-from mcompress.model_io import (
-    FreshNames,
-    Model,
-    add_initializer,
-    iter_graphs,
-    read_array,
-    remove_initializers,
-)
+from mcompress.graph import FreshNames, iter_graphs, node_excluded
+from mcompress.model_io import Model, add_initializer, read_array, remove_initializers
 from mcompress.passes.quantize.math import Quantized, error_stats, quantize
 
 # Smaller tensors stay float: their scales and nodes would cost about what int8 saves.
