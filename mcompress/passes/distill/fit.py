@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mcompress.errors import PassError
+from mcompress.graph import FreshNames
 from mcompress.inputs import InputSet, make_feeds
-from mcompress.model_io import FreshNames, Model, load_model
+from mcompress.model_io import Model, load_model
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.distill.plan import Head, plan
 from mcompress.passes.distill.quantized import Grid

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mcompress.model_io import Model, Weight, iter_graphs, read_array
+from mcompress.graph import iter_graphs
+from mcompress.model_io import Model, Weight, read_array
 from mcompress.recover.layers import Layer, _layer
 
 _INTEGER = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
