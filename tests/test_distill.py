@@ -288,3 +288,17 @@ def test_distill_refits_a_quantized_conv_on_its_grid_and_names_what_it_skips(
     mul = next(n for n in graph.node if n.output[0] == conv.input[1])
     cast = next(n for n in graph.node if n.op_type == "Cast" and n.output[0] in mul.input)
     assert codes[cast.input[0]].dtype == np.int8
+
+
+def test_distill_refuses_a_teacher_of_another_model(tmp_path: Path) -> None:
+    teacher = builders.save(builders.conv_bn(), tmp_path / "other.onnx")
+    student = builders.save(pruned(classifier(), 0.5), tmp_path / "s.onnx")
+    np.savez(tmp_path / "calib.npz", x=inputs(16, seed=1))
+    result = _cli(
+        "distill", str(teacher), str(student), "--calibration", str(tmp_path / "calib.npz")
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith(
+        "mcompress: error: distill: the teacher does not run on the calibration inputs: "
+    )
+    assert len(result.stderr.strip().splitlines()) == 1

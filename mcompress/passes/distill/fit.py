@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import onnx
 
 from mcompress.errors import PassError
 from mcompress.graph import FreshNames
@@ -149,6 +150,7 @@ def distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) -> 
 def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) -> PassResult:
     started = time.perf_counter()
     teacher = load_model(teacher_path)
+    same_inputs(model, teacher, teacher_path)
     random = cfg.calibration == "random"
     inputs = make_feeds(
         model,
@@ -170,9 +172,9 @@ def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) ->
     output = todo.head.output if todo.head else model.proto.graph.output[0].name
     t_output = _teacher_output(model, teacher, output)
     wanted = [layer.node.output[0] for layer in todo.layers] + [t_output]
-    teacher_fit = tensors(teacher.proto, teacher.base_dir, wanted, data.fit)
+    teacher_fit = tensors(teacher.proto, teacher.base_dir, wanted, data.fit, "teacher")
     teacher_held = as_log_probs(
-        joined(tensors(teacher.proto, teacher.base_dir, [t_output], data.held), t_output)
+        joined(tensors(teacher.proto, teacher.base_dir, [t_output], data.held, "teacher"), t_output)
     )
     stats.before = _measure(model, output, data.held, teacher_held)
     undo: list[Callable[[], None]] = []
@@ -203,6 +205,21 @@ def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) ->
     return PassResult(modified=changed, stats=asdict(stats), notes=[stats.summary()])
 
 
+def same_inputs(model: Model, teacher: Model, teacher_path: Path) -> None:
+    """Refuse a teacher that does not read the student's inputs: not the same model."""
+
+    def inputs(proto: onnx.ModelProto) -> list[str]:
+        inits = {t.name for t in proto.graph.initializer}
+        return sorted(i.name for i in proto.graph.input if i.name not in inits)
+
+    theirs, ours = inputs(teacher.proto), inputs(model.proto)
+    if theirs != ours:
+        raise PassError(
+            f"distill: the teacher '{teacher_path}' reads inputs {', '.join(theirs)}; the model "
+            f"being distilled reads {', '.join(ours)}: give the original of this model"
+        )
+
+
 def _teacher_output(model: Model, teacher: Model, output: str) -> str:
     """The teacher's output of the name `output` has in the student (else the same position)."""
     names = [o.name for o in teacher.proto.graph.output]
@@ -215,8 +232,13 @@ def _teacher_output(model: Model, teacher: Model, output: str) -> str:
 
 
 def _measure(model: Model, output: str, held: list[Batch], teacher: np.ndarray) -> Agreement:
-    student = joined(tensors(model.proto, model.base_dir, [output], held), output)
-    return agreement(teacher, as_log_probs(student))
+    student = as_log_probs(joined(tensors(model.proto, model.base_dir, [output], held), output))
+    if student.shape != teacher.shape:
+        raise PassError(
+            f"distill: the teacher's output has {teacher.shape[-1]} scores per sample, the "
+            f"model's '{output}' {student.shape[-1]}: give the original of this model"
+        )
+    return agreement(teacher, student)
 
 
 def _refit(

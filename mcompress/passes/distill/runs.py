@@ -10,15 +10,21 @@ import numpy as np
 import onnx
 
 from mcompress import runtime
+from mcompress.errors import PassError
 from mcompress.recover.distill import kl
 
 Batch = dict[str, np.ndarray]
 
 
 def tensors(
-    proto: onnx.ModelProto, base_dir: Path, names: list[str], batches: list[Batch]
+    proto: onnx.ModelProto,
+    base_dir: Path,
+    names: list[str],
+    batches: list[Batch],
+    who: str = "model",
 ) -> list[Batch]:
-    """`names` (graph outputs or any node outputs of the main graph) for each batch."""
+    """`names` (graph outputs or any node outputs of the main graph) for each batch; a run
+    that fails is an error naming `who` (teacher or model)."""
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     present = {o.name for o in copy.graph.output}
@@ -26,12 +32,17 @@ def tensors(
         if name not in present:
             copy.graph.output.append(onnx.ValueInfoProto(name=name))
             present.add(name)
-    sess = runtime.session(copy, external_folder=base_dir, spinning=False)
     wanted = sorted(set(names))
     results = []
-    for batch in batches:
-        values = sess.run(wanted, runtime.typed_feed(sess, batch))
-        results.append(dict(zip(wanted, values, strict=True)))
+    try:
+        sess = runtime.session(copy, external_folder=base_dir, spinning=False)
+        for batch in batches:
+            values = sess.run(wanted, runtime.typed_feed(sess, batch))
+            results.append(dict(zip(wanted, values, strict=True)))
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        raise PassError(
+            f"distill: the {who} does not run on the calibration inputs: {runtime.error_line(exc)}"
+        ) from None
     return results
 
 
