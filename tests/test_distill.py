@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
+import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress import encoding, model_io
@@ -211,6 +212,7 @@ def test_distill_without_calibration_is_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "s.distilled.onnx").exists()
 
 
+@pytest.mark.slow
 def test_pipeline_ending_in_distill_uses_run_calibration_and_no_recover(tmp_path: Path) -> None:
     model = builders.save(classifier(), tmp_path / "m.onnx")
     x = inputs(128, seed=5)
