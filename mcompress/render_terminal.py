@@ -53,7 +53,9 @@ def summary_table(report: RunReport) -> Table:
     done = prepare_text(report.prepare)
     if done:
         # What every pass's preparation changed: the file can shrink with no pass changing it.
-        table.add_row("prepare", "", done)
+        # One change per line: a long cell would widen the column and push every right-aligned
+        # figure far from its label in a log.
+        table.add_row("prepare", "", done.replace(", ", "\n"))
     for record in report.passes:
         changed = "" if record.modified else " (no change)"
         table.add_row(f"pass {record.type}", "", f"{record.seconds:.2f}s{changed}")
