@@ -16,7 +16,7 @@ import onnx
 from onnx import helper
 
 from mcompress.errors import ModelError
-from mcompress.graph import FreshNames, iter_graphs, names_used
+from mcompress.graph import FreshNames, iter_graphs, names_used, producers
 from mcompress.model_io import Model, add_initializer, fill_tensor, remove_initializers
 
 
@@ -134,7 +134,7 @@ def _fold_in_graph(model: Model, graph: onnx.GraphProto, names: FreshNames) -> i
         for node in g.node:
             readers.update(set(node.input))
     outputs = {o.name for o in graph.output}
-    producer = {out: node for node in graph.node for out in node.output}
+    producer = producers(graph)
     removed: set[int] = set()
     for bn in graph.node:
         if bn.op_type != "BatchNormalization" or len(bn.output) != 1:

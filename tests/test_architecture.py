@@ -188,11 +188,14 @@ def test_modules_and_functions_stay_small() -> None:
 
 def test_shared_helpers_have_one_definition() -> None:
     """One onnxruntime session builder and error-line helper (runtime.py), one list of batch
-    dimension names (inputs.py)."""
+    dimension names (inputs.py), one naming scheme for what passes add (graph.FreshNames)."""
     defined: dict[str, list[str]] = {}
     sessions = []
+    namers = []
     for name, path in _modules().items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef) and node.name.endswith("Names"):
+                namers.append(f"{name}.{node.name}")
             if isinstance(node, (ast.FunctionDef, ast.Assign)):
                 names = (
                     [node.name]
@@ -204,6 +207,7 @@ def test_shared_helpers_have_one_definition() -> None:
             if isinstance(node, ast.Attribute) and node.attr == "InferenceSession":
                 sessions.append(name)
     assert defined["error_line"] == ["mcompress.runtime"]
+    assert namers == ["mcompress.graph.FreshNames"]
     assert len(defined["BATCH_NAMES"]) == 1
     assert defined["BATCH_NAMES"][0].startswith("mcompress.inputs")
     for drifted in ("first_line", "one_line", "last_line"):

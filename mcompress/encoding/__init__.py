@@ -32,12 +32,11 @@ from mcompress.encoding.plan import (
     PREFIX,
     GraphState,
     Plan,
-    PlanNames,
     element_count,
     tensor_cost,
     tensor_stub,
 )
-from mcompress.graph import iter_graphs
+from mcompress.graph import FreshNames, iter_graphs
 from mcompress.model_io import Model, load_model, read_array
 
 # Opset that has every op the node encodings use (BitShift and CumSum arrived in 11).
@@ -57,7 +56,7 @@ def pack(model: Model, *, min_elements: int = 64) -> dict[str, Any]:
     if model.opset("") < MIN_OPSET or model.proto.ir_version < MIN_IR:
         note = f"weights left dense: packing needs opset >= {MIN_OPSET} and IR >= {MIN_IR}"
         return {"tensors": rows, "scanned": 0, "bytes_before": 0, "bytes_after": 0, "note": note}
-    names = PlanNames(model.proto)
+    names = FreshNames(model.proto)
     # Innermost graphs first: editing a graph copies its nodes, and with them any subgraph.
     for graph in reversed(list(iter_graphs(model.proto.graph))):
         state = GraphState(graph, names)

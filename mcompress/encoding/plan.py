@@ -1,9 +1,9 @@
 """One candidate encoding of one tensor (`Plan`: its nodes and tensors, and their cost in
-bytes), the edits to one graph (`GraphState`), and how their names are chosen."""
+bytes), the edits to one graph (`GraphState`), each under its own `mcp/<n>` scope."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from mcompress.graph import iter_graphs
+from mcompress.graph import FreshNames
 from mcompress.model_io import store_raw
 
 # Short, because every node and tensor of an expansion carries it: bytes in the file.
@@ -36,29 +36,6 @@ def tensor_stub(name: str, data_type: int, shape: tuple[int, ...]) -> TensorProt
 def tensor_cost(stub: TensorProto, payload: int) -> int:
     """Serialized bytes of an initializer: header, raw data and its field framing."""
     return field_cost(stub.ByteSize() + field_cost(payload))
-
-
-class PlanNames:
-    """Fresh `mcp/<n>` prefixes that no name in the model uses yet."""
-
-    def __init__(self, proto: onnx.ModelProto) -> None:
-        self.taken = {n.split("/")[1] for n in _all_names(proto) if n.startswith(PREFIX)}
-        self.next = 0
-
-    def fresh(self) -> str:
-        while str(self.next) in self.taken:
-            self.next += 1
-        self.taken.add(str(self.next))
-        return f"{PREFIX}{self.next}"
-
-
-def _all_names(proto: onnx.ModelProto) -> Iterator[str]:
-    for graph in iter_graphs(proto.graph):
-        yield from (t.name for t in graph.initializer)
-        yield from (s.values.name for s in graph.sparse_initializer)
-        for node in graph.node:
-            yield node.name
-            yield from node.output
 
 
 Producer = Callable[[], np.ndarray]
@@ -108,7 +85,7 @@ class Plan:
 class GraphState:
     """Edits to one graph, applied together: new tensors, nodes first, originals removed."""
 
-    def __init__(self, graph: onnx.GraphProto, names: PlanNames) -> None:
+    def __init__(self, graph: onnx.GraphProto, names: FreshNames) -> None:
         self.graph = graph
         self.names = names
         self.helpers: dict[tuple[Any, ...], str] = {}
@@ -116,7 +93,7 @@ class GraphState:
         self.removed: set[str] = set()
 
     def plan(self, encoding: str) -> Plan:
-        return Plan(encoding, self.names.fresh(), self.helpers)
+        return Plan(encoding, self.names.scope(PREFIX), self.helpers)
 
     def commit(self, plan: Plan) -> None:
         for key, tensor in plan.new_helpers.items():

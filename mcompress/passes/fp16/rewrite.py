@@ -13,7 +13,7 @@ from collections import Counter
 
 import onnx
 
-from mcompress.graph import FreshNames, iter_graphs, names_used
+from mcompress.graph import FreshNames, iter_graphs, names_used, producers
 from mcompress.passes.fp16.ops import FLOAT
 from mcompress.passes.fp16.plan import Decision, GraphState, Plan, Val, make_cast
 
@@ -174,7 +174,7 @@ def _cast_before_transpose(graph: onnx.GraphProto, names: FreshNames) -> None:
     a pair feeds a MatMul whose weight is a Cast, as in a PyTorch TransformerEncoder whose
     embedding stays half: its MatMul-Transpose fusion looks through the Cast.
     """
-    producers = {name: node for node in graph.node for name in node.output}
+    made_by = producers(graph)
     outputs = {o.name for o in graph.output}
     before: dict[int, onnx.NodeProto] = {}
     moved: list[onnx.NodeProto] = []
@@ -182,7 +182,7 @@ def _cast_before_transpose(graph: onnx.GraphProto, names: FreshNames) -> None:
         to = next((a.i for a in cast.attribute if a.name == "to"), None)
         if cast.op_type != "Cast" or cast.domain not in _DEFAULT or to != FLOAT:
             continue
-        transpose = producers.get(cast.input[0])
+        transpose = made_by.get(cast.input[0])
         if transpose is None or (transpose.op_type, transpose.domain) not in _TRANSPOSE:
             continue
         source = names.fresh(f"{transpose.input[0]}_fp32")

@@ -37,7 +37,7 @@ from pydantic import Field, field_validator
 
 from mcompress import model_io
 from mcompress.errors import McompressError, PassError
-from mcompress.graph import FreshNames, iter_graphs
+from mcompress.graph import FreshNames, iter_graphs, temporary_node_names
 from mcompress.model_io import Model
 from mcompress.passes.base import PassConfig, PassContext, PassResult
 from mcompress.passes.quantize import matmul as quantize_matmul
@@ -57,7 +57,7 @@ summary = "int8 dynamic/static or 4-bit block-wise weight quantization (onnxrunt
 # Tensors above this many bytes are left on disk (external data) instead of read into memory.
 IN_MEMORY_LIMIT = model_io.PROTOBUF_LIMIT - 2**26
 WORST = 5
-# Prefix of the names given to unnamed nodes (onnxruntime selects nodes by name); removed after.
+# Prefix of the temporary names given to unnamed nodes (onnxruntime selects nodes by name).
 _ADDED = "mcompress_quantize/"
 _CANDIDATE = "candidate.onnx"
 
@@ -149,32 +149,22 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     if cfg.mode != "static" and not targets:
         return PassResult(False, {"weights_quantized": 0}, ["no float32 weights to quantize"])
     ctx.progress("quantize", 0, 3)
-    names = FreshNames(model.proto)
-    for graph in iter_graphs(model.proto.graph):
-        for node in graph.node:
-            if not node.name:
-                node.name = names.fresh(f"{_ADDED}{node.op_type}")
-    recovery, recovery_notes = recovered.pre_round(model, cfg, ctx, {t.name for t in targets})
-    upgrade = None if cfg.mode == "static" else raise_opset_for_rewrite(model)
-    step, notes = _plan(model, cfg, targets)
-    notes = [*recovery_notes, *notes]
-    if upgrade is not None:
-        notes.append(
-            f"opset raised from {upgrade['from']} to {upgrade['to']}: int8 weights are rebuilt "
-            f"with Mul, which onnxruntime runs from opset {upgrade['to']}"
-        )
-    try:
+    with temporary_node_names(model.proto, FreshNames(model.proto), _ADDED):
+        recovery, recovery_notes = recovered.pre_round(model, cfg, ctx, {t.name for t in targets})
+        upgrade = None if cfg.mode == "static" else raise_opset_for_rewrite(model)
+        step, notes = _plan(model, cfg, targets)
+        notes = [*recovery_notes, *notes]
+        if upgrade is not None:
+            notes.append(
+                f"opset raised from {upgrade['from']} to {upgrade['to']}: int8 weights are "
+                f"rebuilt with Mul, which onnxruntime runs from opset {upgrade['to']}"
+            )
         step, first = _int4_matmuls(model, step, cfg)
         if step is None or step.kind == "dynamic":
             outcome = _in_memory(model, step, cfg, ctx)
         else:
             outcome = _with_onnxruntime(model, step, cfg, ctx, calibration)
         outcome.rows[:0] = first
-    finally:
-        for graph in iter_graphs(model.proto.graph):
-            for node in graph.node:
-                if node.name.startswith(_ADDED):
-                    node.name = ""
     ctx.progress("quantize", 3, 3)
     outcome.opset = outcome.opset or upgrade
     stats = _stats(cfg, outcome)

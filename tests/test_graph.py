@@ -1,0 +1,62 @@
+"""mcompress.graph: one naming scheme for what passes add, scopes of nested graphs, producers."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+from onnx import helper
+
+from mcompress.graph import FreshNames, iter_graphs, producers, temporary_node_names
+from tests import builders
+
+
+def _with_names(*outputs: str) -> onnx.ModelProto:
+    """A chain of Identity nodes whose outputs carry the given names."""
+    nodes, previous = [], "x"
+    for out in outputs:
+        nodes.append(helper.make_node("Identity", [previous], [out]))
+        previous = out
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info(previous, onnx.TensorProto.FLOAT, [1])],
+    )
+    return helper.make_model(graph)
+
+
+def test_fresh_names_never_reuse_a_name_of_any_graph() -> None:
+    model = builders.if_subgraph()
+    names = FreshNames(model)
+    # "then_y" is a value inside the If's then-branch only.
+    assert names.fresh("then_y") == "then_y_1"
+    assert names.fresh("then_y") == "then_y_2"
+    assert names.fresh("new") == "new"
+
+
+def test_scopes_skip_numbers_any_name_starts_a_path_with() -> None:
+    names = FreshNames(_with_names("mcp/0", "mcp/0/v", "mcp/2/x", "mcp/10"))
+    assert [names.scope("mcp/") for _ in range(3)] == ["mcp/1", "mcp/3", "mcp/4"]
+    assert names.fresh("mcp/5") == "mcp/5"
+    assert names.scope("mcp/") == "mcp/6"
+    assert names.scope("other/") == "other/0"
+
+
+def test_temporary_node_names_are_unique_and_removed_even_after_an_error() -> None:
+    model = _with_names("a", "b", "c")
+    model.graph.node[1].name = "named"
+    with pytest.raises(RuntimeError), temporary_node_names(model, FreshNames(model), "tmp/"):
+        assert [n.name for n in model.graph.node] == ["tmp/Identity", "named", "tmp/Identity_1"]
+        raise RuntimeError("the block failed")
+    assert [n.name for n in model.graph.node] == ["", "named", ""]
+
+
+def test_producers_and_nested_graphs() -> None:
+    model = builders.if_subgraph()
+    assert [g.name for g in iter_graphs(model.graph)] == ["if_model", "else", "then"]
+    made_by = producers(model.graph)
+    assert {name: node.name for name, node in made_by.items()} == {
+        "s": "sum",
+        "cond": "gt",
+        "y": "if",
+    }
