@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcompress import validate
+from mcompress import performance, validate
 from mcompress.config import PipelineConfig, SearchConfig
 from mcompress.inputs import InputSet
 from mcompress.report import RunReport
@@ -24,6 +24,8 @@ from mcompress.report import RunReport
 # compress(config, output path) -> the report of a run without validation
 Compress = Callable[[PipelineConfig, Path], RunReport]
 OnTrial = Callable[["Trial"], None]
+# refine(search state, best global sparsity, best global cluster count): more trials
+Refine = Callable[["SearchState", float | None, int | None], None]
 _KNOB_PASSES = ("prune", "cluster")
 # Without an accuracy budget (labelled --data) a search aims well above the fidelity floor: the
 # floor only stops broken models, so the most compressing setting that just keeps it is nearly
@@ -38,6 +40,8 @@ SEARCH_MIN_TOP1 = 0.98
 # keeps the gates on fewer samples keeps them on more (classifier, prune 0.5: 32 samples
 # 97.5%, 128 samples 98.25% on ppocr_cls_val.npz) at a quarter of the cost.
 SEARCH_CALIBRATION_SAMPLES = 32
+# Runs per candidate when the objective is latency (each model interleaved with the original).
+LATENCY_RUNS = 10
 
 
 @dataclass
@@ -51,10 +55,11 @@ class Trial:
     passed: bool
     figures: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
+    latency_ratio: float | None = None
 
 
 @dataclass
-class _Search:
+class SearchState:
     cfg: PipelineConfig
     model: Path
     inputs: InputSet
@@ -63,6 +68,9 @@ class _Search:
     on_trial: OnTrial
     deadline: float | None
     trials: list[Trial] = field(default_factory=list)
+    configs: dict[str, PipelineConfig] = field(default_factory=dict)
+    objective: str = "size"
+    on_line: Callable[[str], None] = lambda line: None
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -73,23 +81,31 @@ def search(
     model: Path,
     compress: Compress,
     on_trial: OnTrial = lambda trial: None,
+    on_line: Callable[[str], None] = lambda line: None,
+    refine: Refine | None = None,
 ) -> tuple[PipelineConfig, dict[str, Any]]:
-    """The smallest config within the gates, and a report section with every trial and the
-    size-vs-fidelity front. Never larger than the config without prune and cluster passes
-    (level1 for the presets); when nothing else fits, that config, with a note."""
+    """The smallest (or fastest, `objective: latency`) config within the gates, and a report
+    section with every trial and the size-vs-fidelity front. Never larger than the config
+    without prune and cluster passes (level1 for the presets); when nothing else fits, that
+    config, with a note. `refine` (tune's per-layer search) continues from the best global
+    setting."""
     spec = cfg.search or SearchConfig()
     started = time.perf_counter()
     deadline = started + spec.time_budget if spec.time_budget else None
     with tempfile.TemporaryDirectory(prefix="mcompress-search-") as tmp:
-        state = _Search(
+        state = SearchState(
             cfg, model, validate.feeds_for(model, cfg.validation), compress, Path(tmp),
-            on_trial, deadline,
+            on_trial, deadline, objective=spec.objective, on_line=on_line,
         )  # fmt: skip
         baseline = _try(state, "baseline (no prune, no cluster)", None, None)
         sparsity = _best_sparsity(state, spec.sparsity)
         clusters = _best_clusters(state, spec.clusters, sparsity)
+        fitting = [t for t in state.trials if t.passed and t.size_bytes <= baseline.size_bytes]
+        if refine is not None and not state.out_of_time():
+            start = min(fitting, key=lambda t: t.size_bytes, default=baseline)
+            refine(state, start.sparsity, start.clusters)
     fitting = [t for t in state.trials if t.passed and t.size_bytes <= baseline.size_bytes]
-    best = min(fitting, key=lambda t: t.size_bytes, default=baseline)
+    best = min(fitting, key=_objective(spec.objective), default=baseline)
     seconds = time.perf_counter() - started
     notes = [
         f"search: chose {best.label} of {len(state.trials)} trials ({seconds:.0f} s; every "
@@ -102,16 +118,23 @@ def search(
         )
     if state.out_of_time():
         notes.append(f"the time budget ({spec.time_budget:g} s) ended the search")
-    chosen = configure(cfg, best.sparsity, best.clusters)
     section = {
         "chosen": {"sparsity": best.sparsity, "clusters": best.clusters, "label": best.label},
         "searched": {"sparsity": sparsity, "clusters": clusters},
+        "objective": spec.objective,
         "trials": [asdict(t) for t in state.trials],
         "front": front(state.trials),
         "seconds": seconds,
         "notes": notes,
     }
-    return chosen, section
+    return state.configs[best.label], section
+
+
+def _objective(name: str) -> Callable[[Trial], float]:
+    """Sort key of the winner: bytes, or the latency ratio measured (size breaks ties)."""
+    if name == "latency":
+        return lambda t: (t.latency_ratio or float("inf")) + t.size_bytes * 1e-15
+    return lambda t: float(t.size_bytes)
 
 
 def planned_trials(cfg: PipelineConfig) -> int:
@@ -166,15 +189,15 @@ def _score(trial: Trial) -> float:
     return min(values) if values else 0.0
 
 
-def _best_sparsity(state: _Search, values: list[float]) -> float | None:
+def _best_sparsity(state: SearchState, values: list[float]) -> float | None:
     """The largest sparsity that keeps the gates (bisection), with no clustering."""
     if not values or not _has(state.cfg, "prune"):
         return None
-    passing = _bisect(values, lambda s: _try(state, f"sparsity {s:g}", s, None).passed, True)
+    passing = bisect(values, lambda s: _try(state, f"sparsity {s:g}", s, None).passed, True)
     return passing
 
 
-def _best_clusters(state: _Search, values: list[int], sparsity: float | None) -> int | None:
+def _best_clusters(state: SearchState, values: list[int], sparsity: float | None) -> int | None:
     """The fewest clusters that keep the gates on top of `sparsity` (bisection)."""
     if not values or not _has(state.cfg, "cluster"):
         return None
@@ -183,10 +206,10 @@ def _best_clusters(state: _Search, values: list[int], sparsity: float | None) ->
     def ok(k: int) -> bool:
         return _try(state, f"{prefix}{k} clusters", sparsity, k).passed
 
-    return _bisect(values, ok, False)
+    return bisect(values, ok, False)
 
 
-def _bisect(values: list[Any], passes: Callable[[Any], bool], largest: bool) -> Any:
+def bisect(values: list[Any], passes: Callable[[Any], bool], largest: bool) -> Any:
     """The largest (or smallest) value of sorted `values` that passes, assuming everything
     beyond it fails (more compression, less fidelity); None when none passes."""
     ordered = values if largest else list(reversed(values))
@@ -204,12 +227,22 @@ def _has(cfg: PipelineConfig, pass_type: str) -> bool:
     return any(p.type == pass_type for p in cfg.passes)
 
 
-def _try(state: _Search, label: str, sparsity: float | None, clusters: int | None) -> Trial:
-    """Compress with these settings into the work folder and judge the result."""
+def _try(state: SearchState, label: str, sparsity: float | None, clusters: int | None) -> Trial:
+    """Compress with these prune/cluster settings and judge the result."""
+    return judge(state, label, configure(state.cfg, sparsity, clusters), sparsity, clusters)
+
+
+def judge(
+    state: SearchState,
+    label: str,
+    candidate: PipelineConfig,
+    sparsity: float | None = None,
+    clusters: int | None = None,
+) -> Trial:
+    """Compress `candidate` into the work folder and judge it like the final validation."""
     if state.out_of_time() and state.trials:
         return Trial(label, sparsity, clusters, 0, False, {"out_of_time": None})
     started = time.perf_counter()
-    candidate = configure(state.cfg, sparsity, clusters)
     plain = candidate.model_dump(by_alias=True, exclude_unset=True)
     plain["validate"] = {**plain.get("validate", {}), "enabled": False}
     for entry in plain["passes"]:
@@ -234,8 +267,12 @@ def _try(state: _Search, label: str, sparsity: float | None, clusters: int | Non
         size_bytes=report.output.size_bytes if report.output else 0,
         passed=all(g.passed for g in gates) and _within_margin(state.cfg, report, gates),
         figures={g.name: g.value for g in gates},
-        seconds=time.perf_counter() - started,
     )
+    if state.objective == "latency" and trial.passed:
+        timing = performance.latency(sessions, state.inputs.feeds[0], LATENCY_RUNS)
+        trial.latency_ratio = timing["ratio"]
+    trial.seconds = time.perf_counter() - started
+    state.configs[label] = candidate
     state.trials.append(trial)
     state.on_trial(trial)
     return trial

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -121,6 +121,9 @@ class SearchConfig(BaseModel):
     )
     time_budget: float | None = Field(
         None, gt=0, description="seconds; the search stops there and keeps the best so far"
+    )
+    objective: Literal["size", "latency"] = Field(
+        "size", description="what the winner minimises among the candidates within the gates"
     )
 
     @field_validator("sparsity")

@@ -75,13 +75,7 @@ def analyze(
 ) -> dict[str, Any]:
     """Probe each prunable layer alone at each level; rows sorted most sensitive first."""
     started = time.perf_counter()
-    model = model_io.load_model(model_path)
-    prepare(model)
-    _internalize(model)
-    names = FreshNames(model.proto)
-    for graph in model.graphs():
-        for node in graph.node:
-            node.name = node.name or names.fresh(node.op_type)
+    model = load_prepared(model_path)
     candidates, _ = find_candidates(model, min_elements=0)
     if not candidates:
         raise ModelError(
@@ -93,7 +87,7 @@ def analyze(
         model_path, data=data, samples=samples, seed=seed, input_shapes=input_shapes
     )
     altered = [level_values(model, probed, pass_type, level) for level in levels]
-    runner = _Runner(model, probed, inputs)
+    runner = Runner(model, probed, inputs)
     judge = _Judge(inputs, runner.run())
     rows: list[dict[str, Any]] = []
     total = len(probed) * len(levels)
@@ -154,7 +148,7 @@ class _Judge:
         if self.labels is not None:
             predicted = np.array([int(np.argmax(run[0])) for run in outputs])
             return float(np.mean(predicted == self.labels[: len(predicted)]))
-        return _cosine(_flat(self.reference), _flat(outputs))
+        return _cosine(flat(self.reference), flat(outputs))
 
     def score(self, outputs: list[list[np.ndarray]]) -> dict[str, float]:
         value = self._value(outputs)
@@ -174,7 +168,8 @@ def _classes(outputs: list[list[np.ndarray]]) -> bool:
     return first is not None and first.dtype.kind == "f" and first.size > 1 and first.ndim >= 1
 
 
-def _flat(outputs: list[list[np.ndarray]]) -> np.ndarray:
+def flat(outputs: list[list[np.ndarray]]) -> np.ndarray:
+    """Every float output of every run, as one vector."""
     parts = [np.asarray(o, np.float64).reshape(-1) for run in outputs for o in run]
     return np.concatenate([p for p in parts if p.dtype.kind == "f"])
 
@@ -213,7 +208,7 @@ def level_values(
     return altered
 
 
-class _Runner:
+class Runner:
     """Runs every feed with at most one weight replaced.
 
     Probed main-graph weights become graph inputs whose initializer is only a default, so one
@@ -267,6 +262,19 @@ def _outputs(session: Any, feeds: list[dict[str, np.ndarray]]) -> list[list[np.n
         return [list(session.run(None, feed)) for feed in feeds]
     except Exception as exc:  # noqa: BLE001 - onnxruntime raises many types; report one line
         raise ModelError(f"onnxruntime cannot run the model: {error_line(exc, 200)}") from None
+
+
+def load_prepared(model_path: Path) -> model_io.Model:
+    """The model as the pipeline sees it before its passes (prepared), in memory, every node
+    named (the quantize plan selects nodes by name)."""
+    model = model_io.load_model(model_path)
+    prepare(model)
+    _internalize(model)
+    names = FreshNames(model.proto)
+    for graph in model.graphs():
+        for node in graph.node:
+            node.name = node.name or names.fresh(node.op_type)
+    return model
 
 
 def _internalize(model: model_io.Model) -> None:

@@ -1,6 +1,7 @@
-"""`mcompress tune`: the smallest model within an accuracy (or fidelity) budget, found by the
-budget search over pruning sparsity and weight sharing, and the plain pipeline that reproduces
-it (`mcompress run -c tuned.yaml` writes the same bytes)."""
+"""`mcompress tune`: the smallest (or fastest) model within an accuracy (or fidelity) budget,
+found by the budget search over pruning sparsity and weight sharing, globally and then per layer
+(`layer_search`), and the plain pipeline that reproduces it (`mcompress run -c tuned.yaml`
+writes the same bytes)."""
 
 from __future__ import annotations
 
@@ -20,15 +21,21 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 def template(
-    validation: dict[str, Any], time_budget: float | None, calibration: str | None
+    validation: dict[str, Any],
+    time_budget: float | None,
+    calibration: str | None,
+    objective: str = "size",
 ) -> config.PipelineConfig:
-    """The pipeline searched: strip, global magnitude pruning, clustering, int8."""
+    """The pipeline searched: strip, magnitude pruning, clustering, int8; globally first, then
+    per layer."""
     prune: dict[str, Any] = {"type": "prune", "sparsity": 0.3, "scope": "global",
                              "min_elements": 2048}  # fmt: skip
     cluster: dict[str, Any] = {"type": "cluster", "clusters": 16}
     if calibration is not None:
         _with_calibration([prune, cluster], calibration)
-    search: dict[str, Any] = {"sparsity": SPARSITIES, "clusters": CLUSTERS}
+    search: dict[str, Any] = {
+        "sparsity": SPARSITIES, "clusters": CLUSTERS, "objective": objective,
+    }  # fmt: skip
     if time_budget is not None:
         search["time_budget"] = time_budget
     return config.build(

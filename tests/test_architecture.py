@@ -37,6 +37,7 @@ ORCHESTRATION = {
     "sensitivity",
     "budget",
     "tune",
+    "layer_search",
     "render_search",
     "render_terminal",
 }

@@ -438,3 +438,13 @@ def test_prune_then_cluster_keeps_sparsity_and_beats_either_alone(
         np.testing.assert_array_equal(both[name] == 0, values == 0, err_msg=name)
     size = {name: path.stat().st_size for name, path in outputs.items()}
     assert size["both"] < size["prune"] and size["both"] < size["cluster"], size
+
+
+def test_layers_give_one_weight_its_own_cluster_count(tmp_path: Path) -> None:
+    path = builders.save(builders.mlp(hidden=64, inputs=32, classes=32), tmp_path / "m.onnx")
+    model = model_io.load_model(path)
+    cfg = cluster.Config(clusters=16, min_elements=0, layers={"w2": 4})
+    cluster.apply(model, cfg, PassContext(input_path=path))
+    weights = {t.name: numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+    assert np.unique(weights["w1"]).size == 16
+    assert np.unique(weights["w2"]).size == 4

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+import yaml
 from onnx import TensorProto, helper
 from typer.testing import CliRunner
 
@@ -283,6 +284,48 @@ def test_tune_writes_the_smallest_model_and_a_pipeline_that_reproduces_it(tmp_pa
     assert report["output"]["size_bytes"] < search["trials"][0]["size_bytes"]
     markdown = render.to_markdown(report)
     assert "### Search" in markdown and "| baseline (no prune, no cluster) |" in markdown
+    again = tmp_path / "again.onnx"
+    result = runner.invoke(app, ["run", str(model), "-c", str(emitted), "-o", str(again)])
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == out.read_bytes()
+
+
+def _small_but_vital(path: Path) -> Path:
+    """x -> MatMul w0 (all +-0.01: small, and every weight matters) -> MatMul w1 (a few +-2
+    that matter, many +-0.02 that do not). One global magnitude threshold prunes w0 first and
+    breaks the model at any sparsity; per layer, w1 alone can lose 80%."""
+    r = builders.rng(5)
+    w0 = np.sign(r.normal(0, 1, (64, 64))).astype(np.float32) * 0.01
+    w1 = np.sign(r.normal(0, 1, (64, 64))).astype(np.float32) * 0.02
+    w1[r.random((64, 64)) < 0.1] *= 100
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w0"], ["h"], name="mm0"),
+         helper.make_node("MatMul", ["h", "w1"], ["y"], name="mm1")],
+        "small_but_vital",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 64])],
+        [builders._init("w0", w0), builders._init("w1", w1)],
+    )  # fmt: skip
+    return builders.save(builders._model(graph), path)
+
+
+def test_tune_per_layer_beats_one_global_sparsity_and_reproduces(tmp_path: Path) -> None:
+    model = _small_but_vital(tmp_path / "m.onnx")
+    out, emitted = tmp_path / "m.tuned.onnx", tmp_path / "m.tuned.yaml"
+    args = ["tune", str(model), "-o", str(out), "--min-sqnr", "20", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trials = report["search"]["trials"]
+    global_trials = [t for t in trials if t["sparsity"] is not None]
+    assert global_trials and not any(t["passed"] for t in global_trials)
+    assert report["search"]["chosen"]["label"].startswith("per layer: 1 of 2 at 0.8, 8")
+    assert report["output"]["size_bytes"] < trials[0]["size_bytes"]  # below the int8 baseline
+    assert report["validation"]["overall"]["sqnr_db"] >= 20
+    pipeline_yaml = yaml.safe_load(emitted.read_text())
+    prune_cfg = next(p for p in pipeline_yaml["passes"] if p["type"] == "prune")
+    assert prune_cfg["scope"] == "layer" and prune_cfg["sparsity"] >= 0.5
+    assert prune_cfg["layers"] == {"w0": 0.0}
     again = tmp_path / "again.onnx"
     result = runner.invoke(app, ["run", str(model), "-c", str(emitted), "-o", str(again)])
     assert result.exit_code == 0, result.output

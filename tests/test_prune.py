@@ -479,3 +479,16 @@ def test_yaml_pipeline_runs_prune(tmp_path: Path) -> None:
     report = pipeline.run(cfg, pipeline.RunOptions(source, tmp_path / "o.onnx"))
     assert report.passes[0].stats["totals"]["sparsity"] == 0.75
     assert report.output is not None and report.output.size_bytes < report.input.size_bytes
+
+
+def test_layers_give_one_weight_its_own_sparsity(tmp_path: Path) -> None:
+    """`layers: {w1: 0.8}` prunes w1 to 80% and the rest (one global threshold) to 30%."""
+    proto = builders.mlp(hidden=64, inputs=32, classes=32)
+    model, _ = apply_prune(
+        proto, tmp_path, sparsity=0.3, scope="global", min_elements=0, layers={"w1": 0.8}
+    )
+    weights = {t.name: numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+    assert np.count_nonzero(weights["w1"] == 0) == round(0.8 * 32 * 64)
+    assert np.count_nonzero(weights["w2"] == 0) == round(0.3 * 64 * 32)
+    with pytest.raises(Exception, match="sparsity of 'w1' must be >= 0 and < 1"):
+        config.build_pass({"type": "prune", "layers": {"w1": 1.0}})

@@ -17,6 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from mcompress import config, model_io, pipeline
 from mcompress.graph import iter_graphs
 from mcompress.passes import quantize as quantize_pass
+from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
@@ -725,3 +726,11 @@ def test_int4_storage_runs_as_a_fused_int8_matmul(tmp_path: Path) -> None:
     x = np.random.default_rng(1).standard_normal((16, 256)).astype(np.float32)
     exact = x @ (stored.int8() * stored.scale)
     assert cosine(run(out, {"x": x})[0], exact) > 0.9999
+
+
+def test_exclude_by_weight_name_keeps_that_weight_float(tmp_path: Path) -> None:
+    path = builders.save(builders.mlp(), tmp_path / "m.onnx")
+    model = model_io.load_model(path)
+    quantize_pass.apply(model, quantize_pass.Config(exclude=("w2",)), PassContext(input_path=path))
+    floats = {t.name for t in model.proto.graph.initializer if t.data_type == TensorProto.FLOAT}
+    assert "w2" in floats and "w1" not in floats

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mcompress import budget, model_io, pipeline
+from mcompress import budget, layer_search, model_io, pipeline
 from mcompress import tune as tuning
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
@@ -52,7 +52,7 @@ def tune(
         str | None, _opt("--calibration", help="Calibration .npz for passes that recover with it.")
     ] = None,
     objective: Annotated[
-        str, _opt("--objective", help="What to minimise: size (the only one so far).")
+        str, _opt("--objective", help="What to minimise within the budget: size or latency.")
     ] = "size",
     time_budget: Annotated[
         str | None, _opt("--time-budget", help="Stop searching after this long: 10m, 90s, 1h.")
@@ -66,8 +66,8 @@ def tune(
 
     Example: mcompress tune model.onnx --data val.npz --max-accuracy-drop 0.01
     """
-    if objective != "size":
-        raise UsageError(f"--objective: '{objective}' is not supported; use size")
+    if objective not in ("size", "latency"):
+        raise UsageError(f"--objective: '{objective}' is not size or latency")
     validation: dict[str, Any] = {
         key: value
         for key, value in {
@@ -83,7 +83,7 @@ def tune(
     if opts.input_shape:
         validation["input_shapes"] = dict(parse_shape(s) for s in opts.input_shape)
     seconds = tuning.parse_duration(time_budget) if time_budget else None
-    cfg = tuning.template(validation, seconds, calibration)
+    cfg = tuning.template(validation, seconds, calibration, objective)
     opts.output = opts.output or model_io.default_output(model, "tuned")
     yaml_path = emit_config or tuning.emitted_path(opts.output)
     result = _search_and_write(cfg, model, opts, yaml_path)
@@ -107,7 +107,14 @@ def _search_and_write(cfg: Any, model: Path, opts: WriteOptions, yaml_path: Path
                 err.print(tuning.describe(trial, len(trials)), soft_wrap=True, highlight=False)
 
         options = pipeline.RunOptions(input_path=model, output=opts.output, command="tune")
-        chosen, section = budget.search(cfg, model, pipeline.trial_runner(options), show)
+
+        def say(line: str) -> None:
+            if not opts.json_out:
+                err.print(line, soft_wrap=True, highlight=False)
+
+        chosen, section = budget.search(
+            cfg, model, pipeline.trial_runner(options), show, say, layer_search.refine
+        )
         header = (
             f"mcompress tune {model.name}: {section['chosen']['label']}\n"
             f"`mcompress run {model.name} -c {yaml_path.name}` writes the same model"

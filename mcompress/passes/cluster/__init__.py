@@ -48,7 +48,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     tensors: list[dict[str, Any]] = []
     for done, cand in enumerate(candidates):
         ctx.progress("cluster", done, len(candidates))
-        row, reason = cluster_weight(cand, cfg, axes.get(cand.key))
+        row, reason = cluster_weight(cand, cfg.for_weight(cand.weight.name), axes.get(cand.key))
         if row is None:
             skipped.append({"name": cand.weight.name, "reason": reason})
         else:

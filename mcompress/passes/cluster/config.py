@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS
 from mcompress.recover.options import RecoveryConfig
@@ -35,3 +35,22 @@ class Config(RecoveryConfig):
     exclude: tuple[str, ...] = Field(
         (), description="node names (globs), op types or weight names to leave alone"
     )
+    layers: dict[str, int] = Field(
+        default_factory=dict,
+        description="shared values per weight name, overriding `clusters` for that weight "
+        "(`mcompress tune` writes these)",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_clusters(cls, layers: dict[str, int]) -> dict[str, int]:
+        bad = next((n for n, k in layers.items() if not 2 <= k <= MAX_CLUSTERS), None)
+        if bad is not None:
+            raise ValueError(f"layers: clusters of '{bad}' must be 2..{MAX_CLUSTERS}")
+        return layers
+
+    def for_weight(self, name: str) -> Config:
+        """These options with the cluster count of weight `name` (its `layers` entry)."""
+        if name not in self.layers:
+            return self
+        return self.model_copy(update={"clusters": self.layers[name]})

@@ -40,7 +40,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     before = {c.weight.name: np.array(c.weight.array(), copy=True) for c in candidates}
     # Weights recovery cannot reach are clustered first, so the layers after them compensate.
     unreached = {
-        c.weight.name: cluster_weight(c, cfg, None)
+        c.weight.name: cluster_weight(c, cfg.for_weight(c.weight.name), None)
         for c in candidates
         if c.weight.name not in reasons and c.weight.name not in reachable
     }
@@ -61,7 +61,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         if name in reasons:
             skipped.append({"name": name, "reason": reasons[name]})
         elif name in reachable:
-            tensors.append(_row(cand, before[name], cfg.clusters))
+            tensors.append(_row(cand, before[name], cfg.for_weight(name).clusters))
         else:
             row, reason = unreached[name]
             if row is None:
@@ -86,12 +86,13 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
 
 
 def _starting_centroids(
-    candidates: list[Candidate], cfg: Config
+    candidates: list[Candidate], options: Config
 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Plain k-means centroids (zero excluded) per weight to cluster, and why others are not."""
     initial: dict[str, np.ndarray] = {}
     reasons: dict[str, str] = {}
     for cand in candidates:
+        cfg = options.for_weight(cand.weight.name)
         values = np.asarray(cand.weight.array(), dtype=np.float32)
         distinct = int(np.unique(values).size)
         if cand.weight.size < 2 * cfg.clusters:

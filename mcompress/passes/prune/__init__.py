@@ -24,7 +24,7 @@ from mcompress.weights import WEIGHT_SLOTS, find_candidates
 
 summary = "Zero the smallest-magnitude weights, or remove whole channels (structured: true)."
 
-_UNSTRUCTURED_ONLY = ("scope", "min_elements", "include_biases", "n_m")
+_UNSTRUCTURED_ONLY = ("scope", "min_elements", "include_biases", "n_m", "layers")
 _STRUCTURED_ONLY = ("round_to",)
 _CRITERIA = {True: ("l1", "l2"), False: ("magnitude", "wanda", "sparsegpt")}
 
@@ -66,7 +66,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
 
         return prune_recovered.apply(model, cfg, ctx)
     candidates, skipped = find_candidates(model, cfg.min_elements, cfg.include_biases, cfg.exclude)
-    counts = layer_counts(candidates, cfg.sparsity, cfg.scope)
+    counts = layer_counts(candidates, cfg.sparsity, cfg.scope, cfg.layers)
     tensors = []
     for done, (cand, k) in enumerate(zip(candidates, counts, strict=True)):
         ctx.progress("prune", done, len(candidates))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from mcompress.recover.options import RecoveryConfig
 
@@ -24,6 +24,11 @@ class Config(RecoveryConfig):
     exclude: tuple[str, ...] = Field(
         (), description="node names (globs), op types or weight names to leave alone"
     )
+    layers: dict[str, float] = Field(
+        default_factory=dict,
+        description="sparsity per weight name, overriding `sparsity` and `scope` for that weight "
+        "(`mcompress tune` writes these)",
+    )
     structured: bool = Field(False, description="remove whole output channels")
     criterion: Literal["l1", "l2", "magnitude", "wanda", "sparsegpt"] | None = Field(
         None,
@@ -37,6 +42,15 @@ class Config(RecoveryConfig):
         description="N:M pattern, e.g. '2:4': N of every M consecutive input weights removed "
         "(unstructured, with calibration)",
     )
+
+    @field_validator("layers")
+    @classmethod
+    def _layer_sparsities(cls, layers: dict[str, float]) -> dict[str, float]:
+        bad = next((name for name, value in layers.items() if not 0 <= value < 1), None)
+        if bad is not None:
+            raise ValueError(f"layers: sparsity of '{bad}' must be >= 0 and < 1")
+        return layers
+
     round_to: int = Field(
         4,
         ge=1,

@@ -10,11 +10,27 @@ from mcompress.model_io import Weight
 from mcompress.weights import Candidate
 
 
-def layer_counts(candidates: list[Candidate], sparsity: float, scope: str) -> list[int]:
-    """Weights to remove per candidate: one share per tensor, or one global threshold."""
+def layer_counts(
+    candidates: list[Candidate],
+    sparsity: float,
+    scope: str,
+    layers: dict[str, float] | None = None,
+) -> list[int]:
+    """Weights to remove per candidate: one share per tensor, or one global threshold; a
+    weight named in `layers` gets its own share (the global threshold spans the others)."""
+    layers = layers or {}
+    counts = {
+        c.weight.name: int(round(layers[c.weight.name] * c.weight.size))
+        for c in candidates
+        if c.weight.name in layers
+    }
+    rest = [c for c in candidates if c.weight.name not in counts]
     if scope == "global":
-        return global_counts([c.weight for c in candidates], sparsity)
-    return [int(round(sparsity * c.weight.size)) for c in candidates]
+        shares = global_counts([c.weight for c in rest], sparsity)
+        counts.update(zip((c.weight.name for c in rest), shares, strict=True))
+    else:
+        counts.update((c.weight.name, int(round(sparsity * c.weight.size))) for c in rest)
+    return [counts[c.weight.name] for c in candidates]
 
 
 # ---------------------------------------------------------------- which tensors

@@ -28,7 +28,7 @@ from mcompress.weights import find_candidates
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Prune with recovery; stats as without data plus a `recovery` section."""
     candidates, skipped = find_candidates(model, cfg.min_elements, cfg.include_biases, cfg.exclude)
-    counts = layer_counts(candidates, cfg.sparsity, cfg.scope)
+    counts = layer_counts(candidates, cfg.sparsity, cfg.scope, cfg.layers)
     shares = {
         c.weight.name: k / max(c.weight.size, 1) for c, k in zip(candidates, counts, strict=True)
     }

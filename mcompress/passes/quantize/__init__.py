@@ -92,7 +92,9 @@ class Config(PassConfig):
     recover: bool = Field(
         True, description="with calibration data: GPTQ rounding against the original's outputs"
     )
-    exclude: tuple[str, ...] = Field((), description="node names, glob patterns or op types")
+    exclude: tuple[str, ...] = Field(
+        (), description="node names (globs), op types or weight names to keep in float"
+    )
 
     @field_validator("block_size")
     @classmethod

@@ -16,6 +16,7 @@ tables. Each such weight becomes int8 (or uint8 with a zero point) plus float sc
 
 from __future__ import annotations
 
+import fnmatch
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,7 +129,7 @@ def find_targets(proto: onnx.ModelProto, exclude: Iterable[str]) -> list[Target]
                 if name not in owners:
                     continue
                 tensor = owners[name]
-                if node_excluded(node, patterns):
+                if node_excluded(node, patterns) or _named(name, patterns):
                     blocked.add(name)
                     continue
                 target = found.setdefault(name, Target(tensor))
@@ -148,6 +149,11 @@ def find_targets(proto: onnx.ModelProto, exclude: Iterable[str]) -> list[Target]
         if (t.axis is not None or t.moved) and size >= MIN_ELEMENTS:
             targets.append(t)
     return targets
+
+
+def _named(weight: str, patterns: tuple[str, ...]) -> bool:
+    """Whether an `exclude` pattern names this weight (as prune and cluster's do)."""
+    return any(fnmatch.fnmatchcase(weight, p) for p in patterns)
 
 
 def _only_moved(target: Target) -> bool:
