@@ -45,6 +45,10 @@ class Profile:
         """The lower of the two figures: how well the layer takes this step alone."""
         return min(self.prune[name][sparsity], self.cluster[name][clusters])
 
+    def ranking(self, step: tuple[float, int]) -> Callable[[str], float]:
+        """Sort key putting the layers that take `step` best first."""
+        return lambda name: -self.robustness(name, *step)
+
 
 @dataclass
 class Plan:
@@ -68,7 +72,7 @@ def refine(state: budget.SearchState, sparsity: float | None, clusters: int | No
     state.on_line(f"tune: {len(names)} layers profiled; pushing the most robust ones")
     current = Plan({n: sparsity or 0.0 for n in names}, {n: clusters for n in names})
     for step in PUSH_STEPS:
-        order = sorted(names, key=lambda n, step=step: -found.robustness(n, *step))
+        order = sorted(names, key=found.ranking(step))
         counts = list(range(1, len(names) + 1))
         best = budget.bisect(counts, _trial(state, current, order, step), True)
         if best is None or state.out_of_time():
