@@ -433,7 +433,7 @@ def evaluate_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
             gates.append(Gate(name, threshold, None, False))
             continue
         value = float(value)
-        passed = value <= threshold if direction == "max" else value >= threshold
+        passed = value <= threshold + 1e-9 if direction == "max" else value >= threshold - 1e-9
         gates.append(Gate(name, threshold, value, passed))
     return gates + _floor_gates(cfg, report)
 

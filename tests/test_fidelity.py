@@ -390,3 +390,18 @@ def test_search_trials_recover_on_fewer_calibration_samples(
     assert all(samples and max(samples) == budget.SEARCH_CALIBRATION_SAMPLES for samples in seen)
     chosen = report["search"]["chosen"]["label"]
     assert any(f"search: chose {chosen} of {len(trials)} trials" in n for n in report["notes"])
+
+
+def test_an_accuracy_drop_equal_to_the_budget_keeps_it() -> None:
+    """0.99 - 0.98 is 0.010000000000000009 in floating point: one point lost on 400 samples
+    keeps a one-point budget."""
+    from types import SimpleNamespace
+
+    from mcompress import config, validate
+
+    cfg = config.build({"passes": [{"type": "strip"}], "validate": {"max_accuracy_drop": 0.01}})
+    report = SimpleNamespace(validation={"task": {"accuracy_drop": 0.99 - 0.98}}, notes=[])
+    gates = validate.evaluate_gates(cfg.validation, report)  # type: ignore[arg-type]
+    assert [(g.name, g.passed) for g in gates if g.name == "max_accuracy_drop"] == [
+        ("max_accuracy_drop", True)
+    ]
