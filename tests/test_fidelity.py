@@ -400,7 +400,9 @@ def test_an_accuracy_drop_equal_to_the_budget_keeps_it() -> None:
     from mcompress import config, validate
 
     cfg = config.build({"passes": [{"type": "strip"}], "validate": {"max_accuracy_drop": 0.01}})
-    report = SimpleNamespace(validation={"task": {"accuracy_drop": 0.99 - 0.98}}, notes=[])
+    report = SimpleNamespace(
+        validation=SimpleNamespace(task={"accuracy_drop": 0.99 - 0.98}, floor=None), notes=[]
+    )
     gates = validate.evaluate_gates(cfg.validation, report)  # type: ignore[arg-type]
     assert [(g.name, g.passed) for g in gates if g.name == "max_accuracy_drop"] == [
         ("max_accuracy_drop", True)
