@@ -117,24 +117,37 @@ class Outputs:
         inputs = [(_identity(i.path), i) for i in self.inputs]
         seen: dict[str, _Output] = {}
         for out in self.outputs:
-            path = out.path
-            if path.is_dir():
-                raise OutputError(f"{out.option} '{path}' is a folder; give a file name")
-            if not path.parent.is_dir():
-                raise OutputError(f"folder '{path.parent}' of {out.option} '{path}' does not exist")
-            same = os.path.realpath(path)
-            if same in seen:
-                raise OutputError(
-                    f"{seen[same].option} and {out.option} both name '{path}'; "
-                    "give them different paths"
-                )
-            seen[same] = out
-            identity = _identity(path)
-            hit = next((i for key, i in inputs if key == identity), None)
-            if hit is not None:
-                self._check_input_clash(out, hit)
-            elif path.exists() and not (self.force or out.exists_ok):
-                raise OutputError(f"output '{path}' already exists; pass --force to overwrite it")
+            try:
+                self._check_one(out, inputs, seen)
+            except OSError as exc:  # a name too long for the file system, a folder we cannot read
+                if not (out.exists_ok and exc.errno == errno.ENAMETOOLONG):  # never written
+                    raise os_error(out.path, exc) from None
+
+    def _check_one(
+        self,
+        out: _Output,
+        inputs: list[tuple[tuple[object, ...], _Input]],
+        seen: dict[str, _Output],
+    ) -> None:
+        """One output of `check` (`seen`: the outputs checked so far, by real path)."""
+        path = out.path
+        if path.is_dir():
+            raise OutputError(f"{out.option} '{path}' is a folder; give a file name")
+        if not path.parent.is_dir():
+            raise OutputError(f"folder '{path.parent}' of {out.option} '{path}' does not exist")
+        same = os.path.realpath(path)
+        if same in seen:
+            raise OutputError(
+                f"{seen[same].option} and {out.option} both name '{path}'; "
+                "give them different paths"
+            )
+        seen[same] = out
+        identity = _identity(path)
+        hit = next((i for key, i in inputs if key == identity), None)
+        if hit is not None:
+            self._check_input_clash(out, hit)
+        elif path.exists() and not (self.force or out.exists_ok):
+            raise OutputError(f"output '{path}' already exists; pass --force to overwrite it")
 
     def _check_input_clash(self, out: _Output, hit: _Input) -> None:
         if out.replaces_model and hit.what == "input model":
@@ -191,7 +204,7 @@ class Outputs:
         with _signals_deferred():
             try:
                 for target, staged in order:
-                    if staged.exists() and claim(staged, target, self.force):
+                    if os.path.exists(staged) and claim(staged, target, self.force):
                         claimed.append(target)
             except BaseException:
                 for path in claimed:

@@ -125,3 +125,27 @@ def test_crash_logs_have_unique_names(
     assert sorted(line.split("traceback saved to ")[1] for line in lines) == [
         f"{log}; please report it)" for log in logs
     ]
+
+
+def test_interrupt_while_validating_a_replacement_keeps_the_original(tmp_path: Path) -> None:
+    """`-o m.onnx --force` over the input itself: Ctrl-C while the new model is validated
+    leaves the original in place, never the unvalidated one."""
+    model = builders.save(builders.mlp(hidden=256, inputs=256), tmp_path / "m.onnx")
+    before = model.read_bytes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mcompress", "quantize", str(model), "-o", str(model), "--force"]
+        + ["--samples", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(f"{STAGING_PREFIX}*/m.onnx")):  # saved: validation runs
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, errors = proc.communicate(timeout=120)
+    assert (proc.returncode, errors) == (130, "mcompress: interrupted (SIGINT)\n")
+    assert model.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
