@@ -72,8 +72,8 @@ def session(
         source: str | bytes = model.SerializeToString()
     elif isinstance(model, bytes):
         source = model
-    else:
-        source = os.fspath(model)
+    else:  # a symlink's target: onnxruntime reads external data beside the file it opens
+        source = os.path.realpath(model)
     opts = options(optimize=optimize, external_folder=external_folder, spinning=spinning)
     return ort.InferenceSession(source, sess_options=opts, providers=CPU)
 

@@ -303,3 +303,20 @@ def test_yaml_input_shapes_are_checked_like_input_shape(
         assert isinstance(exc, McompressError) and exc.exit_code == 2, shapes
         assert exc.message == message
         assert digest(tmp_path) == before
+
+
+def test_a_symlinked_model_with_external_data_compresses(tmp_path: Path) -> None:
+    """onnxruntime reads external data beside the file it opens: sessions open the symlink's
+    target, so a link to d/m.onnx (weights in d/m.onnx.data) works like d/m.onnx."""
+    (tmp_path / "d").mkdir()
+    target = builders.save(builders.mlp(), tmp_path / "d" / "m.onnx", external=True)
+    link = tmp_path / "link.onnx"
+    link.symlink_to(target)
+    before = digest(tmp_path / "d")
+    result = mcompress("quantize", link, "-o", tmp_path / "q.onnx")
+    assert result.returncode == 0, result.stderr
+    assert digest(tmp_path / "d") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "link.onnx", "q.onnx", "q.onnx.data"]
+    x = np.random.default_rng(0).standard_normal((2, 32)).astype(np.float32)
+    (got,), (want,) = builders.run(tmp_path / "q.onnx", {"x": x}), builders.run(target, {"x": x})
+    assert np.abs(got - want).max() < 0.02
