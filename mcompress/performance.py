@@ -19,6 +19,7 @@ import numpy as np
 from mcompress import latency_stats, processes, runtime
 from mcompress.errors import GateError, McompressError, ModelError
 from mcompress.inputs import InputSet
+from mcompress.session_pair import SessionPair
 
 WARMUP_RUNS = 3
 # Samples stacked into one batch for the second latency measurement, with --data.
@@ -26,25 +27,27 @@ DATA_BATCH = 32
 
 
 def latency(
-    sessions: list[Any],
+    sessions: SessionPair,
     feed: dict[str, np.ndarray],
     runs: int,
     tick: Callable[[int], None] = lambda i: None,
 ) -> dict[str, Any]:
-    """Median and p90 milliseconds of `runs` runs of one feed, the two models interleaved."""
+    """Median and p90 milliseconds of `runs` runs of one feed, the models interleaved (unless
+    one session is held at a time: then one model after the other)."""
     feeds = [runtime.typed_feed(session, feed) for session in sessions]
-    for _ in range(WARMUP_RUNS):
-        for session, typed in zip(sessions, feeds, strict=True):
-            session.run(None, typed)
     times: list[list[float]] = [[], []]
-    for i in range(runs):
-        # Alternate which model runs first: the second of a pair shares the CPU with the first
-        # one's thread pool winding down, a bias that made identical files look 1.3x slower.
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
+    # Alternate which model runs first: the second of a pair shares the CPU with the first
+    # one's thread pool winding down, a bias that made identical files look 1.3x slower.
+    rounds: list[tuple[int, ...]] = [(1, 0) if i % 2 else (0, 1) for i in range(-WARMUP_RUNS, runs)]
+    if sessions.alone:
+        rounds = [(k,) for k in sessions.order() for _ in range(WARMUP_RUNS + runs)]
+    for i, order in enumerate(rounds):
+        for which in order:
             start = time.perf_counter()
             sessions[which].run(None, feeds[which])
-            times[which].append((time.perf_counter() - start) * 1000)
-        tick(i + 1)
+            if i % (WARMUP_RUNS + runs) >= WARMUP_RUNS:
+                times[which].append((time.perf_counter() - start) * 1000)
+        tick((len(times[0]) + len(times[1])) // 2)
     stats = [
         {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))} for t in times
     ]
@@ -59,7 +62,7 @@ def latency(
 
 
 def batch_latency(
-    sessions: list[Any], feeds: list[dict[str, np.ndarray]], runs: int, notes: list[str]
+    sessions: SessionPair, feeds: list[dict[str, np.ndarray]], runs: int, notes: list[str]
 ) -> dict[str, Any] | None:
     """Latency with up to DATA_BATCH data samples stacked on the batch axis, when every input
     has a dynamic first dimension and each feed holds one sample; else None."""

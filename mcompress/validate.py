@@ -21,10 +21,12 @@ from mcompress.config import ValidateConfig
 from mcompress.errors import DataError, ModelError
 from mcompress.inputs import InputSet, make_feeds
 from mcompress.report import Gate, RunReport
+from mcompress.session_pair import ONE_AT_A_TIME_NOTE, SessionPair, one_at_a_time
 
 Progress = Callable[[str, int, int], None]
 CONFIDENT_MARGIN = 0.2
 _ALL_SAMPLES = 10**9
+ROLES = ("original", "compressed")
 
 
 @dataclass
@@ -55,9 +57,11 @@ def validate_pair(
         return None
     inputs = feeds_for(Path(original), cfg)
     memory = performance.memory(Path(original), Path(compressed), inputs)
-    sessions = open_sessions(Path(original), Path(compressed))
+    sessions = open_sessions(Path(original), Path(compressed), one_at_a_time(memory))
     total = len(inputs.feeds) + cfg.latency_runs
     found = compare_outputs(sessions, inputs, cfg, lambda i: progress("validating", i, total))
+    if sessions.alone:
+        found.notes.append(ONE_AT_A_TIME_NOTE)
     found.latency = performance.latency(
         sessions, inputs.feeds[0], cfg.latency_runs,
         lambda i: progress("validating", len(inputs.feeds) + i, total),
@@ -82,13 +86,13 @@ def feeds_for(original: Path, cfg: ValidateConfig) -> InputSet:
     )
 
 
-def open_sessions(original: Path, compressed: Path) -> list[Any]:
-    """onnxruntime sessions of both models; a model that does not load is one ModelError."""
-    return [_session(original, "original"), _session(compressed, "compressed")]
+def open_sessions(original: Path, compressed: Path, alone: bool = False) -> SessionPair:
+    """Both models' sessions (one at a time if `alone`); one that does not load: ModelError."""
+    return SessionPair(lambda k: _session((original, compressed)[k], ROLES[k]), alone)
 
 
 def compare_outputs(
-    sessions: list[Any],
+    sessions: SessionPair,
     inputs: InputSet,
     cfg: ValidateConfig,
     tick: Callable[[int], None] = lambda i: None,
@@ -137,7 +141,7 @@ def _session(path: Path, role: str) -> Any:
         ) from None
 
 
-def _outputs(sessions: list[Any]) -> tuple[list[str], list[list[str]], list[str]]:
+def _outputs(sessions: SessionPair) -> tuple[list[str], list[list[str]], list[str]]:
     """Output names to compare, each model's names in that order, and notes. Both models must
     take the same named inputs (the same feeds go to both) and have as many outputs."""
     inputs = [[i.name for i in session.get_inputs()] for session in sessions]
@@ -157,7 +161,7 @@ def _outputs(sessions: list[Any]) -> tuple[list[str], list[list[str]], list[str]
 
 
 def _run_all(
-    sessions: list[Any],
+    sessions: SessionPair,
     pairs: list[list[str]],
     feeds: list[dict[str, np.ndarray]],
     tick: Callable[[int], None],
@@ -165,26 +169,26 @@ def _run_all(
     """results[model][output][sample] for both models over every feed, and the recurrent
     state outputs ({output: input}). A state input left at zeros (not given by the data) is
     fed each model's own state from the previous sample, so the feeds run as one sequence and
-    an error in the state shows in the outputs it feeds."""
+    an error in the state shows in the outputs it feeds. Each model runs all feeds in turn."""
     results: list[list[list[np.ndarray]]] = [[[] for _ in pairs[0]] for _ in sessions]
-    states: dict[str, str] = {}
-    for i, feed in enumerate(feeds):
-        for which, session in enumerate(sessions):
-            role = ("original", "compressed")[which]
+    states: dict[str, str] | None = None
+    for step, which in enumerate(sessions.order()):
+        role, session = ROLES[which], sessions[which]
+        for i, feed in enumerate(feeds):
             own = dict(feed)
-            for out, inp in states.items():
-                if not own[inp].any():
+            for out, inp in (states or {}).items():
+                if i and not own[inp].any():
                     own[inp] = results[which][pairs[0].index(out)][-1]
             own = runtime.typed_feed(session, own)
             for k, value in enumerate(_run(session, role, own, i, pairs[which])):
                 results[which][k].append(np.asarray(value))
-        if i == 0:
-            states = fidelity.state_outputs(
-                {name: list(v.shape) for name, v in feed.items() if v.dtype.kind == "f"},
-                {name: list(results[0][k][0].shape) for k, name in enumerate(pairs[0])},
-            )
-        tick(i + 1)
-    return results, states
+            if states is None:
+                states = fidelity.state_outputs(
+                    {name: list(v.shape) for name, v in feed.items() if v.dtype.kind == "f"},
+                    {name: list(results[which][k][0].shape) for k, name in enumerate(pairs[0])},
+                )
+            tick((step * len(feeds) + i + 2) // 2)
+    return results, states or {}
 
 
 def _run(

@@ -45,7 +45,7 @@ def test_identical_files_are_never_slower_in_ten_validations(tmp_path: Path) -> 
     src = builders.save(builders.mlp(hidden=1024, inputs=1024), tmp_path / "a.onnx")
     copy = tmp_path / "b.onnx"
     shutil.copyfile(src, copy)
-    sessions = [validate._session(src, "original"), validate._session(copy, "compressed")]
+    sessions = validate.open_sessions(src, copy)
     feed = {"x": np.random.default_rng(0).normal(size=(1, 1024)).astype(np.float32)}
     verdicts = [performance.latency(sessions, feed, 20) for _ in range(10)]
     assert [v["slower"] for v in verdicts] == [False] * 10
