@@ -1,8 +1,10 @@
 """The tools a user would otherwise run, one per pass, as child-process entry points.
 
-    python benchmarks/reference.py quantize|fp16|prune|cluster SRC DST
+    python benchmarks/reference.py quantize|quantize4|fp16|prune|cluster SRC DST
 
 - quantize: onnxruntime.quantization.quantize_dynamic with its defaults;
+- quantize4: onnxruntime's MatMulNBitsQuantizer (4-bit, symmetric, blocks of 32, as mcompress
+  --bits 4 stores them; accuracy_level 4, int8 compute, the setting its kernels are fast with);
 - fp16: onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types);
 - prune: numpy magnitude pruning, 50% of every float weight of >= 1024 values, per tensor;
 - cluster: plain numpy 1-D Lloyd k-means (K=256, linear init, 20 steps), per tensor.
@@ -67,6 +69,15 @@ def main(kind: str, src: Path, dst: Path) -> None:
         from onnxruntime.quantization import quantize_dynamic
 
         quantize_dynamic(src, dst, use_external_data_format=big)
+        return
+    if kind == "quantize4":
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(
+            onnx.load(str(src)), block_size=32, is_symmetric=True, accuracy_level=4
+        )
+        quantizer.process()
+        _save(quantizer.model.model, dst, big)
         return
     model = onnx.load(str(src))
     if kind == "fp16":

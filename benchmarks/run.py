@@ -1,17 +1,21 @@
 """One command for every benchmark: mcompress's passes against the reference tools, same run.
 
-    python benchmarks/run.py [--quick] [--big | --only-big] [--passes quantize fp16 prune cluster]
+    python benchmarks/run.py [--quick] [--big | --only-big] [--passes quantize quantize4 ...]
+                             [--models encoder transformer classifier vad]
 
 For each model and pass, `mcompress PASS MODEL --no-validate` and the reference tool
-(benchmarks/reference.py: quantize_dynamic, onnxruntime's float16 converter, numpy magnitude
-pruning, numpy Lloyd k-means) each run in a child process; printed: wall time, peak RSS (the
-child's own, from wait4), output size as % of the input, batch-1 latency as a ratio of the
-input model's (all three models measured in one child, interleaved, median of rounds), and
-mcompress / reference ratios of each (lower is better for all).
+(benchmarks/reference.py: quantize_dynamic, onnxruntime's MatMulNBits quantizer, onnxruntime's
+float16 converter, numpy magnitude pruning, numpy Lloyd k-means) each run in a child process;
+printed: wall time, CPU time and peak RSS (the child's own, from wait4), output size as % of
+the input, batch-1 latency as a ratio of the input model's (all three models measured in one
+child, interleaved, median of rounds), the relative L2 error of the output against the input
+model's on the same random input, and mcompress / reference ratios of each (lower is better
+for all).
 
-Models (generated in a temporary folder, never committed): a MiniLM-L6-sized encoder (91 MB;
-2 layers with --quick), the shared classifier and VAD when ../shared/models exists, and with
---big a 2.55 GB MLP with external data (38 x 64 MB; latency not measured there).
+Models (never committed): a generated MiniLM-L6-sized encoder (91 MB; 2 layers with --quick),
+the PyTorch-exported transformer of benchmarks/export_transformer.py when its file exists
+(--transformer), the shared classifier and VAD when ../shared/models exists, and with --big a
+generated 2.55 GB MLP with external data (38 x 64 MB; latency not measured there).
 """
 
 from __future__ import annotations
@@ -29,8 +33,12 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = ROOT.parent / "shared" / "models"
+# Written by `python benchmarks/export_transformer.py --large` (needs torch): a trained
+# BERT-style encoder exported by PyTorch, the graph a user's model has.
+TRANSFORMER = Path.home() / ".cache" / "mcompress-bench" / "transformer_large.onnx"
 PASSES = {
     "quantize": ["quantize"],
+    "quantize4": ["quantize", "--bits", "4"],
     "fp16": ["fp16"],
     "prune": ["prune", "--sparsity", "0.5"],
     "cluster": ["cluster", "--clusters", "256"],
@@ -40,14 +48,24 @@ PASSES = {
 @dataclass
 class Run:
     seconds: float
+    cpu_seconds: float  # user + system: steadier than wall time on a shared machine
     peak_bytes: int
     ok: bool
     size: int = 0
 
 
+def child_env() -> dict[str, str]:
+    """The children's environment: this checkout first on the path, and bytecode caching on
+    (an installed mcompress has its .pyc files, as numpy and onnx do; with
+    PYTHONDONTWRITEBYTECODE set, every run compiled ~90 modules again: 0.8 s of CPU)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
+    return env
+
+
 def measure(cmd: list[str], out: Path) -> Run:
     """Wall time and peak RSS of one child process (its own maximum, from wait4)."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     start = time.perf_counter()
     child = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     _, status, usage = os.wait4(child.pid, 0)
@@ -56,72 +74,91 @@ def measure(cmd: list[str], out: Path) -> Run:
     if not ok and child.stderr is not None:
         print(f"    FAILED: {' '.join(cmd[2:5])}: {child.stderr.read().decode()[-300:]}")
     size = sum(p.stat().st_size for p in out.parent.glob(out.name + "*")) if ok else 0
-    return Run(seconds, usage.ru_maxrss * 1024, ok, size)
+    cpu = usage.ru_utime + usage.ru_stime
+    return Run(seconds, cpu, usage.ru_maxrss * 1024, ok, size)
 
 
-def latencies(paths: list[Path], rounds: int) -> list[float]:
-    """Median batch-1 latency (ms) of each model, measured in one child process."""
+def latencies(paths: list[Path], rounds: int) -> tuple[list[float], list[float]]:
+    """Median batch-1 latency (ms) of each model, and the relative L2 error of its outputs
+    against the first model's on the same random input, measured in one child process."""
     cmd = [sys.executable, str(HERE / "run.py"), "--latency", *map(str, paths)]
     cmd += ["--rounds", str(rounds)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(cmd, capture_output=True, text=True, env=child_env(), check=False)
     if result.returncode:
         print(f"    latency FAILED: {result.stderr[-300:]}")
-        return [float("nan")] * len(paths)
-    return list(json.loads(result.stdout.splitlines()[-1]))
+        return [float("nan")] * len(paths), [float("nan")] * len(paths)
+    found = json.loads(result.stdout.splitlines()[-1])
+    return found["ms"], found["error"]
 
 
 def _latency_child(paths: list[str], rounds: int) -> None:
+    """Each round runs every model once, starting with a different one each time (the model
+    run right after another shares the CPU with its winding-down thread pool); idle threads
+    sleep instead of spinning, as in mcompress's own validation."""
     import numpy as np
-    import onnxruntime as ort
 
+    from mcompress import runtime
     from mcompress.inputs import make_feeds
 
     feeds = make_feeds(Path(paths[0]), data=None, samples=1, seed=0, input_shapes={}).feeds[0]
-    sessions = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in paths]
+    sessions = [runtime.session(p, spinning=False) for p in paths]
+    typed = [runtime.typed_feed(s, feeds) for s in sessions]
+    outputs = [
+        np.concatenate([np.ravel(o) for o in s.run(None, f)])
+        for s, f in zip(sessions, typed, strict=True)
+    ]
     times: list[list[float]] = [[] for _ in paths]
-    for session in sessions:
-        for _ in range(3):
-            session.run(None, feeds)
-    for _ in range(rounds):
-        for session, found in zip(sessions, times, strict=True):
+    for round_ in range(-3, rounds):
+        for k in np.roll(np.arange(len(paths)), round_):
             start = time.perf_counter()
-            session.run(None, feeds)
-            found.append(time.perf_counter() - start)
-    print(json.dumps([1e3 * float(np.median(t)) for t in times]))
+            sessions[k].run(None, typed[k])
+            if round_ >= 0:
+                times[k].append(time.perf_counter() - start)
+    scale = float(np.linalg.norm(outputs[0].astype(np.float64))) or 1.0
+    errors = [float(np.linalg.norm(o.astype(np.float64) - outputs[0])) / scale for o in outputs]
+    print(json.dumps({"ms": [1e3 * float(np.median(t)) for t in times], "error": errors}))
+
+
+HEADER = (
+    f"  {'pass':9s} {'tool':10s} {'seconds':>8s} {'cpu s':>7s} {'peak RSS':>9s} {'size':>7s} "
+    f"{'latency':>8s} {'error':>7s}   mcompress/reference: time   cpu   RSS  size latency error"
+)
 
 
 def bench(name: str, src: Path, kinds: list[str], work: Path, rounds: int, timed: bool) -> None:
     size_in = sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
     print(f"\n{name}: {size_in / 1e6:.1f} MB")
-    print(
-        f"  {'pass':9s} {'tool':10s} {'seconds':>8s} {'peak RSS':>9s} {'size':>7s} "
-        f"{'latency':>8s}   mcompress/reference: time  RSS   size  latency"
-    )
+    print(HEADER)
     for kind in kinds:
         ours, theirs = work / f"{name}.{kind}.mc.onnx", work / f"{name}.{kind}.ref.onnx"
         mc_cmd = [sys.executable, "-m", "mcompress", *PASSES[kind], str(src), "-o", str(ours)]
         mc = measure([*mc_cmd, "--no-validate", "--force"], ours)
         ref_cmd = [sys.executable, str(HERE / "reference.py"), kind, str(src), str(theirs)]
         ref = measure(ref_cmd, theirs)
-        lat = [float("nan")] * 3
+        lat, err = [float("nan")] * 3, [float("nan")] * 3
         if timed and mc.ok and ref.ok:
-            lat = latencies([src, ours, theirs], rounds)
-        rows = (("mcompress", mc, lat[1] / lat[0]), ("reference", ref, lat[2] / lat[0]))
-        for label, run, latency in rows:
-            ratio = ""
-            if label == "reference" and mc.ok and ref.ok:
-                ratio = f"   {'':20s}{mc.seconds / ref.seconds:5.2f}x "
-                ratio += f"{mc.peak_bytes / ref.peak_bytes:5.2f}x {mc.size / ref.size:5.2f}x "
-                ratio += f"{lat[1] / lat[2]:5.2f}x"
+            lat, err = latencies([src, ours, theirs], rounds)
+        for k, (label, run) in enumerate((("mcompress", mc), ("reference", ref)), start=1):
             print(
-                f"  {kind if label == 'mcompress' else '':9s} {label:10s} {run.seconds:8.2f} "
-                f"{run.peak_bytes / 2**20:7.0f}MB {100 * run.size / size_in:6.1f}% "
-                f"{latency:7.2f}x{ratio}"
+                f"  {kind if k == 1 else '':9s} {label:10s} {run.seconds:8.2f} "
+                f"{run.cpu_seconds:7.2f} {run.peak_bytes / 2**20:7.0f}MB "
+                f"{100 * run.size / size_in:6.1f}% {lat[k] / lat[0]:7.2f}x {err[k]:7.4f}"
+                + (_ratios(mc, ref, lat, err) if k == 2 and mc.ok and ref.ok else "")
             )
         for path in (ours, theirs):
             for file in path.parent.glob(path.name + "*"):
                 file.unlink()
+
+
+def _ratios(mc: Run, ref: Run, lat: list[float], err: list[float]) -> str:
+    """mcompress / reference for each figure; no error ratio when the reference output is
+    within float rounding of the input model's (it left the model's weights as they were)."""
+    error = f"{err[1] / err[2]:5.2f}x" if err[2] > 1e-5 else "    -"
+    return (
+        f"   {'':20s}{mc.seconds / ref.seconds:5.2f}x {mc.cpu_seconds / ref.cpu_seconds:5.2f}x "
+        f"{mc.peak_bytes / ref.peak_bytes:5.2f}x {mc.size / ref.size:5.2f}x "
+        f"{lat[1] / lat[2]:5.2f}x {error}"
+    )
 
 
 def main() -> None:
@@ -132,22 +169,33 @@ def main() -> None:
     parser.add_argument("--passes", nargs="+", default=list(PASSES), choices=list(PASSES))
     parser.add_argument("--latency", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=0, help="latency runs per model")
+    parser.add_argument(
+        "--transformer", type=Path, default=TRANSFORMER, help="exported transformer (if present)"
+    )
+    parser.add_argument("--models", nargs="+", help="only these models (names as printed)")
     args = parser.parse_args()
     rounds = args.rounds or (10 if args.quick else 30)
     if args.latency:
         _latency_child(args.latency, rounds)
         return
+    subprocess.run([sys.executable, "-m", "compileall", "-q", str(ROOT / "mcompress")], check=True)
     with tempfile.TemporaryDirectory(prefix="mcompress-bench-") as tmp:
         work = Path(tmp)
         if not args.only_big:
             layers = 2 if args.quick else 6
             found = [
-                ("encoder", generate(work / "encoder.onnx", f"encoder(path, layers={layers})")),
-                *[(p.stem, p) for p in (SHARED / "ppocr_mobile_v2_cls.onnx",) if p.is_file()],
-                *[(p.stem, p) for p in (SHARED / "silero_vad_op18_ifless.onnx",) if p.is_file()],
+                ("encoder", work / "encoder.onnx"),
+                ("transformer", args.transformer),
+                ("classifier", SHARED / "ppocr_mobile_v2_cls.onnx"),
+                ("vad", SHARED / "silero_vad_op18_ifless.onnx"),
             ]
             for name, src in found:
-                bench(name, src, args.passes, work, rounds, timed=True)
+                if args.models and name not in args.models:
+                    continue
+                if name == "encoder":
+                    generate(src, f"encoder(path, layers={layers})")
+                if src.is_file():
+                    bench(name, src, args.passes, work, rounds, timed=True)
         if args.big or args.only_big:
             src = generate(work / "mlp.onnx", "big_mlp(path)")
             bench("mlp-2.5GB", src, args.passes, work, rounds, timed=False)
