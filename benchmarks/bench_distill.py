@@ -58,9 +58,17 @@ def row(name: str, before: dict, after: dict, wall: float) -> str:
     return (
         f"| `{name}` | {accuracy(before):.4f} | {accuracy(after):.4f} | "
         f"{held['before']['top1']:.3f} -> {held['after']['top1']:.3f} | "
-        f"{held['before']['kl']:.3f} -> {held['after']['kl']:.3f} | "
+        f"{held['before']['kl']:.3f} -> {held['after']['kl']:.3f}{undone(held)} | "
         f"{stats['seconds']:.1f} s ({wall:.0f} s wall) |"
     )
+
+
+def undone(held: dict) -> str:
+    """What the fit gave when the pass undid it (held-out agreement or KL got worse)."""
+    if not held["reverted"]:
+        return ""
+    gave = held["rejected"]
+    return f" (fit gave {gave['top1']:.3f} / {gave['kl']:.3f}: undone)"
 
 
 def main() -> None:

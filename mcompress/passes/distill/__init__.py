@@ -7,9 +7,10 @@ that layer. Then the classifier layer (the last Gemm / MatMul / 1x1 Conv, feedin
 through bias Adds, Softmax and reshapes only) is fitted by gradient descent to the teacher's
 softened outputs (temperature T), weighted alpha against the hard labels when the calibration
 data has `labels`. Part of the calibration data is held out: gradient descent stops when the
-KL on it stops falling, and the report's agreement and KL are measured on it. Weights keep
-their form (pruned zeros stay zero, clustered weights keep their shared values); quantized
-weights are left alone and listed. The pass runs last in a pipeline.
+KL on it stops falling, and the report's agreement and KL are measured on it; when either got
+worse there, every change is undone. Weights keep their form (pruned zeros stay zero,
+clustered weights keep their shared values, Cast/Mul-rebuilt int8 codes stay on their grid);
+other quantized weights are left alone and listed. The pass runs last in a pipeline.
 """
 
 from __future__ import annotations

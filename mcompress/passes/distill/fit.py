@@ -1,6 +1,7 @@
 """The distill pass's work: hold out part of the calibration data, re-fit the last layers to
 the teacher's activations, fit the classifier to the teacher's softened outputs, and measure
-agreement and KL on the held-out samples before and after (nothing changes if KL got worse)."""
+agreement and KL on the held-out samples before and after (nothing changes if either got
+worse)."""
 
 from __future__ import annotations
 
@@ -73,6 +74,7 @@ class DistillStats:
     classifier: dict[str, Any] | None = None
     skipped: list[dict[str, str]] = field(default_factory=list)
     reverted: bool = False
+    rejected: Agreement | None = None  # what the fit gave when it was undone
     seconds: float = 0.0
 
     def summary(self) -> str:
@@ -101,8 +103,12 @@ class DistillStats:
             )
         if self.skipped:
             parts.append(f"{len(self.skipped)} left alone (see skipped)")
-        if self.reverted:
-            parts.append("held-out KL got worse, so the model is unchanged")
+        if self.reverted and self.rejected is not None:
+            r = self.rejected
+            parts.append(
+                f"undone, the model is unchanged: the fit gave held-out agreement {r.top1:.1%}, "
+                f"KL {r.kl:.4g}"
+            )
         return "; ".join(parts) + f"; {self.seconds:.1f} s"
 
 
@@ -196,10 +202,10 @@ def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) ->
             stats.classifier = head
     ctx.progress("distill", len(todo.layers) + 1, len(todo.layers) + 1)
     stats.after = _measure(model, output, data.held, teacher_held)
-    if stats.after.kl > stats.before.kl:
+    if stats.after.kl > stats.before.kl or stats.after.top1 < stats.before.top1:
         for restore in reversed(undo):
             restore()
-        stats.reverted, stats.after = True, stats.before
+        stats.reverted, stats.rejected, stats.after = True, stats.after, stats.before
     stats.seconds = round(time.perf_counter() - started, 3)
     changed = bool(undo) and not stats.reverted
     return PassResult(modified=changed, stats=asdict(stats), notes=[stats.summary()])
