@@ -40,12 +40,12 @@ ORCHESTRATION = {
     "layer_search",
     "render_search",
     "render_terminal",
+    "render_charts",
 }
 
 # Known debt (issue 16), each with the reason it is still here.
 KNOWN_LARGE_MODULES = {  # split these; caps are their size on 2026-12-03 plus 30 lines
     "mcompress.batch": 680,
-    "mcompress.render": 648,
 }
 KNOWN_LONG_FUNCTIONS: dict[str, int] = {}
 

@@ -9,7 +9,7 @@ import numpy as np
 from onnx import helper
 from typer.testing import CliRunner
 
-from mcompress import render
+from mcompress import render, render_charts
 from mcompress.cli import app
 from tests import builders
 
@@ -59,8 +59,8 @@ def test_strip_shows_what_preparation_changed_beside_no_change(tmp_path: Path) -
 
 
 def test_near_perfect_figures_keep_their_digits_in_markdown_and_html() -> None:
-    assert render._num(0.99996) == "0.99996" and render._num(1.0) == "1"
-    assert render._num(0.123456) == "0.1235" and render._num(0.9999999) == "0.9999999"
+    assert render_charts.num(0.99996) == "0.99996" and render_charts.num(1.0) == "1"
+    assert render_charts.num(0.123456) == "0.1235" and render_charts.num(0.9999999) == "0.9999999"
     report = {
         "command": "quantize",
         "input": {"path": "m.onnx", "size_bytes": 10, "gzip_bytes": 9, "parameters": 1},

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from mcompress import render
+from mcompress import render, render_charts
 from mcompress.cli.validate import compare
 from mcompress.config import ValidateConfig
 from mcompress.report import PassRecord, RunReport
@@ -126,8 +126,8 @@ def test_html_renders_in_chromium_with_charts(tmp_path: Path) -> None:
     found.feed(dom)
     assert "script" not in found.tags  # the hostile tensor name was escaped
     assert found.charts["model-size"] == {"rect": 4}
-    assert found.charts["tensor-bytes"] == {"rect": 2 * render.MAX_BARS}
-    assert found.charts["tensor-error"] == {"rect": render.MAX_BARS}
+    assert found.charts["tensor-bytes"] == {"rect": 2 * render_charts.MAX_BARS}
+    assert found.charts["tensor-error"] == {"rect": render_charts.MAX_BARS}
     assert "layer19.weight before: 80.0 KB" in dom  # the largest tensor
     assert "layer11.weight before: 48.0 KB" in dom and "layer11.weight after: 6.0 KB" in dom
     assert "layer4.weight" not in dom  # only the largest MAX_BARS are drawn
@@ -153,12 +153,12 @@ def test_sensitivity_chart() -> None:
         for name, slope in (("fc1", 0.1), ("fc2", 0.5), (HOSTILE, 0.0))
         for level, drop in ((0.0, 0.0), (0.5, slope / 2), (0.9, slope))
     ]
-    svg = render.sensitivity_svg(rows)
+    svg = render_charts.sensitivity_svg(rows)
     found = _Elements()
     found.feed(svg)
     assert found.charts["sensitivity"] == {"polyline": 3}
     assert "script" not in found.tags and "&lt;script&gt;" in svg
-    assert render.sensitivity_svg([]) == ""
+    assert render_charts.sensitivity_svg([]) == ""
 
 
 def test_markdown_names_failed_gate_and_random_inputs(tmp_path: Path) -> None:

@@ -132,7 +132,7 @@ def _html_page(result: dict[str, Any]) -> str:
     """A small standalone page: the sensitivity chart (one line per layer) and the JSON."""
     from html import escape
 
-    from mcompress.render import sensitivity_svg
+    from mcompress.render_charts import sensitivity_svg
 
     rows = [
         {"layer": row["name"], "level": r["level"], "metric": r["metric"]}
