@@ -149,3 +149,26 @@ def test_interrupt_while_validating_a_replacement_keeps_the_original(tmp_path: P
     assert (proc.returncode, errors) == (130, "mcompress: interrupted (SIGINT)\n")
     assert model.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["m.onnx"]
+
+
+def test_an_unreadable_model_is_one_line_exit_2(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys,  # type: ignore[no-untyped-def]
+) -> None:
+    (tmp_path / "dir.onnx").mkdir()
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    (tmp_path / "dangling.onnx").symlink_to(tmp_path / "nowhere.onnx")
+    cases = {
+        "dir.onnx": "'{}' is a folder, not an ONNX model file",
+        "bad.onnx": "'{}' is not a readable ONNX model (corrupt or truncated protobuf)",
+        "dangling.onnx": "model file '{}' does not exist",
+    }
+    for name, message in cases.items():
+        path = tmp_path / name
+        monkeypatch.setattr(sys, "argv", ["mcompress", "quantize", str(path)])
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main()
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"mcompress: error: {message.format(path)}\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(cases)
