@@ -261,9 +261,11 @@ def test_presets_never_prune_below_their_budget(tmp_path: Path) -> None:
         assert report["validation"]["overall"]["sqnr_db"] >= 20
 
 
-def test_fixed_recipe_on_the_same_model_is_broken(tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["fixed-level2", "fixed-level3", "fixed-max-compression"])
+def test_fixed_recipe_on_the_same_model_is_broken(preset: str, tmp_path: Path) -> None:
+    """Where the budget presets fall back to level1, each fixed recipe prunes anyway: exit 3."""
     model = _flat_stack(tmp_path / "flat.onnx")
-    args = ["run", str(model), "-c", "fixed-level2", "-o", str(tmp_path / "o.onnx")]
+    args = ["run", str(model), "-c", preset, "-o", str(tmp_path / "o.onnx")]
     result = runner.invoke(app, [*args, "--min-sqnr", "20"])
     assert result.exit_code == 3
     assert "BROKEN: output 'y' SQNR" in result.stderr
@@ -407,3 +409,44 @@ def test_an_accuracy_drop_equal_to_the_budget_keeps_it() -> None:
     assert [(g.name, g.passed) for g in gates if g.name == "max_accuracy_drop"] == [
         ("max_accuracy_drop", True)
     ]
+
+
+def _lstm(path: Path) -> Path:
+    """A recurrent model: LSTM (hidden 32) over a [seq, batch, 16] input, then a projection."""
+    r = builders.rng(7)
+    graph = helper.make_graph(
+        [helper.make_node("LSTM", ["x", "w", "r", "b"], ["y"], hidden_size=32, name="lstm"),
+         helper.make_node("Squeeze", ["y", "axis"], ["h"], name="squeeze"),
+         helper.make_node("MatMul", ["h", "proj"], ["out"], name="proj")],
+        "lstm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 1, 16])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [8, 1, 4])],
+        [builders._init("w", r.normal(0, 0.3, (1, 128, 16)).astype(np.float32)),
+         builders._init("r", r.normal(0, 0.3, (1, 128, 32)).astype(np.float32)),
+         builders._init("b", r.normal(0, 0.1, (1, 256)).astype(np.float32)),
+         builders._init("axis", np.array([1], np.int64)),
+         builders._init("proj", r.normal(0, 0.3, (32, 4)).astype(np.float32))],
+    )  # fmt: skip
+    return builders.save(builders._model(graph), path)
+
+
+@pytest.mark.parametrize("command", ["quantize", "fp16"])
+@pytest.mark.parametrize("kind", ["cnn", "residual", "transformer", "recurrent"])
+def test_default_int8_and_fp16_pass_the_floor_on_random_inputs(
+    kind: str, command: str, tmp_path: Path
+) -> None:
+    """No false alarm: the safe commands keep the default floor on CNN, transformer-like and
+    recurrent models judged on random inputs."""
+    build = {
+        "cnn": lambda p: builders.save(builders.conv_bn(), p),
+        "residual": lambda p: builders.save(builders.residual(), p),
+        "transformer": lambda p: builders.save(builders.transformer_like(vocab=500), p),
+        "recurrent": _lstm,
+    }[kind]
+    model = build(tmp_path / f"{kind}.onnx")
+    result = runner.invoke(app, [command, str(model), "-o", str(tmp_path / "o.onnx"), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    checks = report["validation"]["floor"]["checks"]
+    assert report["validation"]["floor"]["inputs"] == "random"
+    assert checks and all(c["passed"] for c in checks), checks
