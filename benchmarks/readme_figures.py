@@ -23,22 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 SAMPLES = REPO / "sample_models"
 SHARED = Path(os.environ.get("MCOMPRESS_SHARED_MODELS", REPO.parent / "shared" / "models"))
 CLASSIFIER = SHARED / "ppocr_mobile_v2_cls.onnx"
 VAD = SHARED / "silero_vad_op18_ifless.onnx"
-PRESETS = {  # preset: what its passes do (words, not figures)
-    "level1": "int8 quantization",
-    "level2": "30% pruning, int8",
-    "level3": "30% pruning, 128-value weight sharing, int8",
-    "fp16": "float16 with overflow protection",
-    "int4-weight-only": "4-bit block-wise MatMul/Gather weights, int8 for the rest",
-    "max-compression": "40% pruning, 16-value weight sharing, int8 (4-bit codes)",
-}
+CLASSIFIER_DATA = SHARED / "ppocr_cls_val.npz"
+PRESET_MATRIX = ("level1", "level2", "level3", "max-compression")
 REAL_ROWS = (
     ("quantize", ["quantize"], "level1"),
     ("fp16", ["fp16"], "fp16"),
@@ -51,6 +43,11 @@ REAL_ROWS = (
 
 def mcompress(args: list[str], workdir: Path) -> dict[str, Any]:
     """One command's JSON report (a failed gate, exit 3, still reports)."""
+    return run_json(args, workdir)[0]
+
+
+def run_json(args: list[str], workdir: Path) -> tuple[dict[str, Any], int]:
+    """One command's JSON report and exit code (0, or 3 for a failed gate)."""
     done = subprocess.run(
         [sys.executable, "-m", "mcompress", *args, "--json"],
         capture_output=True,
@@ -61,7 +58,7 @@ def mcompress(args: list[str], workdir: Path) -> dict[str, Any]:
     )
     if done.returncode not in (0, 3) or not done.stdout.strip():
         raise SystemExit(f"mcompress {' '.join(args)} failed: {done.stderr.strip()}")
-    return json.loads(done.stdout)
+    return json.loads(done.stdout), done.returncode
 
 
 def _kb(n: int) -> str:
@@ -96,32 +93,46 @@ def _vad_cell(report: dict[str, Any]) -> str:
     return _share(report) + ("" if error is None else f", speech prob. max abs error {error:.1g}")
 
 
-def presets_table(workdir: Path, only: tuple[str, ...] = tuple(PRESETS)) -> list[str]:
-    """The presets (`only` those) on the bundled digits classifier with its held-out data."""
-    model, data = SAMPLES / "digits_cnn.onnx", SAMPLES / "digits_val.npz"
-    size = model.stat().st_size
-    rows, before = [], None
+def presets_table(workdir: Path, only: tuple[str, ...] = PRESET_MATRIX) -> list[str]:
+    """The budget presets (`only` those) on both shared models: random inputs, and the
+    classifier's labelled data; size, what the search chose, the floor's figure, the exit."""
+    cases = (
+        ("classifier, random inputs", CLASSIFIER, []),
+        ("classifier, `--data ppocr_cls_val.npz`", CLASSIFIER, ["--data", str(CLASSIFIER_DATA)]),
+        ("Silero VAD, random inputs", VAD, []),
+    )
+    rows = []
     for name in only:
-        passes = PRESETS[name]
-        out = workdir / f"digits_cnn.{name}.onnx"
-        args = ["run", str(model), "-c", name, "--data", str(data), "-o", str(out)]
-        report = mcompress(args, workdir)
-        task = report["validation"]["task"]
-        before = task["original"]["accuracy"]
-        preset = yaml.safe_load((REPO / "mcompress" / "presets" / f"{name}.yaml").read_text())
-        drop = preset.get("validate", {}).get("max_accuracy_drop")
-        gate = f"drop <= {drop * 100:g} point{'s' if drop != 0.01 else ''}" if drop else "-"
-        out_size = report["output"]["size_bytes"]
-        rows.append(
-            f"| `{name}` | {passes} | {_kb(out_size)} ({size / out_size:.2f}x) | "
-            f"{task['compressed']['accuracy']:.1%} | {gate} |"
-        )
+        cells = []
+        for _, model, extra in cases:
+            out = workdir / f"{model.stem}.{name}.{len(extra)}.onnx"
+            report, code = run_json(
+                ["run", str(model), "-c", name, "-o", str(out), *extra], workdir
+            )
+            cells.append(_preset_cell(report, code))
+        rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    sizes = f"{_kb(CLASSIFIER.stat().st_size)}, {VAD.stat().st_size / 1e6:.1f} MB"
     header = [
-        f"| preset | passes | digits_cnn, {_kb(size)} | held-out accuracy ({before:.1%} before) "
-        "| gate |",
-        "|---|---|---|---|---|",
+        f"| preset (inputs: {sizes}) | " + " | ".join(label for label, _, _ in cases) + " |",
+        "|---|---|---|---|",
     ]
     return header + rows
+
+
+def _preset_cell(report: dict[str, Any], code: int) -> str:
+    """'150.2 KB (sparsity 0.1), top-1 99%, exit 0'."""
+    chosen = ((report.get("search") or {}).get("chosen") or {}).get("label")
+    figures = []
+    for check in ((report.get("validation") or {}).get("floor") or {}).get("checks", []):
+        if check["metric"] == "top1_agreement":
+            figures.append(f"top-1 {check['value']:.1%}")
+        else:
+            figures.append(f"SQNR {check['value']:.1f} dB")
+    task = (report.get("validation") or {}).get("task")
+    if task:
+        figures.append(f"accuracy {task['compressed']['accuracy']:.1%}")
+    size = _kb(report["output"]["size_bytes"]) + (f" ({chosen})" if chosen else "")
+    return ", ".join([size, *figures, f"exit {code}"])
 
 
 def real_models_table(workdir: Path, only: tuple[str, ...] = ()) -> list[str]:

@@ -33,6 +33,8 @@ def test_every_generated_table_is_marked_in_the_readme() -> None:
 
 @pytest.mark.slow
 def test_readme_preset_figures_are_generated(tmp_path: Path) -> None:
+    shared_model(CLASSIFIER)
+    shared_model(VAD)
     generated = figures.presets_table(tmp_path, only=("level1",))
     readme = _readme("presets")
     assert generated[:2] == readme[:2]  # header: the model's size and accuracy before
