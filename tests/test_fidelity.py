@@ -450,3 +450,18 @@ def test_default_int8_and_fp16_pass_the_floor_on_random_inputs(
     checks = report["validation"]["floor"]["checks"]
     assert report["validation"]["floor"]["inputs"] == "random"
     assert checks and all(c["passed"] for c in checks), checks
+
+
+def test_tune_time_budget_stops_with_the_best_so_far(tmp_path: Path) -> None:
+    """A time budget spent by the first trial: the search stops, keeps the baseline, says so."""
+    model = _small_but_vital(tmp_path / "m.onnx")
+    out = tmp_path / "m.tuned.onnx"
+    args = ["tune", str(model), "-o", str(out), "--min-sqnr", "20", "--time-budget", "0.01s"]
+    result = runner.invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    trials = report["search"]["trials"]
+    assert trials[0]["passed"] and not any(t["passed"] for t in trials[1:])
+    assert not any(t["label"].startswith("per layer") for t in trials)
+    assert report["output"]["size_bytes"] == trials[0]["size_bytes"]
+    assert "the time budget (0.01 s) ended the search" in report["notes"]
