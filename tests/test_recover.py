@@ -334,3 +334,46 @@ def test_weights_recovery_cannot_reach_are_pruned_first_and_named(tmp_path: Path
     assert row["recovered"] is False and row["sparsity"] == 0.5
     sqnr = {f: rep["validation"]["overall"]["sqnr_db"] for f, rep in reports.items()}
     assert sqnr["--recover"] > sqnr["--no-recover"] + 1.5, sqnr
+
+
+def test_layers_inside_if_branches_are_named_as_not_reconstructed(tmp_path: Path) -> None:
+    r = np.random.default_rng(11)
+
+    def branch(name: str) -> onnx.GraphProto:
+        node = helper.make_node("MatMul", ["h", f"w_{name}"], [f"y_{name}"], name=f"mm_{name}")
+        out = helper.make_tensor_value_info(f"y_{name}", TensorProto.FLOAT, ["n", 16])
+        return helper.make_graph([node], name, [], [out])
+
+    weights = [r.normal(size=(16, 16)).astype(np.float32) for _ in range(3)]
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w_main"], ["h"], name="mm_main"),
+         helper.make_node("Constant", [], ["cond"], name="cond",
+                          value=numpy_helper.from_array(np.array(True))),
+         helper.make_node("If", ["cond"], ["y"], name="branch",
+                          then_branch=branch("then"), else_branch=branch("else"))],
+        "if_model",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
+        [numpy_helper.from_array(w, n) for w, n in zip(weights, ["w_main", "w_then", "w_else"])],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = builders.IR_VERSION
+    source = builders.save(proto, tmp_path / "if.onnx")
+    np.savez(tmp_path / "calib.npz", x=_inputs(64, 16, seed=12))
+    result = subprocess.run(
+        [sys.executable, "-m", "mcompress", "prune", str(source), "-s", "0.5", "--min-elements",
+         "0", "--calibration", str(tmp_path / "calib.npz"), "-o", str(tmp_path / "out.onnx"),
+         "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode in (0, 3), result.stderr
+    report = json.loads(result.stdout)
+    assert report["notes"][0] == (
+        "recovery: 1 layers reconstructed on 64 samples of "
+        f"{tmp_path / 'calib.npz'}, mean layer output error "
+        + report["notes"][0].split("mean layer output error ")[1].split("; ")[0]
+        + "; 2 weighted layers not reconstructed (e.g. MatMul 'mm_else': inside the body of If "
+        "'branch'; see the report's recovery.unreached)"
+    )
+    unreached = report["passes"][0]["stats"]["recovery"]["unreached"]
+    assert sorted(u["name"] for u in unreached) == ["mm_else", "mm_then"]

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.graph import FreshNames, iter_graphs
+from mcompress.graph import FreshNames, iter_graphs, subgraphs
 from mcompress.model_io import Model, Weight, add_initializer
 
 
@@ -164,3 +164,47 @@ def _layer(
 
 def _gemm_out(node: onnx.NodeProto, shape: tuple[int, ...]) -> int:
     return shape[0] if _attr(node, "transB", 0) else shape[1]
+
+
+_WEIGHTED = ("Conv", "Gemm", "MatMul")
+
+
+def unreached_layers(model: Model) -> list[dict[str, str]]:
+    """Conv, Gemm and MatMul nodes with a constant weight that `find_layers` does not return,
+    and why: recovery reconstructs main-graph layers only (a layer inside an If/Loop/Scan body
+    runs only when its branch does, so it has no statistics of its own yet)."""
+    found = {layer.node.name or layer.weight.name for layer in find_layers(model)}
+    constants = {t.name for g in iter_graphs(model.proto.graph) for t in g.initializer}
+    readers: dict[str, int] = {}
+    for g in iter_graphs(model.proto.graph):
+        for node in g.node:
+            for name in node.input:
+                readers[name] = readers.get(name, 0) + 1
+    rows = []
+    for node, owner in _weighted_nodes(model.proto.graph, None):
+        weight = node.input[1] if len(node.input) > 1 else ""
+        name = node.name or weight
+        if weight not in constants or name in found:
+            continue
+        if owner is not None:
+            reason = f"inside the body of {owner.op_type} '{owner.name}'"
+        elif readers.get(weight, 0) > 1:
+            reason = f"its weight '{weight}' is read by {readers[weight]} nodes"
+        else:
+            reason = "a form recovery does not model (weight type, padding or attributes)"
+        rows.append({"name": name, "op": node.op_type, "reason": reason})
+    return rows
+
+
+def _weighted_nodes(
+    graph: onnx.GraphProto, owner: onnx.NodeProto | None
+) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
+    """Weighted nodes of `graph` and its bodies, each with the outermost control-flow node
+    holding it (None in the main graph)."""
+    found = []
+    for node in graph.node:
+        if node.op_type in _WEIGHTED and node.domain in ("", "ai.onnx"):
+            found.append((node, owner))
+        for sub in subgraphs(node):
+            found.extend(_weighted_nodes(sub, owner or node))
+    return found

@@ -14,7 +14,7 @@ from mcompress.graph import FreshNames
 from mcompress.model_io import Model
 from mcompress.recover.activations import Batch, SegmentRunner, batches
 from mcompress.recover.blas import single_thread
-from mcompress.recover.layers import Layer
+from mcompress.recover.layers import Layer, unreached_layers
 from mcompress.recover.stats import GramStats, output_error
 
 # (layer, original matrices, statistics) -> compressed matrices
@@ -42,17 +42,26 @@ class RecoveryStats:
     layers: list[LayerRecovery] = field(default_factory=list)
     seconds: float = 0.0
     segment_runs: int = 0
+    unreached: list[dict[str, str]] = field(default_factory=list)
 
     def summary(self) -> str:
         """One line for the summary: layers, mean output error without and with recovery."""
+        missed = ""
+        if self.unreached:
+            first = self.unreached[0]
+            missed = (
+                f"{len(self.unreached)} weighted layers not reconstructed (e.g. {first['op']} "
+                f"'{first['name']}': {first['reason']}; see the report's recovery.unreached)"
+            )
         if not self.layers:
-            return "recovery: no layer to reconstruct"
+            return f"recovery: no layer reconstructed; {missed or 'the model has no layer'}"
         without = float(np.mean([r.error_without for r in self.layers]))
         with_ = float(np.mean([r.error_with for r in self.layers]))
         data = "synthetic inputs" if self.synthetic else f"{self.samples} samples"
         return (
             f"recovery: {len(self.layers)} layers reconstructed on {data} of {self.calibration}, "
             f"mean layer output error {without:.3g} -> {with_:.3g} ({self.seconds:.1f} s)"
+            + (f"; {missed}" if missed else "")
         )
 
 
@@ -81,6 +90,7 @@ def _reconstruct(
     progress: Callable[[str, int, int], None],
 ) -> None:
     started = time.perf_counter()
+    stats.unreached = unreached_layers(model)
     runner = SegmentRunner(model, batches(feeds, model))
     names = FreshNames(model.proto)
     ordered = sorted(layers, key=lambda layer: layer.position)
