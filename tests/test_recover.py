@@ -354,7 +354,8 @@ def test_layers_inside_if_branches_are_named_as_not_reconstructed(tmp_path: Path
         "if_model",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 16])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 16])],
-        [numpy_helper.from_array(w, n) for w, n in zip(weights, ["w_main", "w_then", "w_else"])],
+        [numpy_helper.from_array(w, f"w_{n}")
+         for w, n in zip(weights, ["main", "then", "else"], strict=True)],
     )  # fmt: skip
     proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     proto.ir_version = builders.IR_VERSION
