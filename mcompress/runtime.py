@@ -16,7 +16,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import onnx
@@ -32,20 +32,24 @@ QUIET = 4
 
 def options(
     *,
-    optimize: bool = True,
+    optimize: bool | Literal["basic"] = True,
     external_folder: Path | None = None,
     spinning: bool = True,
 ) -> onnxruntime.SessionOptions:
     """Session options: silent logging; `optimize=False` is for a session that runs once: no
     graph optimizations and no pre-packing of weights (both are load-time investments; the
     pre-packed copy of every MatMul weight doubled a 2.5 GB model's memory for a load check);
-    `external_folder` resolves external data of a model given as bytes."""
+    "basic" is for many small sessions (recovery's graph segments): constant folding and
+    node eliminations only; `external_folder` resolves external data of a model given as
+    bytes."""
     import onnxruntime as ort
 
     ort.set_default_logger_severity(QUIET)  # sessions made inside onnxruntime's own tools
     opts = ort.SessionOptions()
     opts.log_severity_level = QUIET
-    if not optimize:
+    if optimize == "basic":
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    elif not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_prepacking", "1")
     if external_folder is not None:
@@ -60,7 +64,7 @@ def options(
 def session(
     model: str | os.PathLike[str] | onnx.ModelProto | bytes,
     *,
-    optimize: bool = True,
+    optimize: bool | Literal["basic"] = True,
     external_folder: Path | None = None,
     spinning: bool = True,
 ) -> onnxruntime.InferenceSession:

@@ -212,5 +212,4 @@ def test_shared_helpers_have_one_definition() -> None:
     assert defined["BATCH_NAMES"][0].startswith("mcompress.inputs")
     for drifted in ("first_line", "one_line", "last_line"):
         assert drifted not in defined, defined.get(drifted)
-    # recover/activations.py builds its own (basic optimizations, no spinning): move to runtime.
-    assert set(sessions) == {"mcompress.runtime", "mcompress.recover.activations"}
+    assert set(sessions) == {"mcompress.runtime"}

@@ -1,5 +1,5 @@
-"""The one place recovery runs onnxruntime: a layer's input on calibration data, in the
-original model and in the model compressed so far, without re-running the whole model.
+"""A layer's input on calibration data, in the original model and in the model compressed so
+far, without re-running the whole model (onnxruntime sessions come from `mcompress.runtime`).
 
 The main graph is cut just before each layer to recover. The nodes between two cuts run as a
 small model of their own on the activations cached at the previous cut, so one sweep over all
@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
+from mcompress import runtime
 from mcompress.graph import subgraphs
 from mcompress.model_io import Model, read_array
 from mcompress.recover.layers import Layer
@@ -124,7 +125,7 @@ class SegmentRunner:
         varying: list[str],
         feeds: list[str],
         outputs: list[str],
-    ) -> ort.InferenceSession:
+    ) -> Any:  # onnxruntime.InferenceSession
         sample = self.compressed[0]
         inputs = [helper.make_tensor_value_info(n, _elem(sample[n]), None) for n in feeds]
         inputs += [helper.make_tensor_value_info(n, inits[n].data_type, None) for n in varying]
@@ -138,12 +139,8 @@ class SegmentRunner:
             ir_version=self.model.proto.ir_version,
         )
         proto.functions.extend(self.model.proto.functions)
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
         # Idle onnxruntime threads spin for a while after each run and starve numpy's BLAS.
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        return ort.InferenceSession(proto.SerializeToString(), opts, ["CPUExecutionProvider"])
+        return runtime.session(proto, optimize="basic", spinning=False)
 
     def _tensor(self, tensor: onnx.TensorProto) -> onnx.TensorProto:
         if tensor.data_location == onnx.TensorProto.EXTERNAL:
@@ -152,7 +149,7 @@ class SegmentRunner:
 
     def _step(
         self,
-        session: ort.InferenceSession,
+        session: Any,  # onnxruntime.InferenceSession
         feeds: list[str],
         outputs: list[str],
         batch: Batch,
