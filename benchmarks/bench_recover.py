@@ -1,12 +1,15 @@
 """Recovery on vs off, per pass and model, in one run: fidelity, seconds and peak memory.
 
-    python benchmarks/bench_recover.py [--models DIR] [--quick]
+    python benchmarks/bench_recover.py [--models DIR] [--transformers DIR] [--large] [--quick]
 
 Each row runs `mcompress` in a child process twice, with `--calibration` (recovery on) and with
 `--no-recover` (the same data, recovery off), and reads the JSON report; peak RSS is the child's
 (os.wait4). Models and data come from ../shared/models (see its README): the PaddleOCR
-text-direction classifier, calibrated on 128 labelled crops and validated on 400 others. (The
-Silero VAD keeps every layer inside `If` branches, which recovery does not reach yet.)
+text-direction classifier, calibrated on 128 labelled crops and validated on 400 others; and,
+when `benchmarks/export_transformer.py` has written them (default ~/.cache/mcompress-bench),
+the BERT-style encoder, calibrated on 128 sequences and compared on 256 others by the relative
+L2 error of its outputs. (The Silero VAD keeps its layers inside `If` branches, which recovery
+does not reach; the summary names them.)
 """
 
 from __future__ import annotations
@@ -20,13 +23,19 @@ import tempfile
 import time
 from pathlib import Path
 
-CASES = [
+CLASSIFIER = [
     ("prune -s 0.5", ["prune", "-s", "0.5"]),
     ("prune -s 0.7", ["prune", "-s", "0.7"]),
     ("prune -s 0.3 --structured", ["prune", "-s", "0.3", "--structured"]),
     ("cluster -k 16", ["cluster", "-k", "16"]),
     ("run -c max-compression", ["run", "-c", "max-compression"]),
     ("quantize --per-tensor (GPTQ)", ["quantize", "--per-tensor"]),
+]
+TRANSFORMER = [
+    ("prune -s 0.5", ["prune", "-s", "0.5"]),
+    ("prune -s 0.5 --exclude Gather", ["prune", "-s", "0.5", "--exclude", "Gather"]),
+    ("quantize --bits 4 (GPTQ)", ["quantize", "--bits", "4"]),
+    ("quantize --bits 4 --exclude Gather", ["quantize", "--bits", "4", "--exclude", "Gather"]),
 ]
 
 
@@ -47,12 +56,28 @@ def run(args: list[str]) -> tuple[dict, float, float]:
     return json.loads(text), seconds, usage.ru_maxrss / 1024
 
 
-def metric(report: dict) -> str:
-    task = (report.get("validation") or {}).get("task") or {}
-    if task.get("compressed"):
+def metric(report: dict, accuracy: bool) -> str:
+    """Task accuracy (labelled classifier crops), else the outputs' relative L2 error."""
+    validation = report.get("validation") or {}
+    task = validation.get("task") or {}
+    if accuracy and task.get("compressed"):
         return f"acc {task['compressed']['accuracy']:.4f}"
-    overall = (report.get("validation") or {}).get("overall") or {}
-    return f"cos {overall.get('cosine', float('nan')):.4f}"
+    overall = validation.get("overall") or {}
+    return f"rel. L2 {overall.get('relative_l2_error', float('nan')):.4f}"
+
+
+def rows(label: str, model: Path, args: list[str], data: list[str], tmp: str) -> str:
+    """One table row: the command with recovery off and on."""
+    runs = {}
+    for flag in ("--no-recover", "--recover"):
+        out = Path(tmp) / f"out{flag}.onnx"
+        runs[flag] = run([*args[:1], str(model), *args[1:], *data, flag, "-o", str(out)])
+    (off, s_off, m_off), (on, s_on, m_on) = runs["--no-recover"], runs["--recover"]
+    size = on["output"]["size_bytes"] / on["input"]["size_bytes"]
+    accuracy = "transformer" not in model.stem  # its synthetic task barely trains
+    cells = [f"{model.stem}: `{label}`", metric(off, accuracy), metric(on, accuracy), f"{size:.1%}",
+             f"{s_off:.1f} / {s_on:.1f} s", f"{m_off:.0f} / {m_on:.0f} MB"]  # fmt: skip
+    return "| " + " | ".join(cells) + " |"
 
 
 def main() -> None:
@@ -60,27 +85,27 @@ def main() -> None:
     parser.add_argument(
         "--models", type=Path, default=Path(__file__).parents[1] / ".." / "shared" / "models"
     )
+    parser.add_argument(
+        "--transformers", type=Path, default=Path.home() / ".cache" / "mcompress-bench"
+    )
     parser.add_argument("--quick", action="store_true", help="prune 0.5 only")
+    parser.add_argument("--large", action="store_true", help="also the ~90 MB encoder (slow)")
     opts = parser.parse_args()
     models = opts.models.resolve()
-    model = models / "ppocr_mobile_v2_cls.onnx"
-    data = ["--calibration", str(models / "ppocr_cls_calib.npz")]
-    data += ["--data", str(models / "ppocr_cls_val.npz")]
-    print(
-        "| command | recovery off | recovery on | size on | seconds off / on | peak RSS off / on |"
-    )
+    plan = [(models / "ppocr_mobile_v2_cls.onnx", "ppocr_cls_calib.npz", "ppocr_cls_val.npz",
+             CLASSIFIER)]  # fmt: skip
+    for name in ("transformer", "transformer_large") if opts.large else ("transformer",):
+        if (opts.transformers / f"{name}.onnx").exists():
+            plan.append((opts.transformers / f"{name}.onnx", f"{name}_calib.npz",
+                         f"{name}_val.npz", TRANSFORMER))  # fmt: skip
+    print("| model: command | recovery off | recovery on | size on | seconds off / on |"
+          " peak RSS off / on |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        for label, args in CASES[:1] if opts.quick else CASES:
-            rows = {}
-            for flag in ("--no-recover", "--recover"):
-                out = Path(tmp) / f"out{flag}.onnx"
-                rows[flag] = run([*args[:1], str(model), *args[1:], *data, flag, "-o", str(out)])
-            (off, s_off, m_off), (on, s_on, m_on) = rows["--no-recover"], rows["--recover"]
-            size = on["output"]["size_bytes"] / on["input"]["size_bytes"]
-            cells = [f"`{label}`", metric(off), metric(on), f"{size:.1%}",
-                     f"{s_off:.1f} / {s_on:.1f} s", f"{m_off:.0f} / {m_on:.0f} MB"]  # fmt: skip
-            print("| " + " | ".join(cells) + " |", flush=True)
+        for model, calib, val, cases in plan:
+            data = ["--calibration", str(model.parent / calib), "--data", str(model.parent / val)]
+            for label, args in cases[:1] if opts.quick else cases:
+                print(rows(label, model, args, data, tmp), flush=True)
 
 
 if __name__ == "__main__":

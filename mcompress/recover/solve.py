@@ -189,46 +189,54 @@ def obs_greedy(
     20-40% lower layer error at 50% on the PaddleOCR classifier's 1x1 convolutions."""
     g, rows, d = w.shape
     zero = np.zeros(w.shape, bool) if fixed_zero is None else fixed_zero
-    # Removals per row, spread so the layer loses round(sparsity x its weights) in all.
-    total = sparsity * int(prunable.sum()) * np.arange(g * rows + 1)
-    counts = np.diff(np.round(total).astype(np.int64)).reshape(g, rows)
+    # Every row loses `base` weights; the `extra` rows where one more removal costs least lose
+    # one more, so the layer loses round(sparsity x its prunable weights) in all.
+    n = int(prunable.sum())
+    base = int(np.floor(sparsity * n))
+    extra = int(round(sparsity * n * g * rows)) - base * g * rows
+    steps = base + (extra > 0)
     mask = np.zeros(w.shape, bool)
+    last = np.zeros((g, rows), np.int64)
+    cost = np.zeros((g, rows))
     chunk = max(1, _GREEDY_CHUNK_ELEMENTS // (d * d))
     for gi in range(g):
         hinv = np.linalg.inv(h[gi])
         for r0 in range(0, rows, chunk):
             r1 = min(r0 + chunk, rows)
-            mask[gi, r0:r1] = _greedy_rows(
-                w[gi, r0:r1], hinv, counts[gi, r0:r1], prunable, zero[gi, r0:r1]
+            mask[gi, r0:r1], last[gi, r0:r1], cost[gi, r0:r1] = _greedy_rows(
+                w[gi, r0:r1], hinv, steps, prunable, zero[gi, r0:r1]
             )
+    if extra > 0:
+        undo = np.argsort(cost.reshape(-1), kind="stable")[extra:]
+        gi, ri = np.unravel_index(undo, (g, rows))
+        mask[gi, ri, last[gi, ri]] = False
     return mask
 
 
 def _greedy_rows(
-    w: np.ndarray, hinv: np.ndarray, counts: np.ndarray, prunable: np.ndarray, zero: np.ndarray
-) -> np.ndarray:
+    w: np.ndarray, hinv: np.ndarray, steps: int, prunable: np.ndarray, zero: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`steps` removals in each row; (removed mask, each row's last removed column, its cost)."""
     rows, d = w.shape
     w = w.copy()
     hi = np.repeat(hinv[None], rows, axis=0)
     removed = np.zeros((rows, d), bool)
-    for step in range(int(counts.max(initial=0))):
-        active = counts > step
-        part = not active.all()  # only the last step, when counts differ by one
-        hs, ws, gone = (hi[active], w[active], removed[active]) if part else (hi, w, removed)
-        at = np.arange(ws.shape[0])
-        saliency = ws**2 / np.maximum(np.einsum("rii->ri", hs), 1e-300)
-        saliency[zero[active] & ~gone] = -1.0
-        saliency[gone | ~prunable[None, :]] = np.inf
+    at = np.arange(rows)
+    j = np.zeros(rows, np.int64)
+    cost = np.zeros(rows)
+    for _ in range(steps):
+        saliency = w**2 / np.maximum(np.einsum("rii->ri", hi), 1e-300)
+        saliency[zero & ~removed] = -1.0
+        saliency[removed | ~prunable[None, :]] = np.inf
         j = np.argmin(saliency, axis=1)
-        pivot = hs[at, j, j]
-        column = hs[at, :, j]  # [active rows, d]
-        ws -= (ws[at, j] / pivot)[:, None] * column
-        hs -= column[:, :, None] * (column / pivot[:, None])[:, None, :]
-        ws[at, j] = 0.0
-        gone[at, j] = True
-        if part:
-            hi[active], w[active], removed[active] = hs, ws, gone
-    return removed
+        cost = saliency[at, j]
+        pivot = hi[at, j, j]
+        column = hi[at, :, j]  # [rows, d]
+        w -= (w[at, j] / pivot)[:, None] * column
+        hi -= column[:, :, None] * (column / pivot[:, None])[:, None, :]
+        w[at, j] = 0.0
+        removed[at, j] = True
+    return removed, j, cost
 
 
 def _first(prunable: np.ndarray) -> int:
