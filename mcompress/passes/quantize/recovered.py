@@ -6,7 +6,7 @@ layer by layer against the original's outputs."""
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -15,13 +15,11 @@ from mcompress.model_io import Model
 from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize import matmul as quantize_matmul
+from mcompress.passes.quantize.config import Config
 from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
 from mcompress.recover.rounding import Grid, GridOf, nearest, rounder, uniform_grid
 from mcompress.recover.sequential import RecoveryStats, reconstruct
-
-if TYPE_CHECKING:
-    from mcompress.passes.quantize import Config
 
 INT8_MAX = 127
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import onnx
 
@@ -18,10 +18,8 @@ from mcompress.errors import PassError
 from mcompress.graph import iter_graphs, node_excluded
 from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import ort as quantize_ort
+from mcompress.passes.quantize.config import Config
 from mcompress.runtime import error_line
-
-if TYPE_CHECKING:
-    from mcompress.passes.quantize import Config
 
 # Per-channel DequantizeLinear (the `axis` attribute) arrived in opset 13.
 PER_CHANNEL_QDQ_OPSET = 13
