@@ -20,7 +20,7 @@ from mcompress.inputs.facts import graph_inputs
 from mcompress.inputs.shapes import pinned_dims
 from mcompress.outputs import Outputs
 from mcompress.passes import PASSES
-from mcompress.passes.base import PassContext, unmatched_patterns
+from mcompress.passes.base import PassContext, apply_pass, check_pass, unmatched_patterns
 from mcompress.prepare import prepare, reject_nan_weights
 from mcompress.report import FileInfo, PassRecord, RunReport
 
@@ -264,7 +264,7 @@ def _check_all(cfg: PipelineConfig, model: model_io.Model) -> dict[int, str]:
     skipped: dict[int, str] = {}
     for index, pass_cfg in enumerate(cfg.passes):
         try:
-            PASSES[pass_cfg.type].check(model, pass_cfg)
+            check_pass(PASSES[pass_cfg.type], model, pass_cfg)
         except NothingToDo as exc:
             if len(cfg.passes) == 1:
                 raise
@@ -282,7 +282,7 @@ def _check_all(cfg: PipelineConfig, model: model_io.Model) -> dict[int, str]:
 
 def _apply(model: model_io.Model, pass_cfg: Any, ctx: PassContext) -> PassRecord:
     start = time.perf_counter()
-    result = PASSES[pass_cfg.type].apply(model, pass_cfg, ctx)
+    result = apply_pass(PASSES[pass_cfg.type], model, pass_cfg, ctx)
     return PassRecord(
         type=pass_cfg.type,
         seconds=round(time.perf_counter() - start, 4),

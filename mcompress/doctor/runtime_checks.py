@@ -13,6 +13,7 @@ from mcompress.doctor.findings import Context, Finding
 from mcompress.doctor.model_checks import FLOAT16_MAX
 from mcompress.errors import McompressError
 from mcompress.passes import PASSES
+from mcompress.passes.base import check_pass
 from mcompress.render_terminal import human_bytes
 from mcompress.runtime import error_line
 
@@ -99,7 +100,7 @@ def check_config(ctx: Context) -> Iterator[Finding]:
         return
     for pass_cfg in ctx.cfg.passes:
         try:
-            PASSES[pass_cfg.type].check(ctx.model, pass_cfg)
+            check_pass(PASSES[pass_cfg.type], ctx.model, pass_cfg)
         except McompressError as exc:
             yield Finding(
                 "problem",

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from mcompress.passes import cluster, distill, fp16, prune, quantize, strip
+from mcompress.passes.base import Pass
 
-PASSES: dict[str, ModuleType] = {
+# Each module is type-checked against the `Pass` protocol (Config, summary, check, apply).
+PASSES: dict[str, Pass] = {
     "strip": strip,
     "quantize": quantize,
     "prune": prune,

@@ -1,4 +1,10 @@
-"""The pass contract: a strict `Config`, `check` that fails early, `apply` that edits in place."""
+"""The pass contract: a strict `Config`, `check` that fails early, `apply` that edits in place.
+
+`check_pass` and `apply_pass` are the only way the pipeline runs a pass, so the contract is
+checked in one place (as onnx-ir's `PassBase.__call__` does): requires (the config is the
+pass's own) -> apply -> ensures (stats returned; no node reads, and no graph outputs, a value
+that no graph defines, unless the model already did; every node's domain has an opset).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import onnx
 from pydantic import BaseModel, ConfigDict
 
+from mcompress.graph import iter_graphs, subgraphs
 from mcompress.model_io import Model
 
 
@@ -40,14 +48,80 @@ class PassResult:
 
 
 class Pass(Protocol):
-    """Shape of a pass module (see `mcompress.passes.PASSES`)."""
+    """Shape of a pass module (see `mcompress.passes.PASSES`, which mypy checks against it)."""
 
-    Config: type[PassConfig]
-    summary: str
+    @property
+    def Config(self) -> type[PassConfig]: ...  # noqa: N802 - the module's Config class
+
+    @property
+    def summary(self) -> str: ...
 
     def check(self, model: Model, cfg: Any) -> None: ...
 
     def apply(self, model: Model, cfg: Any, ctx: PassContext) -> PassResult: ...
+
+
+class ContractError(RuntimeError):
+    """A pass broke the pass contract: a bug in mcompress, not a problem of the user's model."""
+
+
+def check_pass(impl: Pass, model: Model, cfg: PassConfig) -> None:
+    """Run a pass's own `check`, once its config is known to be the pass's."""
+    _require_config(impl, cfg)
+    impl.check(model, cfg)
+
+
+def apply_pass(impl: Pass, model: Model, cfg: PassConfig, ctx: PassContext) -> PassResult:
+    """requires -> apply -> ensures for one pass, editing `model` in place."""
+    _require_config(impl, cfg)
+    before = graph_defects(model.proto)
+    result = impl.apply(model, cfg, ctx)
+    if not isinstance(result, PassResult) or not result.stats:
+        raise ContractError(f"pass {cfg_type(cfg)} returned no stats: {result!r}")
+    new = graph_defects(model.proto) - before
+    if new:
+        raise ContractError(f"pass {cfg_type(cfg)} left a broken graph: {'; '.join(sorted(new))}")
+    return result
+
+
+def cfg_type(cfg: PassConfig) -> str:
+    """The YAML `type:` of a pass config."""
+    return str(getattr(cfg, "type", type(cfg).__name__))
+
+
+def _require_config(impl: Pass, cfg: PassConfig) -> None:
+    if not isinstance(cfg, impl.Config):
+        raise ContractError(
+            f"{type(cfg).__name__} given to a pass expecting {impl.Config.__name__}"
+        )
+
+
+def graph_defects(proto: onnx.ModelProto) -> set[str]:
+    """What would make onnxruntime refuse the graph, found without serialising it: values read
+    or output that no enclosing graph defines, and node domains without an opset import."""
+    defects: set[str] = set()
+    domains = {op.domain or "ai.onnx" for op in proto.opset_import}
+    _undefined(proto.graph, set(), defects)
+    for graph in iter_graphs(proto.graph):
+        used = {node.domain or "ai.onnx" for node in graph.node}
+        defects.update(f"domain '{d}' has no opset import" for d in used if d not in domains)
+    return defects
+
+
+def _undefined(graph: onnx.GraphProto, outer: set[str], defects: set[str]) -> None:
+    defined = set(outer)
+    defined.update(v.name for v in graph.input)
+    defined.update(t.name for t in graph.initializer)
+    defined.update(s.values.name for s in graph.sparse_initializer)
+    defined.update(out for node in graph.node for out in node.output if out)
+    for node in graph.node:
+        missing = [name for name in node.input if name and name not in defined]
+        defects.update(f"{node.op_type} '{node.name}' reads undefined '{n}'" for n in missing)
+        for sub in subgraphs(node):
+            _undefined(sub, defined, defects)
+    for out in graph.output:
+        if out.name not in defined:
+            defects.add(f"graph '{graph.name}' outputs undefined '{out.name}'")
 
 
 def unmatched_patterns(model: Model, patterns: tuple[str, ...] | list[str]) -> list[str]:
