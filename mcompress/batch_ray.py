@@ -20,8 +20,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from mcompress import __version__, batch
-from mcompress.batch import Job, Listener, Outcome, Row
+from mcompress import __version__, batch, batch_plan
+from mcompress.batch import Listener, Outcome, Row
+from mcompress.batch_plan import Job
 from mcompress.errors import EXIT_INTERNAL, UsageError
 from mcompress.processes import signal_name_of, stop_on_signals
 from mcompress.runtime import error_line
@@ -233,7 +234,7 @@ class _Run:
         )
         cwd = os.getcwd()
         for job in self.jobs:
-            memory = batch.memory_estimate(job.input_path)
+            memory = batch_plan.memory_estimate(job.input_path)
             if largest:  # as the local pool runs one job whatever memory says
                 memory = min(memory, int(largest))
             ref = task.options(num_cpus=1, memory=memory, max_retries=1).remote(job, self.sink, cwd)

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 from typer.testing import CliRunner
 
-from mcompress import batch, config
+from mcompress import batch, batch_plan, config
 from mcompress.cli import app
 from mcompress.errors import UsageError
 from tests import builders
@@ -55,17 +55,17 @@ def test_discover_files_folders_globs_and_duplicates(tmp_path: Path) -> None:
     out = tmp_path / "a" / "out"
     _mlp(out / "m.level1.onnx")  # an earlier run's output inside the searched folder
 
-    found = batch.discover(
+    found = batch_plan.discover(
         [str(tmp_path / "a"), str(tmp_path / "c" / "*.onnx"), str(a)], skip_dir=out
     )
 
     assert found == [b, a, c]
-    assert batch.unique_names(found) == ["n", "m", "m-2"]
+    assert batch_plan.unique_names(found) == ["n", "m", "m-2"]
 
 
 def test_unique_names_never_reuse_an_existing_stem() -> None:
     models = [Path("x/m.onnx"), Path("y/m.onnx"), Path("z/m-2.onnx")]
-    assert batch.unique_names(models) == ["m", "m-2", "m-2-2"]
+    assert batch_plan.unique_names(models) == ["m", "m-2", "m-2-2"]
 
 
 @pytest.mark.parametrize(
@@ -79,7 +79,7 @@ def test_unique_names_never_reuse_an_existing_stem() -> None:
 def test_discover_rejects_paths_without_models(tmp_path: Path, given: str, message: str) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UsageError, match=message):
-        batch.discover([str(tmp_path / given)])
+        batch_plan.discover([str(tmp_path / given)])
 
 
 def test_data_map_matches_names_and_globs_relative_to_its_file(tmp_path: Path) -> None:
@@ -88,37 +88,37 @@ def test_data_map_matches_names_and_globs_relative_to_its_file(tmp_path: Path) -
     mapping = tmp_path / "map.yaml"
     mapping.write_text("digits_*.onnx: val.npz\n'*/special.onnx': other.npz\n", encoding="utf-8")
 
-    entries = batch.load_data_map(mapping)
+    entries = batch_plan.load_data_map(mapping)
 
-    assert batch.data_for(Path("m/digits_cnn.onnx"), entries) == tmp_path / "val.npz"
-    assert batch.data_for(Path("m/special.onnx"), entries) == tmp_path / "other.npz"
-    assert batch.data_for(Path("m/vad.onnx"), entries) is None
+    assert batch_plan.data_for(Path("m/digits_cnn.onnx"), entries) == tmp_path / "val.npz"
+    assert batch_plan.data_for(Path("m/special.onnx"), entries) == tmp_path / "other.npz"
+    assert batch_plan.data_for(Path("m/vad.onnx"), entries) is None
 
 
 def test_data_map_errors_name_the_problem(tmp_path: Path) -> None:
     mapping = tmp_path / "map.json"
     mapping.write_text('{"a.onnx": "missing.npz"}', encoding="utf-8")
     with pytest.raises(UsageError, match="data 'missing.npz' for 'a.onnx' does not exist"):
-        batch.load_data_map(mapping)
+        batch_plan.load_data_map(mapping)
     mapping.write_text("[1, 2]", encoding="utf-8")
     with pytest.raises(UsageError, match="must map model names or globs to data files"):
-        batch.load_data_map(mapping)
+        batch_plan.load_data_map(mapping)
 
 
 def test_default_jobs_is_bounded_by_memory(tmp_path: Path, monkeypatch) -> None:
     models = [_mlp(tmp_path / f"m{i}.onnx", seed=i) for i in range(4)]
-    per_job = batch.MEMORY_PER_MODEL_BYTE * max(m.stat().st_size for m in models)
-    per_job += batch.WORKER_BASE_MEMORY
-    monkeypatch.setattr(batch.os, "cpu_count", lambda: 8)
+    per_job = batch_plan.MEMORY_PER_MODEL_BYTE * max(m.stat().st_size for m in models)
+    per_job += batch_plan.WORKER_BASE_MEMORY
+    monkeypatch.setattr(batch_plan.os, "cpu_count", lambda: 8)
 
-    monkeypatch.setattr(batch, "available_memory", lambda: 2 * per_job + 1)
-    assert batch.default_jobs(models, None) == 2
-    monkeypatch.setattr(batch, "available_memory", lambda: per_job // 2)
-    assert batch.default_jobs(models, None) == 1
-    monkeypatch.setattr(batch, "available_memory", lambda: None)
-    assert batch.default_jobs(models, None) == 4  # capped by the number of models
-    assert batch.default_jobs(models, 3) == 3
-    assert batch.available_memory() is None or batch.available_memory() > 0
+    monkeypatch.setattr(batch_plan, "available_memory", lambda: 2 * per_job + 1)
+    assert batch_plan.default_jobs(models, None) == 2
+    monkeypatch.setattr(batch_plan, "available_memory", lambda: per_job // 2)
+    assert batch_plan.default_jobs(models, None) == 1
+    monkeypatch.setattr(batch_plan, "available_memory", lambda: None)
+    assert batch_plan.default_jobs(models, None) == 4  # capped by the number of models
+    assert batch_plan.default_jobs(models, 3) == 3
+    assert batch_plan.available_memory() is None or batch_plan.available_memory() > 0
 
 
 def test_plan_refuses_existing_outputs_and_applies_the_data_map(tmp_path: Path) -> None:
@@ -129,14 +129,14 @@ def test_plan_refuses_existing_outputs_and_applies_the_data_map(tmp_path: Path) 
     out = tmp_path / "out"
     out.mkdir()
 
-    [job] = batch.plan([model], cfg, out, "strip", data_map=[("m.onnx", data)])
+    [job] = batch_plan.plan([model], cfg, out, "strip", data_map=[("m.onnx", data)])
 
     assert job.output == out / "m.strip.onnx" and job.report == out / "m.report.json"
     assert job.config["validate"] == {"samples": 4, "data": str(data)}
     job.output.write_bytes(b"old")
     with pytest.raises(UsageError, match="m.strip.onnx' already exists; pass --force"):
-        batch.plan([model], cfg, out, "strip")
-    assert batch.plan([model], cfg, out, "strip", force=True)[0].force
+        batch_plan.plan([model], cfg, out, "strip")
+    assert batch_plan.plan([model], cfg, out, "strip", force=True)[0].force
 
 
 def test_exit_code_is_the_most_severe_row() -> None:
@@ -156,7 +156,7 @@ def test_exit_code_is_the_most_severe_row() -> None:
 def test_internal_error_in_a_model_is_row_exit_1_with_a_log(tmp_path: Path, monkeypatch) -> None:
     model = _mlp(tmp_path / "m.onnx")
     cfg = config.build({"passes": [{"type": "strip"}]})
-    [job] = batch.plan([model], cfg, tmp_path, "strip")
+    [job] = batch_plan.plan([model], cfg, tmp_path, "strip")
 
     def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("unexpected")
@@ -180,7 +180,7 @@ def test_a_worker_that_dies_fails_only_its_own_model(tmp_path: Path) -> None:
     cfg = config.build(
         {"passes": [{"type": "strip"}], "validate": {"samples": 300, "latency_runs": 300}}
     )
-    jobs = batch.plan(models, cfg, out, "strip")
+    jobs = batch_plan.plan(models, cfg, out, "strip")
     victim = jobs[1].index
     events: list[tuple[str, int]] = []
 
@@ -454,7 +454,7 @@ def test_plain_log_never_prints_a_result_before_its_start(tmp_path: Path) -> Non
     src = _mlp(tmp_path / "m.onnx")
     cfg = config.load(_strip_config(tmp_path))
     (tmp_path / "out").mkdir()
-    [job] = batch.plan([src], cfg, tmp_path / "out", "strip", force=False, data_map=[])
+    [job] = batch_plan.plan([src], cfg, tmp_path / "out", "strip", force=False, data_map=[])
     display = _BatchDisplay([job], quiet=False)
     logged: list[str] = []
     display.log = logged.append  # type: ignore[method-assign]

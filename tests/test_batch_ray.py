@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from mcompress import batch, batch_ray, config
+from mcompress import batch_plan, batch_ray, config
 from mcompress.cli import app
 from mcompress.errors import UsageError
 from tests import builders
@@ -111,7 +111,7 @@ def test_a_ray_worker_that_dies_fails_only_its_own_model(ray_instance: Any, tmp_
     ]
     out = tmp_path / "out"
     out.mkdir()
-    jobs = batch.plan(models, config.build({"passes": [{"type": "strip"}]}), out, "strip")
+    jobs = batch_plan.plan(models, config.build({"passes": [{"type": "strip"}]}), out, "strip")
 
     outcome = batch_ray.run_batch(jobs, lambda *event: None)
 
@@ -132,7 +132,9 @@ def test_a_ray_worker_that_dies_fails_only_its_own_model(ray_instance: Any, tmp_
 def test_every_node_must_see_the_inputs(ray_instance: Any, tmp_path: Path) -> None:
     model = builders.save(builders.mlp(hidden=8), tmp_path / "m.onnx")
     (tmp_path / "out").mkdir()
-    jobs = batch.plan([model], config.build({"passes": [{"type": "strip"}]}), tmp_path / "out", "s")
+    jobs = batch_plan.plan(
+        [model], config.build({"passes": [{"type": "strip"}]}), tmp_path / "out", "s"
+    )
     model.unlink()  # as if the driver saw a path the nodes do not
 
     with pytest.raises(UsageError, match=f"does not see '{model}': inputs and outputs must"):
@@ -146,7 +148,7 @@ def test_every_node_must_run_this_mcompress_version(
     ray_instance: Any, tmp_path: Path, monkeypatch
 ) -> None:
     model = builders.save(builders.mlp(hidden=8), tmp_path / "m.onnx")
-    jobs = batch.plan([model], config.build({"passes": [{"type": "strip"}]}), tmp_path, "s")
+    jobs = batch_plan.plan([model], config.build({"passes": [{"type": "strip"}]}), tmp_path, "s")
     monkeypatch.setattr(batch_ray, "__version__", "0.0.1")  # this process only, not the nodes
 
     with pytest.raises(UsageError, match=r"runs mcompress \S+, this is 0.0.1$"):
@@ -165,7 +167,7 @@ def test_interrupt_cancels_tasks_and_keeps_only_finished_models(
     cfg = config.build(
         {"passes": [{"type": "strip"}], "validate": {"samples": 1000, "latency_runs": 1000}}
     )
-    jobs = batch.plan(models, cfg, out, "strip")
+    jobs = batch_plan.plan(models, cfg, out, "strip")
 
     def listener(kind: str, index: int, payload: object) -> None:
         if kind == "start":  # Ctrl-C once a model runs (2 CPUs, 6 models); last: kills workers

@@ -21,7 +21,7 @@ from rich.progress import (
 from rich.table import Table
 
 from mcompress import batch as batch_mod
-from mcompress import batch_ray, config, render_batch
+from mcompress import batch_plan, batch_ray, config, render_batch
 from mcompress.cli.common import (
     EXIT_CODES_HELP,
     GATE_OPTIONS,
@@ -139,10 +139,10 @@ def batch(
     part = Shard.parse(shard) if shard else None
     config_file = config.resolve_config_path(config_path)
     what = config_file.stem
-    entries = batch_mod.load_data_map(data_map) if data_map else []
-    models = batch_mod.discover(paths, skip_dir=out_dir)
+    entries = batch_plan.load_data_map(data_map) if data_map else []
+    models = batch_plan.discover(paths, skip_dir=out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    planned = batch_mod.plan(
+    planned = batch_plan.plan(
         models,
         cfg,
         out_dir,
@@ -155,7 +155,7 @@ def batch(
         data_map_file=data_map,
         summary_name=part.summary_name if part else "summary.json",
     )
-    n_jobs = batch_mod.default_jobs([job.input_path for job in planned], jobs)
+    n_jobs = batch_plan.default_jobs([job.input_path for job in planned], jobs)
     of_shard = f" (shard {part.index}/{part.count} of {len(models)})" if part else ""
     on = f"{n_jobs} job(s)" if executor is Executor.local else f"Ray at {address or 'default'}"
     with _BatchDisplay(planned, quiet=opts.json_out) as display:
@@ -206,7 +206,7 @@ class _BatchDisplay:
     """Live progress on a terminal (overall bar plus one line per running model), plain log
     lines on stderr otherwise."""
 
-    def __init__(self, jobs: list[batch_mod.Job], quiet: bool) -> None:
+    def __init__(self, jobs: list[batch_plan.Job], quiet: bool) -> None:
         self.jobs = {job.index: job for job in jobs}
         self.quiet = quiet
         self.live = not quiet and err.is_terminal
