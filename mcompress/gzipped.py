@@ -16,10 +16,11 @@ from typing import BinaryIO
 
 from mcompress.model_io import data_files
 
-# Bytes gzip_size reads at a time (about 0.2 s of level-6 work: how soon a stop is noticed).
+# Bytes gzip_size reads at a time: a fraction of a second of level-6 work, how soon a stop is
+# noticed (figures in benchmarks/README.md).
 _GZIP_CHUNK = 2**22
-# Models up to this size get their exact gzip size (level 6 runs at ~25 MB/s: 0.15 s at most);
-# larger ones an estimate from evenly spaced samples, which takes ~0.03 s at any size.
+# Models up to this size get their exact gzip size (a fraction of a second at level 6); larger
+# ones an estimate from evenly spaced samples, which takes about as long at any size.
 GZIP_EXACT_LIMIT = 2**22
 _GZIP_SAMPLES = 32
 _GZIP_SAMPLE = 2**15
@@ -35,8 +36,7 @@ def gzip_size(path: str | os.PathLike[str], files: list[Path] | None = None) -> 
 
 def gzip_estimated(size_bytes: int) -> bool:
     """Whether `gzip_size` of a model this large is a sampled estimate rather than the exact
-    count (within 0.2% on the benchmarks' 4-207 MB models, 3% on a 2.8 MB one that is mostly
-    graph metadata)."""
+    count (close: see benchmarks/README.md for how close on which models)."""
     return size_bytes > GZIP_EXACT_LIMIT
 
 

@@ -98,8 +98,8 @@ def fill_tensor(
     """Make `tensor` hold `values` under `name`, in place; an initializer (`spill_ok`) goes to
     the active spill file instead when large.
 
-    `CopyFrom(numpy_helper.from_array(...))` or `append` of one copies the bytes once more:
-    3.5x slower on large tensors (32 ms instead of 9 ms for 8 MB).
+    `CopyFrom(numpy_helper.from_array(...))` or `append` of one copies the bytes once more,
+    several times slower on large tensors (benchmarks/README.md).
     """
     array = np.asarray(values)
     if array.dtype.kind not in "biuf" or array.dtype.byteorder == ">":

@@ -37,7 +37,7 @@ def latency(
     feeds = [runtime.typed_feed(session, feed) for session in sessions]
     times: list[list[float]] = [[], []]
     # Alternate which model runs first: the second of a pair shares the CPU with the first
-    # one's thread pool winding down, a bias that made identical files look 1.3x slower.
+    # one's thread pool winding down, a bias that made identical files look slower.
     rounds: list[tuple[int, ...]] = [(1, 0) if i % 2 else (0, 1) for i in range(-WARMUP_RUNS, runs)]
     if sessions.alone:
         rounds = [(k,) for k in sessions.order() for _ in range(WARMUP_RUNS + runs)]

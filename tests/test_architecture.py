@@ -7,6 +7,7 @@ and a new one fails; each entry is debt to pay, not a licence."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,16 @@ def test_shared_helpers_have_one_definition() -> None:
     for drifted in ("first_line", "one_line", "last_line"):
         assert drifted not in defined, defined.get(drifted)
     assert set(sessions) == {"mcompress.runtime"}
+
+
+def test_code_comments_pin_no_versions_or_timings() -> None:
+    """Measured figures and the versions they hold for live in benchmarks/README.md, where they
+    can be re-measured; a comment that pins them goes stale silently."""
+    pinned = re.compile(r"onnxruntime \d+\.\d+|\d+-core|\d(\.\d+)?(-\d+(\.\d+)?)?x (faster|slower)")
+    found = [
+        f"{name}:{number}"
+        for name, path in _modules().items()
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if pinned.search(line)
+    ]
+    assert found == []

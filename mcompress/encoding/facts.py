@@ -169,7 +169,7 @@ def _per_channel_codes(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.nd
     channels = moved.shape[0]
     rows = np.arange(channels, dtype=np.uint64) << np.uint64(32)
     keys = (rows.reshape(-1, *[1] * (moved.ndim - 1)) | moved.astype(np.uint64)).reshape(-1)
-    ordered = np.sort(keys)  # np.unique hashes uint64 keys, 5-10x slower than sorting
+    ordered = np.sort(keys)  # np.unique hashes uint64 keys, much slower than sorting
     distinct = ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
     starts = np.searchsorted(distinct, rows)
     counts = np.diff(np.append(starts, distinct.size))

@@ -2,10 +2,9 @@
 
 Recovery multiplies many small matrices between onnxruntime runs. OpenBLAS threads busy-wait
 for each other; on a loaded machine (more runnable threads than cores) a descheduled worker
-stalls every product: on the shared 2-core VM, one sequential pruning pass took 189 s with
-OpenBLAS's default threads and 16 s with one. The library numpy loaded is found in
-/proc/self/maps and asked through its own `*set_num_threads*` entry point; elsewhere (no
-OpenBLAS, no /proc) this does nothing.
+stalls every product, making a recovery pass many times slower (benchmarks/README.md). The
+library numpy loaded is found in /proc/self/maps and asked through its own
+`*set_num_threads*` entry point; elsewhere (no OpenBLAS, no /proc) this does nothing.
 """
 
 from __future__ import annotations

@@ -149,7 +149,7 @@ def _scan_weights(model: Model, half_type: int, clamp: bool) -> dict[tuple[int, 
                 continue
             values = np.asarray(read_array(tensor, model.base_dir))
             half = _to_half(values, half_type)
-            # Bit tests on the half values: numpy's float16 ufuncs are ~10x slower.
+            # Bit tests on the half values: numpy's float16 ufuncs are much slower.
             bits = half.reshape(-1).view(np.uint16)
             exponent = np.uint16(0x7C00 if half_type == FLOAT16 else 0x7F80)
             out_of_range = 0

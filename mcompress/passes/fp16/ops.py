@@ -2,9 +2,9 @@
 
 Types are read from each operator's schema (type parameters shared between inputs and outputs),
 so no shape inference pass over the whole model is needed. The CPU kernel tables below were
-measured with onnxruntime 1.31 on x86-64 by building one single-node model per op and opset and
-checking whether the session loads it with no Cast inserted by onnxruntime (`tests/test_fp16.py`
-re-checks every entry against the installed onnxruntime):
+measured on x86-64 (version: benchmarks/README.md) by building one single-node model per op
+and opset and checking whether the session loads it with no Cast inserted by onnxruntime
+(`tests/test_fp16.py` re-checks every entry against the installed onnxruntime):
 
 | float16 kernel on the CPU provider          | ops                                                |
 |---------------------------------------------|----------------------------------------------------|

@@ -170,7 +170,8 @@ def _cast_before_transpose(graph: onnx.GraphProto, names: FreshNames) -> None:
     """Turn `Transpose (half) -> Cast to float32` into `Cast -> Transpose`: same values; the
     half Transpose goes when nothing else reads it.
 
-    onnxruntime 1.32 crashes (segfault) creating a session with default optimizations when such
+    onnxruntime crashes (segfault; versions in benchmarks/README.md) creating a session with
+    default optimizations when such
     a pair feeds a MatMul whose weight is a Cast, as in a PyTorch TransformerEncoder whose
     embedding stays half: its MatMul-Transpose fusion looks through the Cast.
     """

@@ -1,16 +1,16 @@
 """`quantize`: int8 (dynamic, static or weight-only) and 4-bit block-wise weight quantization.
 
-Per op it writes what stock onnxruntime runs correctly and fast on CPU (measured, onnxruntime
-1.31, 2-core x86):
+Per op it writes what stock onnxruntime runs correctly and fast on CPU (measured: the figures
+and versions are in benchmarks/README.md):
 - MatMul with a constant 2-D weight in the main graph, and Gemm computing `A @ B (+ C)` (how
   PyTorch exports nn.Linear): dynamic int8, the graph onnxruntime's `quantize_dynamic` writes
-  for MatMul (MatMulInteger, fused to DynamicQuantizeMatMul at load; 5-8x faster than float at
-  20M params), written by `quantize_matmul` because `quantize_dynamic` quantizes per-channel
-  weights one column at a time in Python (4-8x slower end to end, see
+  for MatMul (MatMulInteger, fused to DynamicQuantizeMatMul at load, several times faster than
+  float), written by `quantize_matmul` because `quantize_dynamic` quantizes per-channel
+  weights one column at a time in Python (several times slower end to end, see
   benchmarks/bench_quantize.py) and leaves Gemm float.
 - everything else with a weight (Conv, ConvTranspose, other Gemms, LSTM/GRU/RNN, `Gather`,
   weights read inside If/Loop/Scan bodies): int8 weight-only storage (`quantize_weights`),
-  because ConvInteger runs 3-13x slower than float Conv and onnxruntime's quantizers do not
+  because ConvInteger runs slower than float Conv and onnxruntime's quantizers do not
   reach Gemm or outer-scope weights.
 - `mode: static`: onnxruntime `quantize_static` (QDQ or QOperator) calibrated on data; the
   opset is raised to 13 when per-channel QDQ needs it. Weights it leaves float are stored
@@ -128,8 +128,8 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
 def _int4_matmuls(
     model: Model, step: _Step | None, cfg: Config
 ) -> tuple[_Step | None, list[dict[str, Any]]]:
-    """4-bit dynamic with symmetric weights: MatMuls get 4-bit storage run as int8 (2-3x
-    faster than MatMulNBits on x86, see `int4_storage`). Alone, they become the in-memory
+    """4-bit dynamic with symmetric weights: MatMuls get 4-bit storage run as int8 (faster
+    than MatMulNBits on x86, see `int4_storage`). Alone, they become the in-memory
     dynamic step; next to Gathers they are rewritten now (rows returned) and the Gathers
     stay for onnxruntime's 4-bit quantizer."""
     if (

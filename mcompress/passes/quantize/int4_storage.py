@@ -1,8 +1,7 @@
 """4-bit block-wise weights that run as int8: 4-bit codes on disk, an int8 MatMul at run time.
 
-onnxruntime's MatMulNBits is 2-3x slower than its int8 DynamicQuantizeMatMul on x86 at
-prompt-sized inputs (a MiniLM-sized encoder at batch 1: 0.77x of float32's latency with
-accuracy_level 4 against 0.41x for int8). So a [K, N] weight is stored as int4 codes
+onnxruntime's MatMulNBits is slower than its int8 DynamicQuantizeMatMul on x86 at prompt-sized
+inputs (figures in benchmarks/README.md). So a [K, N] weight is stored as int4 codes
 q in [-7, 7] per block of `block_size` rows, and one small integer multiplier m in [1, 16] per
 block and column, over one float scale per column s: w ~ q * m * s. The int8 weight q * m
 (|q * m| <= 112) is rebuilt by Cast/Mul/Reshape/Cast, which onnxruntime constant-folds when it

@@ -1,17 +1,17 @@
 """Dynamic int8 MatMul and Gemm, written by mcompress: onnxruntime's graph, whole tensors at once.
 
 onnxruntime's `quantize_dynamic` with per-channel scales quantizes a weight one column at a
-time in Python (2.5 s of its 2.9 s on a 20M-parameter model, 2-core VM). This writes the
+time in Python (most of its run time; benchmarks/README.md). This writes the
 graph it writes for a MatMul with a constant 2-D weight - DynamicQuantizeLinear on the input,
 MatMulInteger with an int8 weight, Cast, Mul by both scales, which onnxruntime fuses to
 DynamicQuantizeMatMul when it loads the model - with one numpy pass per tensor. A Gemm (as
 PyTorch exports `nn.Linear` on 2-D inputs, which `quantize_dynamic` leaves float) gets the
 same graph on its weight (transposed when `transB`) plus an Add of its bias, which onnxruntime
-fuses too (1024x1024 at batch 32: 0.76x the float Gemm's time).
+fuses too (faster than the float Gemm).
 
-Symmetric weights are signed int8 (zero point 0): onnxruntime's x86 U8S8 kernels are several
-times faster than U8U8 (a MiniLM-sized encoder at batch 1: 8.4 -> 5.5 ms,
-0.48x of float32), and on ARM64 MLAS runs both through the same dot-product kernel. Without VNNI,
+Symmetric weights are signed int8 (zero point 0): onnxruntime's x86 U8S8 kernels are faster
+than U8U8 (figures in benchmarks/README.md), and on ARM64 MLAS runs both through the same
+dot-product kernel. Without VNNI,
 x86 computes U8S8 with vpmaddubsw, whose int16 pair sums saturate for weights beyond +-64, so
 there the weights get 7 bits (`reduce_range`, what onnxruntime advises); see `weight_bits`.
 Asymmetric weights stay uint8 with a zero point.

@@ -2,9 +2,9 @@
 
 onnxruntime's quantizers skip weights they cannot reach or do not speed up: initializers of an
 outer graph read inside If/Loop/Scan bodies ("Expected ... to be an initializer"), Gemm and LSTM
-weights in dynamic mode, Conv weights whose ConvInteger kernel is 3-13x slower than the float
-Conv on CPU (measured with onnxruntime 1.31 on the shared classifier), and per-row embedding
-tables. Each such weight becomes int8 (or uint8 with a zero point) plus float scales:
+weights in dynamic mode, Conv weights whose ConvInteger kernel is slower than the float Conv
+on CPU (measured: benchmarks/README.md), and per-row embedding tables. Each such weight
+becomes int8 (or uint8 with a zero point) plus float scales:
 
 - dense: `Cast -> [Sub zero point] -> Mul scale` rebuilds the float tensor under its original
   name, so every consumer in every subgraph keeps working. onnxruntime constant-folds these
