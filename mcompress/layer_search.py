@@ -25,6 +25,7 @@ import numpy as np
 from mcompress import budget, fidelity, sensitivity
 from mcompress.config import PipelineConfig
 from mcompress.errors import ModelError
+from mcompress.passes.prune.magnitude import layer_counts
 from mcompress.weights import find_candidates
 
 # (sparsity, shared values) given to the most robust layers, step after step.
@@ -40,6 +41,8 @@ class Profile:
 
     prune: dict[str, dict[float, float]]
     cluster: dict[str, dict[int, float]]
+    # Each weight's share of zeros under the global search's one threshold: the starting point.
+    start: dict[str, float]
 
     def robustness(self, name: str, sparsity: float, clusters: int) -> float:
         """The lower of the two figures: how well the layer takes this step alone."""
@@ -65,12 +68,12 @@ def refine(state: budget.SearchState, sparsity: float | None, clusters: int | No
     if not {"prune", "cluster"} <= kinds:
         return
     state.on_line("tune: measuring each layer's sensitivity (the passes' code, one layer alone)")
-    found = profile(state)
+    found = profile(state, sparsity or 0.0)
     if not found.prune:
         return
     names = list(found.prune)
     state.on_line(f"tune: {len(names)} layers profiled; pushing the most robust ones")
-    current = Plan({n: sparsity or 0.0 for n in names}, {n: clusters for n in names})
+    current = Plan(dict(found.start), {n: clusters for n in names})
     for step in PUSH_STEPS:
         order = sorted(names, key=found.ranking(step))
         counts = list(range(1, len(names) + 1))
@@ -103,14 +106,15 @@ def _trial(
     return passes
 
 
-def profile(state: budget.SearchState) -> Profile:
-    """Each prunable weight alone at each level, through one in-memory session."""
+def profile(state: budget.SearchState, sparsity: float) -> Profile:
+    """Each prunable weight alone at each level, through one in-memory session, and its share
+    of zeros under one global threshold at `sparsity`."""
     model = sensitivity.load_prepared(state.model)
     prune_cfg = next((p for p in state.cfg.passes if p.type == "prune"), None)
     min_elements = getattr(prune_cfg, "min_elements", _DEFAULT_MIN_ELEMENTS)
     probed, _ = find_candidates(model, min_elements)
     if not probed:
-        return Profile({}, {})
+        return Profile({}, {}, {})
     sparsities = sorted({s for s, _ in PUSH_STEPS})
     counts = sorted({k for _, k in PUSH_STEPS})
     prune_values = {s: sensitivity.level_values(model, probed, "prune", s) for s in sparsities}
@@ -122,7 +126,9 @@ def profile(state: budget.SearchState) -> Profile:
             return math.inf
         return fidelity.sqnr_db(reference, sensitivity.flat(runner.run(cand, values)))
 
-    found = Profile({}, {})
+    zeros = layer_counts(probed, sparsity, "global") if sparsity else [0] * len(probed)
+    start = {c.weight.name: k / c.weight.size for c, k in zip(probed, zeros, strict=True)}
+    found = Profile({}, {}, start)
     for cand in probed:
         name = cand.weight.name
         found.prune[name] = {s: sqnr(cand, v.get(name)) for s, v in prune_values.items()}
