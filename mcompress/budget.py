@@ -35,10 +35,10 @@ _KNOB_PASSES = ("prune", "cluster")
 # config sets min_sqnr or min_top1_agreement itself.
 SEARCH_MIN_SQNR_DB = 20.0
 SEARCH_MIN_TOP1 = 0.98
-# Trials recover on at most this many calibration samples; the chosen config then runs on all
-# of them. Recovery's cost grows with the samples and its quality with them, so a trial that
-# keeps the gates on fewer samples keeps them on more (classifier, prune 0.5: 32 samples
-# 97.5%, 128 samples 98.25% on ppocr_cls_val.npz) at a quarter of the cost.
+# Trials recover on at most this many calibration samples, and the chosen config is the judged
+# trial itself (the final run repeats it exactly, so it cannot fall below the gate it kept).
+# Recovery's cost grows with the samples: the classifier's max-compression search took 429 s
+# on 128 (2 busy cores) and 129 s on 32.
 SEARCH_CALIBRATION_SAMPLES = 32
 # Runs per candidate when the objective is latency (each model interleaved with the original).
 LATENCY_RUNS = 10
@@ -243,14 +243,9 @@ def judge(
     if state.out_of_time() and state.trials:
         return Trial(label, sparsity, clusters, 0, False, {"out_of_time": None})
     started = time.perf_counter()
+    candidate = _calibration_capped(candidate)
     plain = candidate.model_dump(by_alias=True, exclude_unset=True)
     plain["validate"] = {**plain.get("validate", {}), "enabled": False}
-    for entry in plain["passes"]:
-        if entry.get("calibration") is not None:
-            entry["calibration_samples"] = min(
-                entry.get("calibration_samples", SEARCH_CALIBRATION_SAMPLES),
-                SEARCH_CALIBRATION_SAMPLES,
-            )
     path = state.workdir / f"trial{len(state.trials)}.onnx"
     report = state.compress(PipelineConfig.model_validate(plain), path)
     sessions = validate.open_sessions(state.model, path)
@@ -276,6 +271,18 @@ def judge(
     state.trials.append(trial)
     state.on_trial(trial)
     return trial
+
+
+def _calibration_capped(cfg: PipelineConfig) -> PipelineConfig:
+    """`cfg` with every recovering pass on at most SEARCH_CALIBRATION_SAMPLES samples."""
+    plain = cfg.model_dump(by_alias=True, exclude_unset=True)
+    for entry in plain["passes"]:
+        if entry.get("calibration") is not None:
+            entry["calibration_samples"] = min(
+                entry.get("calibration_samples", SEARCH_CALIBRATION_SAMPLES),
+                SEARCH_CALIBRATION_SAMPLES,
+            )
+    return PipelineConfig.model_validate(plain)
 
 
 def _within_margin(cfg: PipelineConfig, report: RunReport, gates: list[Any]) -> bool:

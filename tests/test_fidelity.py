@@ -363,7 +363,7 @@ def test_search_trials_recover_on_fewer_calibration_samples(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Trials recover on at most SEARCH_CALIBRATION_SAMPLES (recovery costs grow with the
-    samples); the chosen config runs on all of them. The search names its choice in a note."""
+    samples), and the result is the chosen trial's own config. The search names its choice."""
     from mcompress import budget, pipeline
 
     seen: list[list[int]] = []
@@ -380,7 +380,16 @@ def test_search_trials_recover_on_fewer_calibration_samples(
 
         return wrapped
 
+    chosen_configs: list[config.PipelineConfig] = []
+    real_search = budget.search
+
+    def searching(*args: Any, **kwargs: Any) -> Any:
+        chosen_config, section = real_search(*args, **kwargs)
+        chosen_configs.append(chosen_config)
+        return chosen_config, section
+
     monkeypatch.setattr(pipeline, "trial_runner", recording)
+    monkeypatch.setattr(budget, "search", searching)
     model = builders.save(builders.mlp(hidden=64, inputs=64), tmp_path / "mlp.onnx")
     out = tmp_path / "out.onnx"
     args = ["run", str(model), "-c", "level2", "-o", str(out), "--calibration", "random"]
@@ -392,6 +401,10 @@ def test_search_trials_recover_on_fewer_calibration_samples(
     assert all(samples and max(samples) == budget.SEARCH_CALIBRATION_SAMPLES for samples in seen)
     chosen = report["search"]["chosen"]["label"]
     assert any(f"search: chose {chosen} of {len(trials)} trials" in n for n in report["notes"])
+    # The result is the judged trial itself, on the same samples: it keeps the gates it kept.
+    [final] = chosen_configs
+    recovering = [p for p in final.passes if getattr(p, "calibration", None)]
+    assert recovering and {p.calibration_samples for p in recovering} == {32}
 
 
 def test_an_accuracy_drop_equal_to_the_budget_keeps_it() -> None:
