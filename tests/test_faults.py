@@ -277,7 +277,10 @@ def test_signals_at_any_point_of_a_batch_lose_nothing_and_leave_no_worker(tmp_pa
         assert (out / "notes.txt").read_text(encoding="utf-8") == "not mcompress's"
         done = _check_batch_outputs(out, models, feed)
         names = {f"{n}.{kind}" for n in done for kind in ("q.onnx", "report.json")}
-        names |= {"notes.txt"} if code == -signal.SIGKILL else {"notes.txt", "summary.json"}
+        # A signal during start-up (imports, planning) stops the batch before it has a summary.
+        summarised = code == 0 or "summary written" in stderr
+        names |= {"notes.txt", "summary.json"} if summarised else {"notes.txt"}
+        assert summarised or code == -signal.SIGKILL or not done, where
         # workers remove their staging folders, even when their parent was killed
         assert _temp_files(out, set()) == sorted(names), where
         if code == -signal.SIGKILL:
