@@ -208,8 +208,8 @@ def obs_greedy(
             )
     if extra > 0:
         undo = np.argsort(cost.reshape(-1), kind="stable")[extra:]
-        gi, ri = np.unravel_index(undo, (g, rows))
-        mask[gi, ri, last[gi, ri]] = False
+        groups, rows_of = np.unravel_index(undo, (g, rows))
+        mask[groups, rows_of, last[groups, rows_of]] = False
     return mask
 
 
