@@ -34,7 +34,13 @@ from mcompress.errors import (
     interrupt_exit_code,
 )
 from mcompress.outputs import Outputs, sweep_stale, write_file
-from mcompress.processes import die_with_parent, signal_name_of, stop_on_signals, stop_processes
+from mcompress.processes import (
+    deferred_signals,
+    die_with_parent,
+    signal_name_of,
+    stop_on_signals,
+    stop_processes,
+)
 from mcompress.report import RunReport, finite
 from mcompress.scratch import multiprocessing_temp_outside
 
@@ -179,28 +185,30 @@ def _run_pool(
     )
     not_started: list[Job] = []
     running: list[Job] = []
-    try:
-        futures = {executor.submit(_run_job, job): job for job in jobs}
-        pending = set(futures)
-        while pending:
-            done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+    with deferred_signals() as caught:
+        try:
+            futures = {executor.submit(_run_job, job): job for job in jobs}
+            pending = set(futures)
+            while pending:
+                caught.check()
+                done, pending = wait(pending, timeout=0.1, return_when=FIRST_COMPLETED)
+                state.drain()
+                for future in done:
+                    job = futures[future]
+                    try:
+                        state.finish(job, Row(**future.result()))
+                    except BrokenProcessPool:
+                        was_running = state.running.pop(job.index, None) is not None
+                        state.failures[job.index] += 1
+                        (running if was_running else not_started).append(job)
+        except KeyboardInterrupt:
+            state.listener("interrupted", -1, None)
+            state.stop.set()
             state.drain()
-            for future in done:
-                job = futures[future]
-                try:
-                    state.finish(job, Row(**future.result()))
-                except BrokenProcessPool:
-                    was_running = state.running.pop(job.index, None) is not None
-                    state.failures[job.index] += 1
-                    (running if was_running else not_started).append(job)
-    except KeyboardInterrupt:
-        state.listener("interrupted", -1, None)
-        state.stop.set()
-        state.drain()
-        stop_processes(state.pids, _STOP_GRACE_SECONDS)
-        raise
-    finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+            stop_processes(state.pids, _STOP_GRACE_SECONDS)
+            raise
+        finally:
+            executor.shutdown(wait=True, cancel_futures=True)
     if not_started or running:  # only now are their workers gone
         _sweep(jobs)
     return not_started, running

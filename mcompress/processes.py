@@ -95,6 +95,41 @@ def signal_name_of(exc: KeyboardInterrupt) -> str:
     return exc.signal_name if isinstance(exc, Stopped) else "SIGINT"
 
 
+class CaughtSignal:
+    """A SIGINT/SIGTERM noted by `deferred_signals`, raised as `Stopped` where it is safe."""
+
+    def __init__(self) -> None:
+        self.name: str | None = None
+
+    def check(self) -> None:
+        if self.name is not None:
+            raise Stopped(self.name)
+
+
+@contextmanager
+def deferred_signals() -> Iterator[CaughtSignal]:
+    """SIGINT/SIGTERM only noted while the block runs; the block raises them with `check()`.
+
+    An exception raised by a signal handler can land inside a process pool's own locking
+    (`concurrent.futures.wait` holds every future's lock), after which the pool's shutdown
+    waits forever: a batch SIGTERMed at the wrong instant hung instead of exiting 143."""
+    caught = CaughtSignal()
+    if threading.current_thread() is not threading.main_thread():
+        yield caught
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        caught.name = caught.name or signal.Signals(signum).name
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield caught
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+    caught.check()
+
+
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Treat SIGTERM (CI cancellation) like Ctrl-C while the block runs: both raise `Stopped`,

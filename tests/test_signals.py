@@ -172,3 +172,21 @@ def test_an_unreadable_model_is_one_line_exit_2(
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == f"mcompress: error: {message.format(path)}\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(cases)
+
+
+def test_deferred_signals_raise_only_where_the_block_checks() -> None:
+    """A batch's pool loop notes SIGTERM and raises it between waits: raised inside the
+    pool's own locking, it hung the pool's shutdown instead of exiting 143."""
+    from mcompress.processes import Stopped, deferred_signals
+
+    before = signal.getsignal(signal.SIGTERM)
+    reached = []
+    with pytest.raises(Stopped) as stopped, deferred_signals() as caught:
+        os.kill(os.getpid(), signal.SIGTERM)
+        reached.append("after the signal")  # not interrupted here
+        caught.check()
+        reached.append("after the check")
+    assert reached == ["after the signal"] and stopped.value.signal_name == "SIGTERM"
+    with pytest.raises(Stopped), deferred_signals():  # noted at the end when never checked
+        os.kill(os.getpid(), signal.SIGINT)
+    assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
