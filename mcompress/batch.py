@@ -206,12 +206,23 @@ def _run_pool(
             state.stop.set()
             state.drain()
             stop_processes(state.pids, _STOP_GRACE_SECONDS)
+            _record_finished(futures, state)
             raise
         finally:
             executor.shutdown(wait=True, cancel_futures=True)
     if not_started or running:  # only now are their workers gone
         _sweep(jobs)
     return not_started, running
+
+
+def _record_finished(futures: dict[Any, Job], state: _State) -> None:
+    """Rows of models whose results arrived while the batch was being stopped: their outputs
+    are complete and stay, so the summary must count them."""
+    for future, job in futures.items():
+        if job.index in state.rows or not future.done() or future.cancelled():
+            continue
+        if future.exception() is None:
+            state.finish(job, Row(**future.result()))
 
 
 def _died(job: Job) -> Row:

