@@ -203,7 +203,9 @@ def test_signals_at_any_point_of_a_200mb_quantize_lose_nothing(tmp_path: Path) -
             killed.add(run.proc.pid)
         else:
             assert code in (0, EXIT_CODES.get(sig)), where
-            assert (out.name in finished) == (code == 0), where
+            # exit 0 means a complete output; a signal after the claim (while the summary
+            # prints) exits 143 with the output complete, which is allowed: absent or complete.
+            assert code != 0 or out.name in finished, where
             if code:
                 assert stderr == f"mcompress: interrupted ({sig.name})\n", where
         assert _temp_files(temp, killed) == [], where
