@@ -51,11 +51,12 @@ class Trial:
     label: str
     sparsity: float | None
     clusters: int | None
-    size_bytes: int
+    size_bytes: int | None  # None: not run, the time budget was spent (`ran` is False)
     passed: bool
     figures: dict[str, float | None] = field(default_factory=dict)
     seconds: float = 0.0
     latency_ratio: float | None = None
+    ran: bool = True
 
 
 @dataclass
@@ -100,24 +101,26 @@ def search(
         baseline = _try(state, "baseline (no prune, no cluster)", None, None)
         sparsity = _best_sparsity(state, spec.sparsity)
         clusters = _best_clusters(state, spec.clusters, sparsity)
-        fitting = [t for t in state.trials if t.passed and t.size_bytes <= baseline.size_bytes]
+        fitting = _fitting(state.trials, baseline)
         if refine is not None and not state.out_of_time():
-            start = min(fitting, key=lambda t: t.size_bytes, default=baseline)
+            start = min(fitting, key=_objective("size"), default=baseline)
             refine(state, start.sparsity, start.clusters)
-    fitting = [t for t in state.trials if t.passed and t.size_bytes <= baseline.size_bytes]
+    fitting = _fitting(state.trials, baseline)
     best = min(fitting, key=_objective(spec.objective), default=baseline)
     seconds = time.perf_counter() - started
     notes = [
         f"search: chose {best.label} of {len(state.trials)} trials ({seconds:.0f} s; every "
         "trial in --report/--html)"
     ]
-    if best is baseline:
+    if best is baseline and any(t.ran for t in state.trials[1:]):
         notes.append(
             "no prune or cluster setting kept the gates within the baseline's size: "
             "the result is the baseline (level1 for the presets)"
         )
+    cut = sum(not t.ran for t in state.trials)
     if state.out_of_time():
-        notes.append(f"the time budget ({spec.time_budget:g} s) ended the search")
+        untried = f": {cut} candidates not run" if cut else ""
+        notes.append(f"the time budget ({spec.time_budget:g} s) ended the search{untried}")
     section = {
         "chosen": {"sparsity": best.sparsity, "clusters": best.clusters, "label": best.label},
         "searched": {"sparsity": sparsity, "clusters": clusters},
@@ -130,11 +133,17 @@ def search(
     return state.configs[best.label], section
 
 
+def _fitting(trials: list[Trial], baseline: Trial) -> list[Trial]:
+    """Trials that kept the gates and are no larger than the baseline."""
+    limit = baseline.size_bytes or 0
+    return [t for t in trials if t.passed and t.size_bytes is not None and t.size_bytes <= limit]
+
+
 def _objective(name: str) -> Callable[[Trial], float]:
     """Sort key of the winner: bytes, or the latency ratio measured (size breaks ties)."""
     if name == "latency":
-        return lambda t: (t.latency_ratio or float("inf")) + t.size_bytes * 1e-15
-    return lambda t: float(t.size_bytes)
+        return lambda t: (t.latency_ratio or float("inf")) + (t.size_bytes or 0) * 1e-15
+    return lambda t: float(t.size_bytes or 0)
 
 
 def planned_trials(cfg: PipelineConfig) -> int:
@@ -173,7 +182,7 @@ def configure(cfg: PipelineConfig, sparsity: float | None, clusters: int | None)
 def front(trials: list[Trial]) -> list[dict[str, Any]]:
     """Trials that kept the gates and that no smaller passing trial beats, smallest first:
     the size-vs-fidelity front (fidelity: the floor's figure)."""
-    passing = sorted((t for t in trials if t.passed), key=lambda t: t.size_bytes)
+    passing = sorted((t for t in trials if t.passed), key=lambda t: t.size_bytes or 0)
     kept: list[dict[str, Any]] = []
     for t in passing:
         score = _score(t)
@@ -193,8 +202,9 @@ def _best_sparsity(state: SearchState, values: list[float]) -> float | None:
     """The largest sparsity that keeps the gates (bisection), with no clustering."""
     if not values or not _has(state.cfg, "prune"):
         return None
-    passing = bisect(values, lambda s: _try(state, f"sparsity {s:g}", s, None).passed, True)
-    return passing
+    return bisect(
+        values, lambda s: _try(state, f"sparsity {s:g}", s, None).passed, True, state.out_of_time
+    )
 
 
 def _best_clusters(state: SearchState, values: list[int], sparsity: float | None) -> int | None:
@@ -206,18 +216,26 @@ def _best_clusters(state: SearchState, values: list[int], sparsity: float | None
     def ok(k: int) -> bool:
         return _try(state, f"{prefix}{k} clusters", sparsity, k).passed
 
-    return bisect(values, ok, False)
+    return bisect(values, ok, False, state.out_of_time)
 
 
-def bisect(values: list[Any], passes: Callable[[Any], bool], largest: bool) -> Any:
+def bisect(
+    values: list[Any],
+    passes: Callable[[Any], bool],
+    largest: bool,
+    stop: Callable[[], bool] = lambda: False,
+) -> Any:
     """The largest (or smallest) value of sorted `values` that passes, assuming everything
-    beyond it fails (more compression, less fidelity); None when none passes."""
+    beyond it fails (more compression, less fidelity); None when none passes. Ends early,
+    with the best so far, once `stop()` says so (the time budget is spent)."""
     ordered = values if largest else list(reversed(values))
     lo, hi, found = 0, len(ordered) - 1, None
     while lo <= hi:
         mid = (lo + hi) // 2
         if passes(ordered[mid]):
             found, lo = ordered[mid], mid + 1
+        elif stop():
+            break
         else:
             hi = mid - 1
     return found
@@ -241,7 +259,7 @@ def judge(
 ) -> Trial:
     """Compress `candidate` into the work folder and judge it like the final validation."""
     if state.out_of_time() and state.trials:
-        return Trial(label, sparsity, clusters, 0, False, {"out_of_time": None})
+        return _not_run(state, Trial(label, sparsity, clusters, None, False, ran=False))
     started = time.perf_counter()
     candidate = _calibration_capped(candidate)
     plain = candidate.model_dump(by_alias=True, exclude_unset=True)
@@ -268,6 +286,13 @@ def judge(
         trial.latency_ratio = timing["ratio"]
     trial.seconds = time.perf_counter() - started
     state.configs[label] = candidate
+    state.trials.append(trial)
+    state.on_trial(trial)
+    return trial
+
+
+def _not_run(state: SearchState, trial: Trial) -> Trial:
+    """A candidate the time budget left untried: listed as such (no size, never chosen)."""
     state.trials.append(trial)
     state.on_trial(trial)
     return trial

@@ -77,7 +77,7 @@ def refine(state: budget.SearchState, sparsity: float | None, clusters: int | No
     for step in PUSH_STEPS:
         order = sorted(names, key=found.ranking(step))
         counts = list(range(1, len(names) + 1))
-        best = budget.bisect(counts, _trial(state, current, order, step), True)
+        best = budget.bisect(counts, _trial(state, current, order, step), True, state.out_of_time)
         if best is None or state.out_of_time():
             return
         current = _pushed(current, order[:best], *step)

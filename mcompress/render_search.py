@@ -21,6 +21,9 @@ def search_rows(data: dict[str, Any]) -> list[list[str]]:
             for name, value in trial.get("figures", {}).items()
             if isinstance(value, (int, float))
         )
+        if not trial.get("ran", True):
+            rows.append([trial["label"], "not run: time budget spent", "-", "no", "", "-"])
+            continue
         rows.append(
             [
                 trial["label"],

@@ -21,13 +21,10 @@ _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600}
 
 
 def template(
-    validation: dict[str, Any],
-    time_budget: float | None,
-    calibration: str | None,
-    objective: str = "size",
+    time_budget: float | None, calibration: str | None, objective: str = "size"
 ) -> config.PipelineConfig:
     """The pipeline searched: strip, magnitude pruning, clustering, int8; globally first, then
-    per layer."""
+    per layer. The budget (the `validate:` section) comes from the command line."""
     prune: dict[str, Any] = {"type": "prune", "sparsity": 0.3, "scope": "global",
                              "min_elements": 2048}  # fmt: skip
     cluster: dict[str, Any] = {"type": "cluster", "clusters": 16}
@@ -46,7 +43,6 @@ def template(
                 cluster,
                 {"type": "quantize", "mode": "dynamic", "per_channel": False},
             ],
-            "validate": validation,
             "search": search,
         }
     )
@@ -79,12 +75,14 @@ def to_yaml(cfg: config.PipelineConfig, header: str) -> str:
 
 def describe(trial: budget.Trial, index: int) -> str:
     """One progress line per trial (plain text: readable in a CI log)."""
+    if not trial.ran:
+        return f"tune: trial {index}: {trial.label}: not run (the time budget is spent)"
     figures = ", ".join(
         f"{name} {value:.4g}" for name, value in trial.figures.items() if value is not None
     )
     verdict = "ok" if trial.passed else "over budget"
     return (
-        f"tune: trial {index}: {trial.label}: {trial.size_bytes / 1000:.1f} KB, "
+        f"tune: trial {index}: {trial.label}: {(trial.size_bytes or 0) / 1000:.1f} KB, "
         f"{figures or 'no figure'}: {verdict} ({trial.seconds:.1f} s)"
     )
 

@@ -474,7 +474,14 @@ def test_tune_time_budget_stops_with_the_best_so_far(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     trials = report["search"]["trials"]
-    assert trials[0]["passed"] and not any(t["passed"] for t in trials[1:])
-    assert not any(t["label"].startswith("per layer") for t in trials)
+    assert trials[0]["passed"] and trials[0]["ran"]
+    # one untried candidate per stage is listed as such (no size), then the stage ends
+    assert [(t["label"], t["ran"], t["size_bytes"]) for t in trials[1:]] == [
+        ("sparsity 0.35", False, None),
+        ("32 clusters", False, None),
+    ]
     assert report["output"]["size_bytes"] == trials[0]["size_bytes"]
-    assert "the time budget (0.01 s) ended the search" in report["notes"]
+    assert "the time budget (0.01 s) ended the search: 2 candidates not run" in report["notes"]
+    assert not any("the result is the baseline" in n for n in report["notes"])
+    rows = render.to_markdown(report)
+    assert "| sparsity 0.35 | not run: time budget spent | - | no |  | - |" in rows

@@ -19,9 +19,9 @@ from mcompress.cli.common import (
     app,
     emit,
     err,
-    parse_shape,
     shared_options,
     stage_reports,
+    with_cli_validation,
 )
 from mcompress.errors import UsageError
 from mcompress.outputs import Outputs
@@ -68,22 +68,8 @@ def tune(
     """
     if objective not in ("size", "latency"):
         raise UsageError(f"--objective: '{objective}' is not size or latency")
-    validation: dict[str, Any] = {
-        key: value
-        for key, value in {
-            "data": str(opts.data) if opts.data else None,
-            "samples": opts.samples,
-            "seed": opts.seed,
-            "max_accuracy_drop": opts.max_accuracy_drop,
-            "min_sqnr": opts.min_sqnr,
-            "min_top1_agreement": opts.min_top1_agreement,
-        }.items()
-        if value is not None
-    }
-    if opts.input_shape:
-        validation["input_shapes"] = dict(parse_shape(s) for s in opts.input_shape)
     seconds = tuning.parse_duration(time_budget) if time_budget else None
-    cfg = tuning.template(validation, seconds, calibration, objective)
+    cfg = with_cli_validation(tuning.template(seconds, calibration, objective), opts)
     opts.output = opts.output or model_io.default_output(model, "tuned")
     yaml_path = emit_config or tuning.emitted_path(opts.output)
     result = _search_and_write(cfg, model, opts, yaml_path)
