@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+from collections import Counter
 from collections.abc import Iterator
 
 import onnx
@@ -51,6 +52,11 @@ def names_used(graph: onnx.GraphProto) -> set[str]:
         used.update(o.name for o in g.output)
     used.discard("")
     return used
+
+
+def input_reads(graph: onnx.GraphProto) -> Counter[str]:
+    """How many node inputs of `graph` and its nested subgraphs read each value name."""
+    return Counter(name for g in iter_graphs(graph) for node in g.node for name in node.input)
 
 
 def producers(graph: onnx.GraphProto) -> dict[str, onnx.NodeProto]:

@@ -6,7 +6,13 @@ import onnx
 import pytest
 from onnx import helper
 
-from mcompress.graph import FreshNames, iter_graphs, producers, temporary_node_names
+from mcompress.graph import (
+    FreshNames,
+    input_reads,
+    iter_graphs,
+    producers,
+    temporary_node_names,
+)
 from tests import builders
 
 
@@ -60,3 +66,10 @@ def test_producers_and_nested_graphs() -> None:
         "cond": "gt",
         "y": "if",
     }
+
+
+def test_input_reads_counts_every_read_nested_ones_included() -> None:
+    reads = input_reads(builders.if_subgraph().graph)
+    # x: ReduceSum and both branches' MatMul; w_outer only from the then-branch.
+    assert (reads["x"], reads["w_outer"], reads["w_inner"], reads["cond"]) == (3, 1, 1, 1)
+    assert reads["y"] == 0

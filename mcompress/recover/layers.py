@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.graph import FreshNames, iter_graphs, subgraphs
+from mcompress.graph import FreshNames, input_reads, iter_graphs, subgraphs
 from mcompress.model_io import Model, Weight, add_initializer
 
 
@@ -100,11 +100,7 @@ def find_layers(model: Model, weight_names: set[str] | None = None) -> list[Laye
     (x @ W, 2-D W) whose weight is an initializer read by that node alone, in graph order."""
     graph = model.proto.graph
     inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for g in iter_graphs(graph):
-        for node in g.node:
-            for name in node.input:
-                readers[name] = readers.get(name, 0) + 1
+    readers = input_reads(graph)
     found = []
     for position, node in enumerate(graph.node):
         if len(node.input) < 2 or node.input[1] not in inits or node.domain not in ("", "ai.onnx"):
@@ -115,13 +111,13 @@ def find_layers(model: Model, weight_names: set[str] | None = None) -> list[Laye
         tensor = inits[wname]
         if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
-        layer = _layer(model, node, position, Weight(tensor, graph, model), inits, readers)
+        layer = layer_at(model, node, position, Weight(tensor, graph, model), inits, readers)
         if layer is not None:
             found.append(layer)
     return found
 
 
-def _layer(
+def layer_at(
     model: Model,
     node: onnx.NodeProto,
     position: int,
@@ -129,6 +125,8 @@ def _layer(
     inits: dict[str, onnx.TensorProto],
     readers: dict[str, int],
 ) -> Layer | None:
+    """`node` (at `position` in the main graph) as a Layer over `weight`, or None when its op,
+    attributes or bias are a form recovery does not model; `readers` is `input_reads`."""
     bias = None
     if len(node.input) > 2 and node.input[2]:
         tensor = inits.get(node.input[2])
@@ -175,11 +173,7 @@ def unreached_layers(model: Model) -> list[dict[str, str]]:
     runs only when its branch does, so it has no statistics of its own yet)."""
     found = {layer.node.name or layer.weight.name for layer in find_layers(model)}
     constants = {t.name for g in iter_graphs(model.proto.graph) for t in g.initializer}
-    readers: dict[str, int] = {}
-    for g in iter_graphs(model.proto.graph):
-        for node in g.node:
-            for name in node.input:
-                readers[name] = readers.get(name, 0) + 1
+    readers = input_reads(model.proto.graph)
     rows = []
     for node, owner in _weighted_nodes(model.proto.graph, None):
         weight = node.input[1] if len(node.input) > 1 else ""

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from mcompress.graph import iter_graphs
+from mcompress.graph import input_reads
 from mcompress.model_io import Model, Weight, read_array
-from mcompress.recover.layers import Layer, _layer
+from mcompress.recover.layers import Layer, layer_at
 
 _INTEGER = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
             onnx.TensorProto.UINT16, onnx.TensorProto.INT32}  # fmt: skip
@@ -50,11 +50,7 @@ def find_grid(model: Model, position: int) -> Grid | str | None:
     node = graph.node[position]
     producer = {out: n for n in graph.node for out in n.output}
     inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, int] = {}
-    for g in iter_graphs(graph):
-        for n in g.node:
-            for name in n.input:
-                readers[name] = readers.get(name, 0) + 1
+    readers = input_reads(graph)
     mul = producer.get(node.input[1])
     if mul is None or mul.op_type != "Mul" or readers.get(node.input[1], 0) != 1:
         return None
@@ -68,7 +64,7 @@ def find_grid(model: Model, position: int) -> Grid | str | None:
     codes = inits.get(source.input[0])
     if codes is None or codes.data_type not in _INTEGER or readers.get(codes.name, 0) != 1:
         return None
-    layer = _layer(model, node, position, Weight(codes, graph, model), inits, readers)
+    layer = layer_at(model, node, position, Weight(codes, graph, model), inits, readers)
     if layer is None:
         return None
     if layer.has_bias_column and layer.bias is None:

@@ -9,11 +9,9 @@ float32 (the half initializer gets a `_fp16` name and a Cast recreates the float
 
 from __future__ import annotations
 
-from collections import Counter
-
 import onnx
 
-from mcompress.graph import FreshNames, iter_graphs, names_used, producers
+from mcompress.graph import FreshNames, input_reads, iter_graphs, names_used, producers
 from mcompress.passes.fp16.ops import FLOAT
 from mcompress.passes.fp16.plan import Decision, GraphState, Plan, Val, make_cast
 
@@ -195,7 +193,7 @@ def _cast_before_transpose(graph: onnx.GraphProto, names: FreshNames) -> None:
         moved.append(transpose)
     if not before:
         return
-    readers = Counter(name for g in iter_graphs(graph) for n in g.node for name in n.input)
+    readers = input_reads(graph)
     dead = {id(t) for t in moved if not readers[t.output[0]] and t.output[0] not in outputs}
     nodes: list[onnx.NodeProto] = []
     for index, node in enumerate(graph.node):
