@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 from pydantic import Field
 
 from mcompress.errors import PassError
@@ -51,9 +52,11 @@ class Calibrated(Protocol):
 
 @dataclass
 class Calibration:
-    """Calibration feeds (one dict per sample) and where they came from."""
+    """Calibration feeds (one dict per sample), their labels when the data has them (distill
+    fits to them), and where they came from."""
 
     feeds: list[Batch]
+    labels: np.ndarray | None
     source: str
     synthetic: bool
 
@@ -84,4 +87,5 @@ def load_calibration(model: Model, cfg: Calibrated, ctx: PassContext) -> Calibra
         seed=ctx.seed,
         input_shapes=ctx.input_shapes,
     )
-    return Calibration(inputs.feeds, "random" if random else str(cfg.calibration), random)
+    source = "random" if random else str(cfg.calibration)
+    return Calibration(inputs.feeds, inputs.labels, source, random)

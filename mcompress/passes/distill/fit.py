@@ -16,7 +16,6 @@ import onnx
 
 from mcompress.errors import PassError
 from mcompress.graph import FreshNames
-from mcompress.inputs import InputSet, make_feeds
 from mcompress.model_io import Model, load_model
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.distill.plan import Head, plan
@@ -35,6 +34,7 @@ from mcompress.recover.distill import (
     storage,
 )
 from mcompress.recover.layers import Layer
+from mcompress.recover.options import Calibration, load_calibration
 from mcompress.recover.pruning import prunable_columns
 from mcompress.recover.stats import patches
 
@@ -124,7 +124,7 @@ class Split:
     held_count: int
 
 
-def split(model: Model, inputs: InputSet, holdout: float, seed: int) -> Split:
+def split(model: Model, inputs: Calibration, holdout: float, seed: int) -> Split:
     """Hold out a seeded random `holdout` share of the samples (at least one each way)."""
     n = len(inputs.feeds)
     if n < 2:
@@ -157,18 +157,11 @@ def _distill(model: Model, cfg: Config, teacher_path: Path, ctx: PassContext) ->
     started = time.perf_counter()
     teacher = load_model(teacher_path)
     same_inputs(model, teacher, teacher_path)
-    random = cfg.calibration == "random"
-    inputs = make_feeds(
-        model,
-        data=None if random else Path(str(cfg.calibration)),
-        samples=cfg.calibration_samples,
-        seed=ctx.seed,
-        input_shapes=ctx.input_shapes,
-    )
-    data = split(model, inputs, cfg.holdout, ctx.seed)
+    calibration = load_calibration(model, cfg, ctx)
+    data = split(model, calibration, cfg.holdout, ctx.seed)
     stats = DistillStats(
-        str(teacher_path), str(cfg.calibration), random, data.fit_count, data.held_count,
-        data.fit_labels is not None, cfg.temperature, cfg.alpha,
+        str(teacher_path), calibration.source, calibration.synthetic,
+        data.fit_count, data.held_count, data.fit_labels is not None, cfg.temperature, cfg.alpha,
     )  # fmt: skip
     names = {o for n in teacher.proto.graph.node for o in n.output}
     todo = plan(
