@@ -6,8 +6,10 @@
 - quantize4: onnxruntime's MatMulNBitsQuantizer (4-bit, symmetric, blocks of 32, as mcompress
   --bits 4 stores them; accuracy_level 4, int8 compute, the setting its kernels are fast with);
 - fp16: onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types);
-- prune: numpy magnitude pruning, 50% of every float weight of >= 1024 values, per tensor;
-- cluster: plain numpy 1-D Lloyd k-means (K=256, linear init, 20 steps), per tensor.
+- prune: numpy magnitude pruning, 50% of every float weight of >= 1024 values (initializers
+  and Constant nodes of the main graph), per tensor: load with onnx, prune, save;
+- cluster: plain numpy 1-D Lloyd k-means (K=256, linear init, 20 steps), per tensor, same
+  weights.
 
 Models over 2 GB are written with external data, like mcompress does.
 """
@@ -35,9 +37,15 @@ def _save(model: onnx.ModelProto, dst: Path, big: bool) -> None:
 
 
 def _float_weights(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Float tensors of >= MIN_ELEMENTS values: initializers and Constant nodes' values (an
+    exported CNN may hold every weight in Constant nodes; a user's script must edit those)."""
+    tensors = list(model.graph.initializer)
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            tensors += [a.t for a in node.attribute if a.name == "value"]
     return [
         t
-        for t in model.graph.initializer
+        for t in tensors
         if t.data_type == onnx.TensorProto.FLOAT and np.prod(t.dims) >= MIN_ELEMENTS
     ]
 

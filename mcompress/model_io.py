@@ -334,8 +334,19 @@ def max_opset() -> int:
     return 11
 
 
+@lru_cache(maxsize=8)
+def loads_versions(ir_version: int, opset: int) -> bool:
+    """Whether the installed onnxruntime loads a model of this IR version and default-domain
+    opset (one probe session per pair, cached)."""
+    return _loads(_probe_model(ir_version, opset))
+
+
 def make_runtime_compatible(proto: onnx.ModelProto) -> list[str]:
-    """Lower an IR version the installed onnxruntime cannot load; refuse unsupported opsets."""
+    """Lower an IR version the installed onnxruntime cannot load; refuse unsupported opsets.
+    A model whose versions load as they are costs one probe session, not a search."""
+    opsets = [imp.version for imp in proto.opset_import if imp.domain in ("", "ai.onnx")]
+    if opsets and loads_versions(proto.ir_version, max(opsets)):
+        return []
     notes: list[str] = []
     limit = max_ir_version()
     if proto.ir_version > limit:

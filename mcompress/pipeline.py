@@ -186,10 +186,10 @@ def _check_inputs(cfg: PipelineConfig, opts: RunOptions, model: model_io.Model) 
     """Fail before any pass runs when onnxruntime cannot load the input model (a session
     from the file, graph optimizations off: no seconds added on a large model) or when the
     `--data` file or a pass's calibration data does not fit its inputs."""
-    if not _lowered_on_save(model):
-        try:
-            runtime.session(opts.input_path, optimize=False)
-        except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+    try:
+        runtime.session(opts.input_path, optimize=False)
+    except Exception as exc:  # noqa: BLE001 - onnxruntime raises several types
+        if not _lowered_on_save(model):
             raise ModelError(
                 f"the input model does not run in onnxruntime: {runtime.error_line(exc)}"
             ) from None

@@ -30,6 +30,37 @@ def test_help_lists_commands_and_exit_codes() -> None:
         assert word in result.stdout
 
 
+def test_a_command_imports_only_its_own_command_module() -> None:
+    """Start-up time: `mcompress prune` imports no other command's module, and its help needs
+    no onnxruntime."""
+    code = (
+        "import sys\nfrom mcompress.cli import main\nsys.argv = ['mcompress', 'prune', '--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.startswith('mcompress.cli.')))\n"
+        "print('onnxruntime' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    modules, runtime = done.stdout.splitlines()[-2:]
+    assert modules == str(
+        [
+            "mcompress.cli.commands",
+            "mcompress.cli.common",
+            "mcompress.cli.completion",
+            "mcompress.cli.prune",
+        ]
+    )
+    assert runtime == "False"
+
+
+def test_an_unknown_command_suggests_commands_not_yet_imported() -> None:
+    result = mcompress("prun")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mcompress: error: No such command 'prun'. Did you mean 'prune', 'run'? "
+        "(see 'mcompress -h')"
+    )
+
+
 @pytest.mark.slow
 def test_inspect_real_models_counts_parameters(classifier: Path, vad: Path) -> None:
     for path, params in ((classifier, 133_700), (vad, 545_671)):

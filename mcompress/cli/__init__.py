@@ -1,5 +1,6 @@
-"""The `mcompress` command line. Commands live in one module per command; `main` is the
-error boundary: one line per known error, a log file for unexpected ones."""
+"""The `mcompress` command line. Commands live in one module per command, imported when the
+command runs (see `common.COMMAND_ORDER`); `main` is the error boundary: one line per known
+error, a log file for unexpected ones."""
 
 from __future__ import annotations
 
@@ -12,24 +13,6 @@ from typing import Any
 
 import typer
 
-# Importing a command module registers its commands on `app`.
-from mcompress.cli import (  # noqa: F401
-    batch,
-    batch_merge,
-    cluster,
-    configs,
-    distill,
-    doctor,
-    fp16,
-    inspect,
-    prune,
-    quantize,
-    run,
-    sensitivity,
-    strip,
-    tune,
-    validate,
-)
 from mcompress.cli.common import app, err
 from mcompress.errors import (
     EXIT_BAD_INPUT,

@@ -17,9 +17,10 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
 
 from mcompress import __version__, config, model_io, pipeline
+from mcompress.cli.commands import LazyGroup
 from mcompress.errors import EXIT_GATE_FAILED, McompressError
 from mcompress.outputs import Outputs
 from mcompress.render_terminal import summary_table
@@ -30,26 +31,6 @@ EXIT_CODES_HELP = (
     "2 bad input (usage, config, unreadable model or data) · 3 a quality gate failed "
     "(model and report still written) · 130 / 143 interrupted (Ctrl-C / SIGTERM)."
 )
-
-# The order `--help` lists commands in: everyday passes first, tooling last.
-COMMAND_ORDER = (
-    "quantize", "prune", "cluster", "distill", "fp16", "strip", "run", "validate", "inspect",
-    "tune", "sensitivity", "doctor", "batch", "configs",
-)  # fmt: skip
-
-
-class _OrderedGroup(TyperGroup):
-    def list_commands(self, ctx: Any) -> list[str]:
-        rank = {name: i for i, name in enumerate(COMMAND_ORDER)}
-        return sorted(self.commands, key=lambda name: rank.get(name, len(rank)))
-
-    def get_command(self, ctx: Any, cmd_name: str) -> Any:
-        from mcompress.cli import completion
-
-        command = super().get_command(ctx, cmd_name)
-        if command is not None:
-            completion.attach(command, cmd_name)
-        return command
 
 
 class PlainUsageCommand(TyperCommand):
@@ -72,7 +53,7 @@ class App(typer.Typer):
 
 app = App(
     name="mcompress",
-    cls=_OrderedGroup,
+    cls=LazyGroup,
     help=(
         "Make ONNX models smaller and faster without silently breaking them.\n\n"
         "Examples:\n\n"
@@ -84,8 +65,10 @@ app = App(
     add_completion=True,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
+    suggest_commands=False,  # LazyGroup suggests from every command, loaded or not
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+LazyGroup.app = app
 # Off a terminal (CI logs, pipes) rich assumes 80 columns and cuts table cells with "...": layer
 # names a user copies into `exclude:` must come out whole, so such output is never narrowed.
 WIDE = 1000
