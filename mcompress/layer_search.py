@@ -9,7 +9,10 @@ the passes (with calibration-based recovery where the config asks for it) and ju
 final validation. Only the ranking comes from the per-layer figures, so errors adding up across
 layers never fool the search: the trials decide. Clustered layers stay float in the quantize
 pass (`exclude`): their K shared values are stored as a codebook with 2-5-bit indices, so int8
-would only add rounding.
+would only add rounding. Last, the MatMul weights still int8 (or above 16 values) get 4-bit
+block-wise storage where the budget allows (most robust first, by bisection again): a second
+quantize pass with `bits: 4` (run as int8 by onnxruntime), which is what transformers need,
+whose MatMuls rarely take per-tensor weight sharing.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,6 +33,8 @@ from mcompress.weights import find_candidates
 
 # (sparsity, shared values) given to the most robust layers, step after step.
 PUSH_STEPS = ((0.5, 32), (0.65, 16), (0.8, 8))
+# 4-bit blocks hold 16 levels: a layer clustered to at most this many values gains nothing.
+INT4_LEVELS = 16
 # Inputs per sensitivity run: enough to rank layers, few enough to probe every layer quickly.
 PROFILE_SAMPLES = 64
 _DEFAULT_MIN_ELEMENTS = 2048
@@ -43,6 +48,8 @@ class Profile:
     cluster: dict[str, dict[int, float]]
     # Each weight's share of zeros under the global search's one threshold: the starting point.
     start: dict[str, float]
+    # Output SQNR with each MatMul weight alone in the quantize pass's 4-bit blocks.
+    int4: dict[str, float] = field(default_factory=dict)
 
     def robustness(self, name: str, sparsity: float, clusters: int) -> float:
         """The lower of the two figures: how well the layer takes this step alone."""
@@ -59,6 +66,7 @@ class Plan:
 
     sparsity: dict[str, float]
     clusters: dict[str, int | None]
+    int4: set[str] = field(default_factory=set)  # MatMul weights stored in 4-bit blocks
 
 
 def refine(state: budget.SearchState, sparsity: float | None, clusters: int | None) -> None:
@@ -78,9 +86,33 @@ def refine(state: budget.SearchState, sparsity: float | None, clusters: int | No
         order = sorted(names, key=found.ranking(step))
         counts = list(range(1, len(names) + 1))
         best = budget.bisect(counts, _trial(state, current, order, step), True, state.out_of_time)
-        if best is None or state.out_of_time():
-            return
+        if best is None:
+            break
         current = _pushed(current, order[:best], *step)
+    if not state.out_of_time():
+        _four_bit_stage(state, found, current)
+
+
+def _four_bit_stage(state: budget.SearchState, found: Profile, base: Plan) -> None:
+    """The most robust MatMul weights left int8 (or above 16 values) in 4-bit blocks: how
+    many, by bisection over whole-model trials. The profile measured them unpruned."""
+    order = sorted(
+        (n for n, k in base.clusters.items() if n in found.int4 and (k or 256) > INT4_LEVELS),
+        key=lambda n: -found.int4[n],
+    )
+
+    def passes(count: int) -> bool:
+        label = f"per layer: {count} of {len(order)} MatMul weights in 4-bit"
+        chosen = order[:count]
+        plan = Plan(
+            {**base.sparsity, **{n: _unpushed_to_zero(base.sparsity[n]) for n in chosen}},
+            {**base.clusters, **dict.fromkeys(chosen)},
+            set(chosen),
+        )
+        return budget.judge(state, label, layered(state.cfg, plan)).passed
+
+    if order:
+        budget.bisect(list(range(1, len(order) + 1)), passes, True, state.out_of_time)
 
 
 def _pushed(base: Plan, names: list[str], sparsity: float, clusters: int) -> Plan:
@@ -119,6 +151,7 @@ def profile(state: budget.SearchState, sparsity: float) -> Profile:
     counts = sorted({k for _, k in PUSH_STEPS})
     prune_values = {s: sensitivity.level_values(model, probed, "prune", s) for s in sparsities}
     cluster_values = {k: sensitivity.level_values(model, probed, "cluster", k) for k in counts}
+    int4_values = sensitivity.level_values(model, _int4_eligible(probed), "quantize", 4)
     runner, reference = _runner(model, probed, state.inputs.feeds[:PROFILE_SAMPLES], state)
 
     def sqnr(cand: Any, values: Any) -> float:
@@ -133,7 +166,25 @@ def profile(state: budget.SearchState, sparsity: float) -> Profile:
         name = cand.weight.name
         found.prune[name] = {s: sqnr(cand, v.get(name)) for s, v in prune_values.items()}
         found.cluster[name] = {k: sqnr(cand, v.get(name)) for k, v in cluster_values.items()}
+        if name in int4_values:
+            found.int4[name] = sqnr(cand, int4_values[name])
     return found
+
+
+def _unpushed_to_zero(sparsity: float) -> float:
+    """A 4-bit layer's sparsity: kept where a push step set it (the trials showed the layer
+    takes it), else none: the global stage's share was chosen for int8, and 4-bit rounding
+    adds to its error (unpruned 4-bit is already about half of int8's bytes)."""
+    return sparsity if sparsity >= PUSH_STEPS[0][0] else 0.0
+
+
+def _int4_eligible(probed: list[Any]) -> list[Any]:
+    """The weights the quantize pass stores in 4-bit blocks with `bits: 4`: 2-D weights of
+    main-graph MatMuls (other weights stay int8 there)."""
+    return [
+        c for c in probed
+        if c.key[0] == 0 and c.ops == ["MatMul"] and len(c.weight.tensor.dims) == 2
+    ]  # fmt: skip
 
 
 def _runner(
@@ -152,8 +203,9 @@ def _runner(
 
 def layered(cfg: PipelineConfig, plan: Plan) -> PipelineConfig:
     """`cfg` with per-layer prune sparsities and cluster counts (`layers` keys), clustered
-    layers kept float by the quantize pass (`exclude`), and no search section: a plain config
-    that `mcompress run` reproduces byte for byte."""
+    layers kept float by the quantize pass (`exclude`), 4-bit MatMul weights left to a second
+    quantize pass with `bits: 4`, and no search section: a plain config that `mcompress run`
+    reproduces byte for byte."""
     clustered = {n: k for n, k in plan.clusters.items() if k is not None}
     prune_cfg = next((p for p in cfg.passes if p.type == "prune"), None)
     passes = []
@@ -173,12 +225,30 @@ def layered(cfg: PipelineConfig, plan: Plan) -> PipelineConfig:
                 data["exclude"] = sorted({*data.get("exclude", ()), *unclustered})
         elif pass_cfg.type == "quantize":
             data.pop("per_channel", None)
-            if clustered:
-                data["exclude"] = sorted({*data.get("exclude", ()), *clustered})
+            if clustered or plan.int4:
+                data["exclude"] = sorted({*data.get("exclude", ()), *clustered, *plan.int4})
+            if plan.int4:
+                passes.append(data)
+                data = _four_bit_pass(data, clustered, prune_cfg)
         passes.append(data)
     plain = cfg.model_dump(by_alias=True, exclude_unset=True, exclude={"search"})
     plain["passes"] = passes
     return PipelineConfig.model_validate(plain)
+
+
+def _four_bit_pass(
+    int8: dict[str, Any], clustered: dict[str, int], prune_cfg: Any
+) -> dict[str, Any]:
+    """The quantize pass after int8 that stores what int8 left float, but the clustered
+    weights, in 4-bit blocks: the plan's 4-bit MatMul weights (GPTQ-rounded with the search's
+    calibration data, when it has some)."""
+    data: dict[str, Any] = {"type": "quantize", "mode": int8.get("mode", "dynamic"), "bits": 4}
+    if clustered:
+        data["exclude"] = sorted(clustered)
+    calibration = getattr(prune_cfg, "calibration", None)
+    if calibration is not None:
+        data["calibration"] = calibration
+    return data
 
 
 def _per_layer(values: dict[str, Any], key: str) -> dict[str, Any]:
