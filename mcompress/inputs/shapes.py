@@ -206,9 +206,9 @@ def choose(
         return None, f"dynamic dims {where}: no tried size ran ({errors[0]}); pass --input-shape"
     if smallest:
         return low, f"dynamic dims {where}: {low}, the smallest size that runs"
-    size, why = _within_budget(session, source, feed_at, low)
+    size, why = _within_budget(session, source, feed_at, guessed, low)
     if not _responsive(session, feed_at, size):
-        size, why = _responsive_size(session, source, feed_at, low, size, why)
+        size, why = _responsive_size(session, source, feed_at, guessed, low, size, why)
     chosen = "the default sizes" if size is None else str(size)
     return size, f"dynamic dims {where} guessed: {chosen} ({why}); pin them with --input-shape"
 
@@ -225,11 +225,11 @@ def _failed(session: Any, feed: dict[str, np.ndarray], errors: list[str]) -> boo
 
 
 def _within_budget(
-    session: Any, source: Path | None, feed_at: FeedAt, low: int
+    session: Any, source: Path | None, feed_at: FeedAt, guessed: Guessed, low: int
 ) -> tuple[int | None, str]:
     """The defaults when their estimated largest activation fits the budget and they run;
     else the largest ladder size that does; else `low`."""
-    target = _largest_default(feed_at, low)
+    target = max(_guessed_sizes(feed_at, guessed, None), default=low)
     larger = [s for s in PROBE_LADDER if low < s <= target]
     try:
         estimates = runtime.estimate(source or session, feed_at, low, [target, *larger])
@@ -256,11 +256,17 @@ def _responsive(session: Any, feed_at: FeedAt, size: int | None) -> bool:
 
 
 def _responsive_size(
-    session: Any, source: Path | None, feed_at: FeedAt, low: int, size: int | None, why: str
+    session: Any,
+    source: Path | None,
+    feed_at: FeedAt,
+    guessed: Guessed,
+    low: int,
+    size: int | None,
+    why: str,
 ) -> tuple[int | None, str]:
     """The next few ladder sizes above `size` that fit the budget, run and respond to their
     inputs; else `size` with a note that random inputs do not exercise the model there."""
-    current = max(feed_at(size)[name].shape[i] for name, i in _guessed_axes(feed_at, low))
+    current = max(_guessed_sizes(feed_at, guessed, size))
     above = [s for s in PROBE_LADDER if s > current][:RESPONSIVE_STEPS]
     try:
         estimates = runtime.estimate(source or session, feed_at, low, above) if above else {}
@@ -274,33 +280,16 @@ def _responsive_size(
     return size, f"{why}; at this size the outputs do not depend on the random inputs"
 
 
-def _guessed_axes(feed_at: FeedAt, low: int) -> list[tuple[str, int]]:
-    """(input, axis) pairs of the guessed dims: where feed_at(low) and feed_at(2 * low) differ."""
-    small, large = feed_at(low), feed_at(2 * low)
-    return [
-        (name, axis)
-        for name, value in small.items()
-        for axis, (a, b) in enumerate(zip(value.shape, large[name].shape, strict=True))
-        if a != b
-    ]
-
-
 def _why_not_default(estimate: int, budget: int) -> str:
     if estimate > budget:
         return f"the default sizes would need a {estimate / 2**20:,.0f} MB activation"
     return "the default sizes do not run"
 
 
-def _largest_default(feed_at: FeedAt, low: int) -> int:
-    """The largest default size among guessed dims: feed_at(None) vs feed_at(low) differ there."""
-    default, small = feed_at(None), feed_at(low)
-    sizes = [
-        int(d)
-        for name, value in default.items()
-        for d, s in zip(value.shape, small[name].shape, strict=True)
-        if d != s
-    ]
-    return max(sizes, default=low)
+def _guessed_sizes(feed_at: FeedAt, guessed: Guessed, size: int | None) -> list[int]:
+    """The sizes of the guessed dims in feed_at(size)."""
+    feed = feed_at(size)
+    return [int(feed[name].shape[axis]) for name, axes in guessed.items() for axis in axes]
 
 
 def filled(
