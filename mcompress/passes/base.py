@@ -12,10 +12,10 @@ import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import onnx
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from mcompress.graph import iter_graphs, subgraphs
 from mcompress.model_io import Model
@@ -25,6 +25,35 @@ class PassConfig(BaseModel):
     """Base of every pass config: immutable, and an unknown key is an error."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# Options shared by the passes that edit weights one by one (prune, cluster, distill): which
+# weights they leave alone, and the per-weight overrides `mcompress tune` writes.
+Exclude = Annotated[
+    tuple[str, ...],
+    Field(description="node names (globs), op types or weight names to leave alone"),
+]
+
+V = TypeVar("V", int, float)
+
+
+def overrides_field(what: str, overriding: str) -> Any:
+    """The `layers` option: `what` per weight name, overriding `overriding` for that weight."""
+    return Field(
+        default_factory=dict,
+        description=f"{what} per weight name, overriding {overriding} for that weight "
+        "(`mcompress tune` writes these)",
+    )
+
+
+def checked_overrides(
+    layers: dict[str, V], valid: Callable[[V], bool], what: str, rule: str
+) -> dict[str, V]:
+    """`layers` unchanged, or a ValueError naming the first weight whose value is not `valid`."""
+    bad = next((name for name, value in layers.items() if not valid(value)), None)
+    if bad is not None:
+        raise ValueError(f"layers: {what} of '{bad}' must be {rule}")
+    return layers
 
 
 @dataclass

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from mcompress.passes.base import Exclude, checked_overrides, overrides_field
 from mcompress.passes.cluster.kmeans1d import MAX_CLUSTERS
 from mcompress.recover.options import RecoveryConfig
 
@@ -32,22 +33,15 @@ class Config(RecoveryConfig):
         description="leave tensors smaller than this (or than 2 x clusters) alone: their "
         "codebook would cost about what it saves",
     )
-    exclude: tuple[str, ...] = Field(
-        (), description="node names (globs), op types or weight names to leave alone"
-    )
-    layers: dict[str, int] = Field(
-        default_factory=dict,
-        description="shared values per weight name, overriding `clusters` for that weight "
-        "(`mcompress tune` writes these)",
-    )
+    exclude: Exclude = ()
+    layers: dict[str, int] = overrides_field("shared values", "`clusters`")
 
     @field_validator("layers")
     @classmethod
     def _layer_clusters(cls, layers: dict[str, int]) -> dict[str, int]:
-        bad = next((n for n, k in layers.items() if not 2 <= k <= MAX_CLUSTERS), None)
-        if bad is not None:
-            raise ValueError(f"layers: clusters of '{bad}' must be 2..{MAX_CLUSTERS}")
-        return layers
+        return checked_overrides(
+            layers, lambda k: 2 <= k <= MAX_CLUSTERS, "clusters", f"2..{MAX_CLUSTERS}"
+        )
 
     def for_weight(self, name: str) -> Config:
         """These options with the cluster count of weight `name` (its `layers` entry)."""

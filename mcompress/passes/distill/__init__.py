@@ -22,7 +22,7 @@ from pydantic import Field
 
 from mcompress.errors import PassError
 from mcompress.model_io import Model
-from mcompress.passes.base import PassContext, PassResult
+from mcompress.passes.base import Exclude, PassContext, PassResult
 from mcompress.recover.options import RecoveryConfig, check_calibration
 
 summary = "Distil the compressed model from the original on calibration data (run it last)."
@@ -60,9 +60,7 @@ class Config(RecoveryConfig):
         lt=1,
         description="share of calibration samples held out for early stopping and the report",
     )
-    exclude: tuple[str, ...] = Field(
-        (), description="node names (globs), op types or weight names to leave alone"
-    )
+    exclude: Exclude = ()
 
 
 def check(model: Model, cfg: Config) -> None:

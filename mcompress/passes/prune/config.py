@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
+from mcompress.passes.base import Exclude, checked_overrides, overrides_field
 from mcompress.recover.options import RecoveryConfig
 
 
@@ -21,14 +22,8 @@ class Config(RecoveryConfig):
     )
     min_elements: int = Field(1024, ge=0, description="leave tensors smaller than this alone")
     include_biases: bool = Field(False, description="also prune Conv/Gemm/RNN biases")
-    exclude: tuple[str, ...] = Field(
-        (), description="node names (globs), op types or weight names to leave alone"
-    )
-    layers: dict[str, float] = Field(
-        default_factory=dict,
-        description="sparsity per weight name, overriding `sparsity` and `scope` for that weight "
-        "(`mcompress tune` writes these)",
-    )
+    exclude: Exclude = ()
+    layers: dict[str, float] = overrides_field("sparsity", "`sparsity` and `scope`")
     structured: bool = Field(False, description="remove whole output channels")
     criterion: Literal["l1", "l2", "magnitude", "wanda", "sparsegpt"] | None = Field(
         None,
@@ -46,10 +41,7 @@ class Config(RecoveryConfig):
     @field_validator("layers")
     @classmethod
     def _layer_sparsities(cls, layers: dict[str, float]) -> dict[str, float]:
-        bad = next((name for name, value in layers.items() if not 0 <= value < 1), None)
-        if bad is not None:
-            raise ValueError(f"layers: sparsity of '{bad}' must be >= 0 and < 1")
-        return layers
+        return checked_overrides(layers, lambda v: 0 <= v < 1, "sparsity", ">= 0 and < 1")
 
     round_to: int = Field(
         4,
