@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ CLASSIFIER = SHARED / "ppocr_mobile_v2_cls.onnx"
 VAD = SHARED / "silero_vad_op18_ifless.onnx"
 CLASSIFIER_DATA = SHARED / "ppocr_cls_val.npz"
 PRESET_MATRIX = ("level1", "level2", "level3", "max-compression")
+FIXED_PRESETS = ("fp16", "int4-weight-only", "fixed-level2", "fixed-level3",
+                 "fixed-max-compression")  # fmt: skip
 REAL_ROWS = (
     ("quantize", ["quantize"], "level1"),
     ("fp16", ["fp16"], "fp16"),
@@ -104,11 +107,14 @@ def presets_table(workdir: Path, only: tuple[str, ...] = PRESET_MATRIX) -> list[
     rows = []
     for name in only:
         cells = []
-        for _, model, extra in cases:
+        for label, model, extra in cases:
             out = workdir / f"{model.stem}.{name}.{len(extra)}.onnx"
+            started = time.perf_counter()
             report, code = run_json(
                 ["run", str(model), "-c", name, "-o", str(out), *extra], workdir
             )
+            # wall time is not a generated figure (it depends on the machine): stderr only
+            print(f"{name}, {label}: {time.perf_counter() - started:.1f} s", file=sys.stderr)
             cells.append(_preset_cell(report, code))
         rows.append(f"| `{name}` | " + " | ".join(cells) + " |")
     sizes = f"{_kb(CLASSIFIER.stat().st_size)}, {VAD.stat().st_size / 1e6:.1f} MB"
@@ -117,6 +123,11 @@ def presets_table(workdir: Path, only: tuple[str, ...] = PRESET_MATRIX) -> list[
         "|---|---|---|---|",
     ]
     return header + rows
+
+
+def fixed_presets_table(workdir: Path, only: tuple[str, ...] = FIXED_PRESETS) -> list[str]:
+    """The fixed recipes (no search) in the same matrix: what a budget would have refused."""
+    return presets_table(workdir, only)
 
 
 def _preset_cell(report: dict[str, Any], code: int) -> str:
@@ -169,6 +180,7 @@ def real_models_table(workdir: Path, only: tuple[str, ...] = ()) -> list[str]:
 
 TABLES: dict[str, Callable[[Path], list[str]]] = {
     "presets": presets_table,
+    "fixed-presets": fixed_presets_table,
     "real-models": real_models_table,
 }
 

@@ -102,6 +102,7 @@ def search(
         sparsity = _best_sparsity(state, spec.sparsity)
         clusters = _best_clusters(state, spec.clusters, sparsity)
         fitting = _fitting(state.trials, baseline)
+        global_trials = len(state.trials)
         if refine is not None and not state.out_of_time():
             start = min(fitting, key=_objective("size"), default=baseline)
             refine(state, start.sparsity, start.clusters)
@@ -116,6 +117,11 @@ def search(
         notes.append(
             "no prune or cluster setting kept the gates within the baseline's size: "
             "the result is the baseline (level1 for the presets)"
+        )
+    if len(state.trials) > global_trials and any(best is t for t in state.trials[:global_trials]):
+        notes.append(
+            "no per-layer candidate was smaller within the budget: the global setting is the "
+            "most it allows here"
         )
     cut = sum(not t.ran for t in state.trials)
     if state.out_of_time():

@@ -125,6 +125,11 @@ class SearchConfig(BaseModel):
     objective: Literal["size", "latency"] = Field(
         "size", description="what the winner minimises among the candidates within the gates"
     )
+    per_layer: bool = Field(
+        False,
+        description="then per layer, as `mcompress tune` does: more pruning and fewer shared "
+        "values for the layers that take them best, 4-bit blocks for MatMul weights",
+    )
 
     @field_validator("sparsity")
     @classmethod

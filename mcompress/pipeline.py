@@ -11,7 +11,16 @@ from typing import Any
 
 import onnx
 
-from mcompress import budget, encoding, gzipped, model_io, runtime, spill, validate
+from mcompress import (
+    budget,
+    encoding,
+    gzipped,
+    layer_search,
+    model_io,
+    runtime,
+    spill,
+    validate,
+)
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.errors import DataError, GateError, McompressError, ModelError, NothingToDo
@@ -87,8 +96,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     searched = None
     if cfg.search is not None:
         cfg, searched = budget.search(
-            cfg, opts.input_path, trial_runner(opts), _trial_progress(cfg, opts)
-        )
+            cfg, opts.input_path, trial_runner(opts), _trial_progress(cfg, opts),
+            refine=layer_search.refine if cfg.search.per_layer else None,
+        )  # fmt: skip
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
     with (

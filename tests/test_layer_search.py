@@ -56,3 +56,37 @@ def test_tune_puts_a_matmul_in_4bit_where_pruning_and_sharing_do_not_fit(tmp_pat
     result = runner.invoke(app, ["run", str(model), "-c", str(emitted), "-o", str(again)])
     assert result.exit_code == 0, result.output
     assert again.read_bytes() == out.read_bytes()
+
+
+def test_max_compression_goes_per_layer_where_level3_stops(tmp_path: Path) -> None:
+    """level3 stops at one global setting; max-compression (`per_layer: true`) continues per
+    layer, here to 4-bit blocks, within the same floor."""
+    model = _block_scaled(tmp_path / "m.onnx")
+    reports = {}
+    for preset in ("level3", "max-compression"):
+        out = tmp_path / f"{preset}.onnx"
+        args = ["run", str(model), "-c", preset, "-o", str(out), "--min-sqnr", "18", "--json"]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, (preset, result.output)
+        reports[preset] = json.loads(result.stdout)
+    level3, most = reports["level3"], reports["max-compression"]
+    assert not any(t["label"].startswith("per layer") for t in level3["search"]["trials"])
+    assert most["search"]["chosen"]["label"] == "per layer: 1 of 1 MatMul weights in 4-bit"
+    assert most["output"]["size_bytes"] < 0.7 * level3["output"]["size_bytes"]
+    assert most["validation"]["overall"]["sqnr_db"] >= 18
+
+
+def test_max_compression_says_when_the_global_setting_is_the_most(tmp_path: Path) -> None:
+    """At 25 dB neither the push steps nor 4-bit fit: the result is the global setting, and
+    the summary says the per-layer stage found nothing smaller."""
+    model = _block_scaled(tmp_path / "m.onnx")
+    args = ["run", str(model), "-c", "max-compression", "-o", str(tmp_path / "o.onnx")]
+    result = runner.invoke(app, [*args, "--min-sqnr", "25", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert any(t["label"].startswith("per layer") for t in report["search"]["trials"])
+    assert not report["search"]["chosen"]["label"].startswith("per layer")
+    assert (
+        "no per-layer candidate was smaller within the budget: the global setting is the most "
+        "it allows here" in report["notes"]
+    )
