@@ -28,14 +28,14 @@ class ConsumerState:
     @classmethod
     def start(cls, w: np.ndarray, h: np.ndarray, blocks: dict[int, np.ndarray]) -> ConsumerState:
         hd = solve.damped(h[None])[0]
-        energy = float(np.einsum("rd,de,re->", w, h, w))
+        energy = float(np.sum((w @ h) * w))
         return cls(w.copy(), np.linalg.inv(hd), max(energy, 1e-30), blocks)
 
     def cost(self, channel: int) -> float:
         b = self.blocks[channel]
         wb = self.w[:, b]
         inner = np.linalg.inv(self.hinv[np.ix_(b, b)])
-        return float(np.einsum("rb,bc,rc->", wb, inner, wb)) / self.scale
+        return float(np.sum((wb @ inner) * wb)) / self.scale
 
     def remove(self, channel: int) -> None:
         b = self.blocks.pop(channel)

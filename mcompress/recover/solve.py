@@ -273,9 +273,9 @@ def codebook_refit(
     onehot = np.zeros((*codes.shape, k))
     np.put_along_axis(onehot, codes[..., None], (~frozen)[..., None].astype(float), axis=-1)
     resid = target - np.where(frozen, fixed, 0.0)
-    ah = np.einsum("grdk,gde->grek", onehot, h)
-    m = np.einsum("grek,grel->kl", ah, onehot)
-    v = np.einsum("grek,gre->k", ah, resid)
+    ah = np.einsum("grdk,gde->grek", onehot, h, optimize=True)
+    m = np.einsum("grek,grel->kl", ah, onehot, optimize=True)
+    v = np.einsum("grek,gre->k", ah, resid, optimize=True)
     used = np.diag(m) > 0
     out = codebook.astype(np.float64).copy()
     if used.any():
