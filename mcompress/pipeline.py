@@ -28,6 +28,7 @@ from mcompress.inputs import make_feeds
 from mcompress.inputs.facts import graph_inputs
 from mcompress.inputs.shapes import pinned_dims
 from mcompress.outputs import Outputs
+from mcompress.pass_cache import PassCache
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext, apply_pass, check_pass, unmatched_patterns
 from mcompress.prepare import prepare, reject_nan_weights
@@ -51,6 +52,8 @@ class RunOptions:
     # The model the output is validated against and reported as the input, when that is not
     # `input_path` (`mcompress distill ORIGINAL COMPRESSED`).
     original: Path | None = None
+    # Models after pass prefixes already run on this input (a budget search and its final run).
+    cache: PassCache | None = None
 
 
 def file_info(path: Path) -> FileInfo:
@@ -95,6 +98,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     started = time.perf_counter()
     searched = None
     if cfg.search is not None:
+        opts = dataclasses.replace(opts, cache=opts.cache or PassCache())
         cfg, searched = budget.search(
             cfg, opts.input_path, trial_runner(opts), _trial_progress(cfg, opts),
             refine=layer_search.refine if cfg.search.per_layer else None,
@@ -187,7 +191,10 @@ def trial_runner(opts: RunOptions) -> budget.Compress:
     """How a budget search compresses a candidate: this pipeline, into a scratch file."""
 
     def compress(cfg: PipelineConfig, output: Path) -> RunReport:
-        return run(cfg, RunOptions(opts.input_path, output, force=True, command=opts.command))
+        return run(
+            cfg,
+            RunOptions(opts.input_path, output, force=True, command=opts.command, cache=opts.cache),
+        )
 
     return compress
 
@@ -246,12 +253,17 @@ def _compress(
         report.prepare = prepare(model)
     if cfg.passes:
         reject_nan_weights(model)
-    for index, pass_cfg in enumerate(cfg.passes):
+    done = opts.cache.resume(opts.input_path, cfg, model, report) if opts.cache else 0
+    if done:
+        report.notes.append(f"search: the first {done} passes ran in a trial; their model reused")
+    for index, pass_cfg in enumerate(cfg.passes[done:], done):
         if index in skipped:
             note = f"{pass_cfg.type} skipped: {skipped[index]}"
             report.passes.append(PassRecord(pass_cfg.type, 0.0, False, {"skipped": True}, [note]))
         else:
             report.passes.append(_apply(model, pass_cfg, ctx))
+        if opts.cache is not None:
+            opts.cache.store(opts.input_path, cfg, index + 1, model, report)
     parameters = count_parameters(model.proto)
     report.packing = encoding.pack(model)
     report.notes.extend(model.notes)

@@ -38,6 +38,7 @@ ORCHESTRATION = {
     "doctor",
     "sensitivity",
     "budget",
+    "pass_cache",
     "tune",
     "layer_search",
     "render_search",
