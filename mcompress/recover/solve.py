@@ -164,7 +164,8 @@ def obs_sweep(
 # Exact greedy OBS costs about rows x inputs² x pruned multiply-adds per layer; above this the
 # SparseGPT sweep (one pass over the columns) chooses the mask instead.
 GREEDY_MAX_WORK = 2e8
-# Rows whose inverse Hessians are updated together (each holds a [d, d] copy): bounds memory.
+# Rows whose inverse Hessians are updated together (each holds [removals, d] factors): bounds
+# memory.
 _GREEDY_CHUNK_ELEMENTS = 4_000_000
 
 
@@ -198,7 +199,7 @@ def obs_greedy(
     mask = np.zeros(w.shape, bool)
     last = np.zeros((g, rows), np.int64)
     cost = np.zeros((g, rows))
-    chunk = max(1, _GREEDY_CHUNK_ELEMENTS // (d * d))
+    chunk = max(1, _GREEDY_CHUNK_ELEMENTS // (max(steps, 1) * d))
     for gi in range(g):
         hinv = np.linalg.inv(h[gi])
         for r0 in range(0, rows, chunk):
@@ -216,24 +217,31 @@ def obs_greedy(
 def _greedy_rows(
     w: np.ndarray, hinv: np.ndarray, steps: int, prunable: np.ndarray, zero: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`steps` removals in each row; (removed mask, each row's last removed column, its cost)."""
+    """`steps` removals in each row; (removed mask, each row's last removed column, its cost).
+
+    Each removal updates the row's inverse Hessian by a rank-1 term, H⁻¹ -= c cᵀ / c_j; the
+    terms are kept as factors (`[rows, steps, d]`) instead of one updated `[d, d]` copy per
+    row, so a step costs rows x d x (removals so far), not rows x d²."""
     rows, d = w.shape
     w = w.copy()
-    hi = np.repeat(hinv[None], rows, axis=0)
-    removed = np.zeros((rows, d), bool)
     at = np.arange(rows)
+    diag = np.repeat(np.diag(hinv)[None], rows, axis=0)  # diag of each row's updated H⁻¹
+    factors = np.empty((rows, steps, d))
+    removed = np.zeros((rows, d), bool)
     j = np.zeros(rows, np.int64)
     cost = np.zeros(rows)
-    for _ in range(steps):
-        saliency = w**2 / np.maximum(np.einsum("rii->ri", hi), 1e-300)
+    for t in range(steps):
+        saliency = w**2 / np.maximum(diag, 1e-300)
         saliency[zero & ~removed] = -1.0
         saliency[removed | ~prunable[None, :]] = np.inf
         j = np.argmin(saliency, axis=1)
         cost = saliency[at, j]
-        pivot = hi[at, j, j]
-        column = hi[at, :, j]  # [rows, d]
+        # column j of each row's H⁻¹: the original's minus the rank-1 terms so far
+        column = hinv[j] - np.matmul(factors[at, :t, j][:, None, :], factors[:, :t])[:, 0]
+        pivot = column[at, j]
         w -= (w[at, j] / pivot)[:, None] * column
-        hi -= column[:, :, None] * (column / pivot[:, None])[:, None, :]
+        factors[:, t] = column / np.sqrt(pivot)[:, None]
+        diag -= column**2 / pivot[:, None]
         w[at, j] = 0.0
         removed[at, j] = True
     return removed, j, cost
