@@ -9,7 +9,7 @@ it, BN parameters and exporter leftovers cap every pass.
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -20,15 +20,24 @@ from mcompress.graph import FreshNames, iter_graphs, names_used, producers
 from mcompress.model_io import Model, add_initializer, fill_tensor, remove_initializers
 
 
-def prepare(model: Model) -> dict[str, Any]:
-    """Run all preparation steps; return counts for the report."""
-    stats = {
-        "constants_to_initializers": constants_to_initializers(model),
-        "identities_bypassed": bypass_identities(model),
-        "batchnorms_folded": fold_batchnorms(model),
-    }
-    stats["unused_initializers_removed"] = remove_unused_initializers(model)
-    return stats
+@dataclass
+class Prepared:
+    """What preparation changed, counted: the report's `prepare` section."""
+
+    constants_to_initializers: int
+    identities_bypassed: int
+    batchnorms_folded: int
+    unused_initializers_removed: int
+
+
+def prepare(model: Model) -> Prepared:
+    """Run all preparation steps, in this order; return their counts for the report."""
+    return Prepared(
+        constants_to_initializers=constants_to_initializers(model),
+        identities_bypassed=bypass_identities(model),
+        batchnorms_folded=fold_batchnorms(model),
+        unused_initializers_removed=remove_unused_initializers(model),
+    )
 
 
 def constants_to_initializers(model: Model) -> int:

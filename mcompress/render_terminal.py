@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
 from rich.table import Table
 
 from mcompress.report import PassRecord, RunReport
 from mcompress.validate import Validation
+
+if TYPE_CHECKING:
+    from mcompress.prepare import Prepared
 
 
 def gzip_text(n: int | None, estimated: bool | None) -> str:
@@ -72,19 +75,17 @@ def summary_table(report: RunReport) -> Table:
     return table
 
 
-_PREPARE_LABELS = {
-    "constants_to_initializers": "Constant-node tensors moved to initializers",
-    "identities_bypassed": "Identity readers bypassed",
-    "batchnorms_folded": "BatchNorms folded",
-    "unused_initializers_removed": "unused initializers removed",
-}
-
-
-def prepare_text(prepare: dict[str, Any]) -> str:
+def prepare_text(prepared: Prepared | None) -> str:
     """'35 BatchNorms folded, ...' for the non-zero counts of the preparation step."""
-    return ", ".join(
-        f"{prepare[key]} {label}" for key, label in _PREPARE_LABELS.items() if prepare.get(key)
+    if prepared is None:
+        return ""
+    counts = (
+        (prepared.constants_to_initializers, "Constant-node tensors moved to initializers"),
+        (prepared.identities_bypassed, "Identity readers bypassed"),
+        (prepared.batchnorms_folded, "BatchNorms folded"),
+        (prepared.unused_initializers_removed, "unused initializers removed"),
     )
+    return ", ".join(f"{count} {label}" for count, label in counts if count)
 
 
 def validation_lines(validation: Validation | None) -> list[tuple[str, str, str]]:

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any
 from mcompress import __version__
 
 if TYPE_CHECKING:  # validate.py fills the section and imports this module's Gate
+    from mcompress.encoding import Packing
+    from mcompress.prepare import Prepared
     from mcompress.validate import Validation
 
 # Bump when a field changes meaning or is removed; adding fields keeps the version.
@@ -59,9 +61,9 @@ class RunReport:
     input: FileInfo
     output: FileInfo | None = None
     compression_ratio: float | None = None
-    prepare: dict[str, Any] = field(default_factory=dict)
+    prepare: Prepared | None = None  # None: no preparation ran (JSON `{}`)
     passes: list[PassRecord] = field(default_factory=list)
-    packing: dict[str, Any] = field(default_factory=dict)
+    packing: Packing | None = None  # None: nothing was saved (JSON `{}`)
     validation: Validation | None = None
     search: dict[str, Any] | None = None  # budget search: trials and the size-fidelity front
     gates: list[Gate] = field(default_factory=list)
@@ -76,6 +78,8 @@ class RunReport:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
+        data["prepare"] = data["prepare"] or {}
+        data["packing"] = self.packing.to_json() if self.packing else {}
         data["passed"] = self.passed
         return finite(data)
 

@@ -63,7 +63,9 @@ def clustered(shape: tuple[int, ...], k: int, zero_fraction: float = 0.0) -> np.
     return w
 
 
-def pack_file(proto: onnx.ModelProto, tmp_path: Path, **kw: int) -> tuple[Path, Path, dict]:
+def pack_file(
+    proto: onnx.ModelProto, tmp_path: Path, **kw: int
+) -> tuple[Path, Path, encoding.Packing]:
     dense = save(proto, tmp_path / "dense.onnx")
     model = model_io.load_model(dense)
     stats = encoding.pack(model, **kw)
@@ -104,8 +106,8 @@ def test_pruned_weight_shrinks_the_file(
     w = pruned((512, 512), sparsity)
     dense, packed, stats = pack_file(matmul_model({"w": w}), tmp_path)
     assert ratio(packed, dense) <= target
-    assert [t["encoding"] for t in stats["tensors"]] == [encoding_name]
-    assert stats["tensors"][0]["zeros"] == int(np.count_nonzero(w == 0))
+    assert [t.encoding for t in stats.tensors] == [encoding_name]
+    assert stats.tensors[0].zeros == int(np.count_nonzero(w == 0))
     assert np.array_equal(bits(ort_weight(packed, "w", tmp_path)), bits(w))
     assert_same_outputs(dense, packed, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
 
@@ -118,9 +120,9 @@ def test_clustered_weight_uses_a_codebook(
 ) -> None:
     w = clustered((512, 512), k)
     dense, packed, stats = pack_file(matmul_model({"w": w}), tmp_path)
-    (row,) = stats["tensors"]
-    assert (row["encoding"], row["unique_values"]) == (encoding_name, k)
-    assert row["bytes_after"] <= target * row["bytes_before"]
+    (row,) = stats.tensors
+    assert (row.encoding, row.unique_values) == (encoding_name, k)
+    assert row.bytes_after <= target * row.bytes_before
     assert ratio(packed, dense) <= target
     assert np.array_equal(bits(ort_weight(packed, "w", tmp_path)), bits(w))
     assert_same_outputs(dense, packed, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
@@ -140,8 +142,8 @@ def test_per_channel_clustered_weight_uses_channel_codebooks(tmp_path: Path, axi
     """4096 distinct values in all, 16 per channel: 4-bit codes plus one table per channel."""
     w = per_channel_clustered((512, 256), 16, axis)
     dense, packed, stats = pack_file(matmul_model({"w": w}), tmp_path)
-    (row,) = stats["tensors"]
-    assert row["encoding"] == "channel-codebook4" and row["unique_values"] is None
+    (row,) = stats.tensors
+    assert row.encoding == "channel-codebook4" and row.unique_values is None
     assert ratio(packed, dense) <= 0.20
     assert np.array_equal(bits(ort_weight(packed, "w", tmp_path)), bits(w))
     assert_same_outputs(dense, packed, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
@@ -163,7 +165,7 @@ def test_prune_then_cluster_is_smaller_than_either(tmp_path: Path) -> None:
         dense, packed, stats = pack_file(matmul_model({"w": w}), folder)
         sizes[label] = model_io.disk_size(packed)
         if label == "both":
-            assert stats["tensors"][0]["encoding"] == "bitmask+codebook4"
+            assert stats.tensors[0].encoding == "bitmask+codebook4"
             assert np.array_equal(bits(ort_weight(packed, "w", folder)), bits(w))
     assert sizes["both"] < min(sizes["pruned"], sizes["clustered"])
     assert sizes["both"] <= 0.10 * model_io.disk_size(tmp_path / "both" / "dense.onnx")
@@ -172,7 +174,7 @@ def test_prune_then_cluster_is_smaller_than_either(tmp_path: Path) -> None:
 def test_dense_random_weight_is_left_dense(tmp_path: Path) -> None:
     w = RNG.normal(size=(512, 512)).astype(np.float32)
     dense, packed, stats = pack_file(matmul_model({"w": w}), tmp_path)
-    assert stats == {"tensors": [], "scanned": 1, "bytes_before": 0, "bytes_after": 0}
+    assert stats.to_json() == {"tensors": [], "scanned": 1, "bytes_before": 0, "bytes_after": 0}
     assert model_io.disk_size(packed) == model_io.disk_size(dense)
     assert [n.op_type for n in onnx.load(str(packed)).graph.node] == ["MatMul", "Concat"]
 
@@ -183,9 +185,9 @@ def test_small_tensors_and_small_savings_are_skipped(tmp_path: Path) -> None:
         "tinier": pruned((512, 1), 0.2),  # 512 elements, 20% zeros: a mask would not pay
     }
     _, _, stats = pack_file(matmul_model(weights), tmp_path)
-    assert [t["name"] for t in stats["tensors"]] == ["tiny"]
+    assert [t.name for t in stats.tensors] == ["tiny"]
     _, _, stats = pack_file(matmul_model(weights), tmp_path, min_elements=5000)
-    assert stats["scanned"] == 0
+    assert stats.scanned == 0
 
 
 def test_weights_in_if_subgraphs(tmp_path: Path) -> None:
@@ -198,7 +200,7 @@ def test_weights_in_if_subgraphs(tmp_path: Path) -> None:
                 values = outer if tensor.name == "w_outer" else inner
                 tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
     dense, packed, stats = pack_file(proto, tmp_path, min_elements=16)
-    assert {t["name"]: t["encoding"] for t in stats["tensors"]} == {
+    assert {t.name: t.encoding for t in stats.tensors} == {
         "w_inner": "scatter8",
         "w_outer": "codebook2",
     }
@@ -220,7 +222,7 @@ def test_opset11_model_packs_with_opset11_ops(tmp_path: Path) -> None:
         "d": pruned((512, 33), 0.99),
     }
     dense, packed, stats = pack_file(matmul_model(weights, opset=11, ir=6), tmp_path)
-    assert [t["encoding"] for t in stats["tensors"]] == [
+    assert [t.encoding for t in stats.tensors] == [
         "bitmask",
         "codebook4",
         "bitmask+codebook4",
@@ -236,8 +238,8 @@ def test_models_below_opset11_are_left_dense(tmp_path: Path) -> None:
     dense, packed, stats = pack_file(
         matmul_model({"w": pruned((512, 64), 0.9)}, opset=10), tmp_path
     )
-    assert stats["tensors"] == []
-    assert "opset >= 11" in stats["note"]
+    assert stats.tensors == []
+    assert "opset >= 11" in stats.to_json()["note"]
     assert model_io.disk_size(packed) == model_io.disk_size(dense)
 
 
@@ -263,7 +265,7 @@ def test_unpack_restores_exact_arrays(tmp_path: Path) -> None:
     dense = save(proto, tmp_path / "dense.onnx")
     model = model_io.load_model(dense)
     stats = encoding.pack(model)
-    assert len(stats["tensors"]) == len(weights)
+    assert len(stats.tensors) == len(weights)
     model_io.save_model(model, tmp_path / "packed.onnx", external=True)
     assert model_io.disk_size(tmp_path / "packed.onnx") < 0.3 * model_io.disk_size(dense)
 
@@ -285,7 +287,7 @@ def test_repacking_a_packed_model_gives_fresh_names(tmp_path: Path) -> None:
     model = model_io.load_model(packed)
     model.proto.graph.initializer.append(numpy_helper.from_array(pruned((64, 64), 0.9), "c"))
     stats = encoding.pack(model)
-    assert [t["name"] for t in stats["tensors"]] == ["c"]
+    assert [t.name for t in stats.tensors] == ["c"]
     names = [n.name for n in model.proto.graph.node if n.name.startswith(encoding.PREFIX)]
     assert len(names) == len(set(names))
     assert encoding.unpack(model) == 3
@@ -296,7 +298,7 @@ def test_float16_weights(tmp_path: Path) -> None:
     w_book = clustered((512, 64), 16).astype(np.float16)
     proto = matmul_model({"a": w_mask, "b": w_book})
     dense, packed, stats = pack_file(proto, tmp_path)
-    assert [t["encoding"] for t in stats["tensors"]] == ["bitmask", "codebook4"]
+    assert [t.encoding for t in stats.tensors] == ["bitmask", "codebook4"]
     assert ratio(packed, dense) < 0.45
     assert_same_outputs(dense, packed, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
 
@@ -329,7 +331,7 @@ def test_dense_tensors_are_ruled_out_without_a_full_pass(monkeypatch: pytest.Mon
         {f"w{i}": RNG.normal(size=(512, 512)).astype(np.float32) for i in range(4)}
     )
     model = model_io.Model(proto, Path("m.onnx"), Path("."), had_external_data=False)
-    assert encoding.pack(model)["tensors"] == []
+    assert encoding.pack(model).tensors == []
 
 
 def test_pruned_tensors_skip_the_per_channel_pass(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,9 +344,9 @@ def test_pruned_tensors_skip_the_per_channel_pass(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setattr(encoding_facts, "_per_channel_codes", no_full_pass)
     proto = matmul_model({"w": pruned((384, 384), 0.5)}, inputs=384)
     model = model_io.Model(proto, Path("m.onnx"), Path("."), had_external_data=False)
-    [row] = encoding.pack(model)["tensors"]
-    assert row["encoding"] == "bitmask"
-    assert row["bytes_after"] < 0.55 * row["bytes_before"]
+    [row] = encoding.pack(model).tensors
+    assert row.encoding == "bitmask"
+    assert row.bytes_after < 0.55 * row.bytes_before
 
 
 def test_cli_packs_a_pre_pruned_model(tmp_path: Path) -> None:

@@ -13,6 +13,8 @@ import pytest
 from mcompress import render, render_charts
 from mcompress.cli.validate import compare
 from mcompress.config import ValidateConfig
+from mcompress.encoding import Packing
+from mcompress.encoding.facts import PackedTensor
 from mcompress.report import PassRecord, RunReport
 from tests import builders
 
@@ -105,9 +107,9 @@ def _report(tmp_path: Path) -> RunReport:
         PassRecord(type="strip", seconds=0.01, modified=False, stats={"bytes_removed": 0}),
     ]
     # Packing shrinks the first 12 further: their "after" is the packed size.
-    packed = [{**t, "bytes_before": t["bytes_after"], "bytes_after": 500 * (i + 1)}
-              for i, t in enumerate(tensors[:12])]  # fmt: skip
-    report.packing = {"tensors": packed, "bytes_before": 1, "bytes_after": 1}
+    packed = [PackedTensor(str(t["name"]), 1000, "bitmask", int(t["bytes_after"]), 500 * (i + 1),
+                           0, None) for i, t in enumerate(tensors[:12])]  # fmt: skip
+    report.packing = Packing(packed, scanned=20, bytes_before=1, bytes_after=1)
     report.notes.append(f"note with {HOSTILE}")
     return report
 

@@ -114,9 +114,9 @@ def test_prepare_folds_bn_and_moves_constants(tmp_path: Path) -> None:
     src = builders.save(builders.conv_bn(in_constants=True), tmp_path / "c.onnx")
     model = model_io.load_model(src)
     stats = prepare(model)
-    assert stats["constants_to_initializers"] == 9
-    assert stats["batchnorms_folded"] == 1
-    assert stats["unused_initializers_removed"] == 4
+    assert stats.constants_to_initializers == 9
+    assert stats.batchnorms_folded == 1
+    assert stats.unused_initializers_removed == 4
     assert not any(n.op_type in ("Constant", "BatchNormalization") for n in model.proto.graph.node)
     out = tmp_path / "prepared.onnx"
     model_io.save_model(model, out)

@@ -422,7 +422,7 @@ def test_weight_shared_through_identity_is_quantized_dynamically(tmp_path: Path)
     src = builders.save(builders._model(graph), tmp_path / "shared.onnx")
     out = tmp_path / "shared.q.onnx"
     report = quantize_file(src, out)
-    assert report.prepare["identities_bypassed"] == 1
+    assert report.prepare is not None and report.prepare.identities_bypassed == 1
     assert report.passes[0].stats["methods"] == {"dynamic": 1}
     assert "Identity" not in ops(out)
     assert [n.op_type for n in onnx.load(str(out)).graph.node].count("MatMulInteger") == 2
@@ -565,7 +565,7 @@ def test_classifier_default_is_small_and_agrees(tmp_path: Path, classifier: Path
     out = tmp_path / "cls.int8.onnx"
     report = quantize_file(classifier, out)
     assert out.stat().st_size <= 0.35 * classifier.stat().st_size
-    assert report.prepare["constants_to_initializers"] > 100
+    assert report.prepare is not None and report.prepare.constants_to_initializers > 100
     assert float_weights(out) == []
     assert "ConvInteger" not in ops(out)
     x = np.random.default_rng(0).uniform(-1, 1, (300, 3, 48, 192)).astype(np.float32)
@@ -685,7 +685,8 @@ def test_weights_sliced_before_an_lstm_in_if_branches_are_stored_int8(tmp_path: 
     quantized = {row["name"]: row for row in report.passes[0].stats["tensors"]}
     # -inf cannot be scaled: the floor stays float, stored losslessly by packing
     assert set(quantized) == {"else_w_all", "r_all", "then_w_all"}
-    assert [row["name"] for row in report.packing["tensors"]] == ["floor"]
+    assert report.packing is not None
+    assert [row.name for row in report.packing.tensors] == ["floor"]
     assert all(row["sqnr_db"] > 38 for row in quantized.values())
     assert model_io.disk_size(out) < 0.45 * model_io.disk_size(src)
     for sign in (1, -1):  # both branches

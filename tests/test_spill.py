@@ -59,7 +59,7 @@ def test_passes_on_external_data_keep_the_proto_small(
     proto_bytes: list[int] = []
     pack = encoding.pack
 
-    def measuring_pack(model: model_io.Model, **kw: Any) -> dict[str, Any]:
+    def measuring_pack(model: model_io.Model, **kw: Any) -> encoding.Packing:
         proto_bytes.append(model.proto.ByteSize())
         return pack(model, **kw)
 

@@ -20,13 +20,14 @@ Modules: `facts` (what one weight holds), `plan` (a candidate encoding and its b
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from mcompress.encoding.expand import densify_sparse, evaluate_expansions
-from mcompress.encoding.facts import BIT_VIEWS, Facts, worth
+from mcompress.encoding.facts import BIT_VIEWS, Facts, PackedTensor, worth
 from mcompress.encoding.forms import candidates
 from mcompress.encoding.plan import (
     PREFIX,
@@ -46,21 +47,42 @@ MIN_OPSET = 11
 MIN_IR = 4
 
 
-def pack(model: Model, *, min_elements: int = 64) -> dict[str, Any]:
-    """Re-encode each float weight in its smallest lossless form; return per-tensor stats.
+@dataclass
+class Packing:
+    """What `pack` re-encoded: the report's `packing` section. Only tensors whose encoding
+    changed are listed; the totals cover those tensors. `note` says why nothing was packed."""
 
-    Only tensors whose encoding changed are listed; the totals cover those tensors.
-    """
-    rows: list[dict[str, Any]] = []
+    tensors: list[PackedTensor]
+    scanned: int
+    bytes_before: int
+    bytes_after: int
+    note: str | None = None
+
+    @classmethod
+    def of(cls, tensors: list[PackedTensor], scanned: int) -> Packing:
+        before, after = (sum(t.bytes_before for t in tensors), sum(t.bytes_after for t in tensors))
+        return cls(tensors, scanned, before, after)
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form: `note` only when there is one."""
+        data = asdict(self)
+        if self.note is None:
+            del data["note"]
+        return data
+
+
+def pack(model: Model, *, min_elements: int = 64) -> Packing:
+    """Re-encode each float weight in its smallest lossless form; return what changed."""
+    rows: list[PackedTensor] = []
     scanned = 0
     if model.opset("") < MIN_OPSET or model.proto.ir_version < MIN_IR:
         note = f"weights left dense: packing needs opset >= {MIN_OPSET} and IR >= {MIN_IR}"
-        return {"tensors": rows, "scanned": 0, "bytes_before": 0, "bytes_after": 0, "note": note}
+        return Packing(rows, 0, 0, 0, note)
     names = FreshNames(model.proto)
     # Innermost graphs first: editing a graph copies its nodes, and with them any subgraph.
     for graph in reversed(list(iter_graphs(model.proto.graph))):
         state = GraphState(graph, names)
-        graph_rows: list[dict[str, Any]] = []
+        graph_rows: list[PackedTensor] = []
         inputs = {i.name for i in graph.input}
         for tensor in list(graph.initializer):
             if (
@@ -82,12 +104,7 @@ def pack(model: Model, *, min_elements: int = 64) -> dict[str, Any]:
             state.commit(best)
         state.finish()
         rows[:0] = graph_rows
-    return {
-        "tensors": rows,
-        "scanned": scanned,
-        "bytes_before": sum(r["bytes_before"] for r in rows),
-        "bytes_after": sum(r["bytes_after"] for r in rows),
-    }
+    return Packing.of(rows, scanned)
 
 
 def unpack(model: Model) -> int:

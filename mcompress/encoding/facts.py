@@ -91,16 +91,23 @@ class Facts:
         """Bit patterns back as the tensor's float dtype."""
         return bits.astype(self.bits.dtype).view(self.float_dtype)
 
-    def row(self, encoding: str, before: int, after: int) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "elements": self.size,
-            "encoding": encoding,
-            "bytes_before": before,
-            "bytes_after": after,
-            "zeros": self.zeros,
-            "unique_values": None if self.table is None else int(self.table.size),
-        }
+    def row(self, encoding: str, before: int, after: int) -> PackedTensor:
+        """This tensor's report row once stored as `encoding` (`before`/`after`: bytes)."""
+        unique = None if self.table is None else int(self.table.size)
+        return PackedTensor(self.name, self.size, encoding, before, after, self.zeros, unique)
+
+
+@dataclass
+class PackedTensor:
+    """One weight whose stored form changed: a row of the report's `packing.tensors`."""
+
+    name: str
+    elements: int
+    encoding: str
+    bytes_before: int
+    bytes_after: int
+    zeros: int
+    unique_values: int | None  # distinct values, when a codebook holds them
 
 
 def _codebook(bits: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
