@@ -47,7 +47,8 @@ from mcompress.scratch import multiprocessing_temp_outside
 SUMMARY_SCHEMA_VERSION = 1
 # Exit codes from most to least severe: the batch exits with the most severe one of its rows.
 _SEVERITY = [EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_GATE_FAILED, EXIT_OK]
-_STOP_GRACE_SECONDS = 10.0
+# Seconds stopped workers get to exit before they are killed (local pool and Ray).
+STOP_GRACE_SECONDS = 10.0
 
 
 @dataclass
@@ -187,7 +188,7 @@ def _run_pool(
     running: list[Job] = []
     with deferred_signals() as caught:
         try:
-            futures = {executor.submit(_run_job, job): job for job in jobs}
+            futures = {executor.submit(run_job, job): job for job in jobs}
             pending = set(futures)
             while pending:
                 caught.check()
@@ -205,7 +206,7 @@ def _run_pool(
             state.listener("interrupted", -1, None)
             state.stop.set()
             state.drain()
-            stop_processes(state.pids, _STOP_GRACE_SECONDS)
+            stop_processes(state.pids, STOP_GRACE_SECONDS)
             _record_finished(futures, state)
             raise
         finally:
@@ -247,12 +248,12 @@ def _context() -> Any:
 
 
 def _sweep(jobs: list[Job]) -> None:
-    """`_remove_outputs` of every job, once per output folder."""
+    """`remove_outputs` of every job, once per output folder."""
     for folder in {job.output.resolve().parent for job in jobs}:
         sweep_stale(folder)
 
 
-def _remove_outputs(job: Job) -> None:
+def remove_outputs(job: Job) -> None:
     """What an unfinished job may have left: the staging folders of gone workers (SIGKILLed
     mid-model). Outputs are claimed only when a model finished, so there is nothing else,
     and files that existed before the run are never touched."""
@@ -273,7 +274,7 @@ def _worker_init(events: Any, stop: Any, parent: int) -> None:
     connect_worker(events, stop)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _on_sigterm)
-    die_with_parent(parent, _STOP_GRACE_SECONDS)
+    die_with_parent(parent, STOP_GRACE_SECONDS)
     events.put(("worker", -1, os.getpid()))
 
 
@@ -293,7 +294,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-def _run_job(job: Job) -> dict[str, Any]:
+def run_job(job: Job) -> dict[str, Any]:
     """Compress one model (in a worker); return its row as a dict, never raise for its errors.
     Outputs are claimed only once the model is done, so a failed or killed job leaves none."""
     global _busy

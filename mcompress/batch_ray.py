@@ -1,6 +1,6 @@
 """`batch --executor ray`: one Ray task per model, on a Ray cluster or a local Ray instance.
 
-Each task runs the local pool's per-model function (`batch._run_job`), so outputs, reports and
+Each task runs the local pool's per-model function (`batch.run_job`), so outputs, reports and
 summary rows are the same. Inputs and outputs must be paths every node sees (a shared file
 system mounted at the same place); that is checked on every node before any task runs. A
 worker that dies is retried once by Ray, then its model is a failed row; Ctrl-C or SIGTERM
@@ -163,7 +163,7 @@ def _compress(job: Job, events: Any, cwd: str) -> dict[str, Any]:
     """The Ray task: the local pool's per-model function, its events sent to the driver."""
     os.chdir(cwd)  # relative paths mean what they mean to the driver
     batch.connect_worker(_ToSink(events), threading.Event())
-    return batch._run_job(job)
+    return batch.run_job(job)
 
 
 class _ToSink:
@@ -266,12 +266,12 @@ class _Run:
         exceptions = self.ray.exceptions
         try:
             return Row(**self.ray.get(ref))
-        except exceptions.RayTaskError as exc:  # raised past _run_job, e.g. cannot import
-            batch._remove_outputs(job)
+        except exceptions.RayTaskError as exc:  # raised past run_job, e.g. cannot import
+            batch.remove_outputs(job)
             cause = exc.cause if exc.cause is not None else exc
             return _failed(job, type(cause).__name__, error_line(cause))
         except exceptions.RayError as exc:  # its worker (or node) died, twice: Ray retried
-            batch._remove_outputs(job)
+            batch.remove_outputs(job)
             return _failed(
                 job,
                 "WorkerDied",
@@ -286,12 +286,12 @@ class _Run:
         for ref in refs:
             with suppress(Exception):
                 self.ray.cancel(ref)
-        _, stuck = self.ray.wait(refs, num_returns=len(refs), timeout=batch._STOP_GRACE_SECONDS)
+        _, stuck = self.ray.wait(refs, num_returns=len(refs), timeout=batch.STOP_GRACE_SECONDS)
         for ref in stuck:
             with suppress(Exception):
                 self.ray.cancel(ref, force=True)
         if stuck:  # their workers are being killed: let them go before removing outputs
-            self.ray.wait(stuck, num_returns=len(stuck), timeout=batch._STOP_GRACE_SECONDS)
+            self.ray.wait(stuck, num_returns=len(stuck), timeout=batch.STOP_GRACE_SECONDS)
         for ref, job in self.pending.items():
             if job.index in self.rows:
                 continue
@@ -300,7 +300,7 @@ class _Run:
                 with suppress(Exception):
                     row = Row(**self.ray.get(ref, timeout=0))
             if row is None:
-                batch._remove_outputs(job)
+                batch.remove_outputs(job)
                 row = batch.interrupted_row(job, signal_name)
             self.rows[job.index] = row
 

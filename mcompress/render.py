@@ -144,7 +144,9 @@ def _notes(data: dict[str, Any]) -> list[str]:
 # ---------------------------------------------------------------- Markdown
 
 
-def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """A Markdown table (lines); `|` and newlines in cells are escaped."""
+
     def cell(text: str) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
@@ -158,14 +160,14 @@ def to_markdown(report: RunReport | dict[str, Any]) -> str:
     """The report as GitHub-flavoured Markdown: sizes, gates, per-output metrics, passes."""
     data = _data(report)
     lines = [f"## mcompress {data['command']}: {_status(data)}", ""]
-    lines += _md_table(["", "input", "output"], _size_rows(data))
+    lines += md_table(["", "input", "output"], _size_rows(data))
     if data.get("gates"):
         lines += ["### Gates", ""]
-        lines += _md_table(["gate", "threshold", "value", "margin", "result"], _gate_rows(data))
+        lines += md_table(["gate", "threshold", "value", "margin", "result"], _gate_rows(data))
     validation = data.get("validation")
     if validation:
         lines += ["### Validation", "", _inputs_line(validation), ""]
-        lines += _md_table(["output", *(c for c, _ in _OUTPUT_COLUMNS)], _output_rows(validation))
+        lines += md_table(["output", *(c for c, _ in _OUTPUT_COLUMNS)], _output_rows(validation))
         task = validation.get("task")
         if task:
             lines += [
@@ -173,18 +175,18 @@ def to_markdown(report: RunReport | dict[str, Any]) -> str:
                 f"accuracy drop {pct(task['accuracy_drop'])}):",
                 "",
             ]
-            lines += _md_table(["model", "accuracy", "precision", "recall", "F1"], _task_rows(task))
+            lines += md_table(["model", "accuracy", "precision", "recall", "F1"], _task_rows(task))
         latency = _latency(validation)
         if latency:
-            lines += [f"{latency[0]}:", "", *_md_table(_LATENCY_HEADER, latency[1])]
+            lines += [f"{latency[0]}:", "", *md_table(_LATENCY_HEADER, latency[1])]
     elif data.get("output"):
         lines += ["Validation was skipped.", ""]
     if data.get("search"):
         lines += ["### Search", "", render_search.chosen_line(data), ""]
-        lines += _md_table(render_search.HEADER, render_search.search_rows(data))
+        lines += md_table(render_search.HEADER, render_search.search_rows(data))
     if data.get("passes"):
         lines += ["### Passes", ""]
-        lines += _md_table(["pass", "time", "changed", "stats"], _pass_rows(data))
+        lines += md_table(["pass", "time", "changed", "stats"], _pass_rows(data))
     notes = _notes(data)
     if notes:
         lines += ["### Notes", "", *(f"- {n}" for n in notes), ""]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from mcompress.render import _md_table
+from mcompress.render import md_table
 from mcompress.render_terminal import human_bytes
 
 COLUMNS = ("model", "input", "output", "ratio", "key metric", "gates", "status", "seconds")
@@ -55,7 +55,7 @@ def to_markdown(summary: dict[str, Any]) -> str:
         f"{counts or 'none'}, exit {summary['exit_code']}",
         "",
     ]
-    lines += _md_table(COLUMNS, [cells(row) for row in summary["models"]])
+    lines += md_table(COLUMNS, [cells(row) for row in summary["models"]])
     return "\n".join(lines)
 
 

@@ -165,7 +165,7 @@ def test_internal_error_in_a_model_is_row_exit_1_with_a_log(tmp_path: Path, monk
     monkeypatch.setattr(batch, "_events", queue.Queue())
     monkeypatch.setattr(batch, "_stop", threading.Event())
 
-    row = batch._run_job(job)
+    row = batch.run_job(job)
 
     assert (row["status"], row["exit_code"]) == ("failed", 1)
     assert row["error"]["type"] == "RuntimeError" and row["error"]["message"] == "unexpected"

@@ -104,7 +104,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     with temporary_node_names(model.proto, FreshNames(model.proto), _ADDED):
         recovery, recovery_notes = recovered.pre_round(model, cfg, ctx, {t.name for t in targets})
         upgrade = None if cfg.mode == "static" else raise_opset_for_rewrite(model)
-        step, notes = _plan(model, cfg, targets)
+        step, notes = plan_step(model, cfg, targets)
         notes = [*recovery_notes, *notes]
         if upgrade is not None:
             notes.append(
@@ -296,7 +296,7 @@ def _working_copy(model: Model, work: Path) -> None:
     model.base_dir = work
 
 
-def _plan(model: Model, cfg: Config, found: list[Target]) -> tuple[_Step | None, list[str]]:
+def plan_step(model: Model, cfg: Config, found: list[Target]) -> tuple[_Step | None, list[str]]:
     """The quantizer and nodes for this config (None: weight-only storage only), and notes;
     `found` are the model's quantizable weights."""
     if cfg.mode == "static":

@@ -97,7 +97,7 @@ def rewrite(
         x, w = node.input[:2]
         key = (w, _attr(node, "transB", 0) == 1)
         if key not in weights:
-            values, scale, zero_point, row = _quantize_weight(
+            values, scale, zero_point, row = quantize_weight(
                 inits[w], base_dir, per_channel, symmetric, key[1], block_size
             )
             weights[key] = (
@@ -171,7 +171,7 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
 
 
-def _quantize_weight(
+def quantize_weight(
     tensor: onnx.TensorProto,
     base_dir: Any,
     per_channel: bool,

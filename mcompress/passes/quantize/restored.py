@@ -1,4 +1,4 @@
-"""What the quantize pass makes of each weight, as float values: the same plan (`_plan`) and the
+"""What the quantize pass makes of each weight, as float values: the same plan (`plan_step`) and the
 same quantizers (`matmul`, `int4_storage`, weight-only `quantize`, onnxruntime's 4-bit Gather),
 without rewriting the graph. `mcompress sensitivity` and `tune` feed these values in place of a
 weight to measure what quantizing that layer alone costs.
@@ -18,7 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress.model_io import Model, read_array
-from mcompress.passes.quantize import Config, _plan
+from mcompress.passes.quantize import Config, plan_step
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize import ort as quantize_ort
 from mcompress.passes.quantize.int4_storage import Int4Weight
@@ -32,7 +32,7 @@ def restored_weights(model: Model, cfg: Config) -> dict[str, np.ndarray]:
     if cfg.mode == "static":
         raise ValueError("restored_weights covers weight quantization, not mode: static")
     targets = {t.name: t for t in find_targets(model.proto, cfg.exclude)}
-    step, _ = _plan(model, cfg, list(targets.values()))
+    step, _ = plan_step(model, cfg, list(targets.values()))
     planned = set(step.nodes) if step is not None else set()
     # 4-bit MatMuls of dynamic mode are written by mcompress (`_int4_matmuls`), the rest of a
     # 4-bit step by onnxruntime's quantizer.
@@ -68,7 +68,7 @@ def _matmul_weight(node: onnx.NodeProto, tensor: TensorProto, base_dir: Path, cf
         a.name == "transB" and a.i == 1 for a in node.attribute
     )
     block, per_channel = (cfg.block_size, True) if cfg.bits == 4 else (None, cfg.per_channel)
-    values, scale, zero_point, _ = quantize_matmul._quantize_weight(
+    values, scale, zero_point, _ = quantize_matmul.quantize_weight(
         tensor, base_dir, per_channel, cfg.weights_symmetric, transposed, block
     )
     if isinstance(values, Int4Weight):
