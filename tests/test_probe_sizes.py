@@ -181,3 +181,28 @@ def test_a_guess_whose_outputs_ignore_the_inputs_is_grown(tmp_path: Path) -> Non
     assert "guessed: 512 (at 64 the outputs do not depend on the inputs)" in notes
     values = [runtime.session(src).run(None, feed)[0].item() for feed in made.feeds]  # type: ignore[attr-defined]
     assert len(set(values)) == 4
+
+
+def test_screening_the_probe_ladder_draws_no_large_inputs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The ladder (up to 2048x2048) is screened by shape arithmetic: filling every rung of an
+    image input [N, 3, H, W] drew 17M random values, seconds of overhead on a text detector."""
+    from mcompress.inputs import shapes
+
+    drawn: list[int] = []
+    real_fill = shapes.fill
+
+    def counting_fill(rule: object, shape: list[int], *args: object) -> np.ndarray:
+        drawn.append(int(np.prod(shape)))
+        return real_fill(rule, shape, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shapes, "fill", counting_fill)
+    model = builders.conv_bn()
+    for axis, name in ((2, "H"), (3, "W")):
+        model.graph.input[0].type.tensor_type.shape.dim[axis].dim_param = name
+    src = builders.save(model, tmp_path / "cnn.onnx")
+    made = _feeds(src)
+    assert made.feeds[0]["x"].shape == (1, 3, 224, 224)  # type: ignore[attr-defined]
+    assert max(drawn) == 3 * 224 * 224
+    assert sum(drawn) < 6 * 3 * 224 * 224

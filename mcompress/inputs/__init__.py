@@ -99,7 +99,7 @@ def _random(
     rules = _rules(model, inputs)
     shapes, guessed, dim_notes = shape_rules.resolve(model, inputs, input_shapes)
     if guessed:
-        feed_at = shape_rules.filled(inputs, shapes, guessed, rules)
+        feed_at = shape_rules.FeedAt(inputs, shapes, guessed, rules)
         source = Path(model.path) if model.path and Path(model.path).is_file() else None
         size, note = shape_rules.choose(runner, source, feed_at, guessed, smallest)
         shapes = shape_rules.resized(shapes, guessed, size)
