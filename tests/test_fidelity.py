@@ -150,10 +150,28 @@ def test_class_scores_of_a_single_predicted_class_are_judged_by_sqnr() -> None:
     collapsed = [np.array([[0.0, 1.0]])] * 3
     metrics = output_metrics(original, collapsed, "prob")
     assert metrics["top1_agreement"] == 1.0 and metrics["original_classes_predicted"] == 1
-    (check,) = fidelity.floor_checks({"prob": metrics}, fidelity.RANDOM_FLOOR)
+    check, agreement = fidelity.floor_checks({"prob": metrics}, fidelity.RANDOM_FLOOR)
     assert (check["metric"], check["threshold"], check["passed"]) == ("sqnr_db", 0.0, True)
     # variance of the flattened scores 0.1342, mean squared error 0.0342
     assert check["value"] == pytest.approx(10 * math.log10(0.13417 / 0.03417), abs=1e-3)
+    assert (agreement["metric"], agreement["passed"]) == ("top1_agreement", True)
+
+
+def test_a_single_predicted_class_left_on_half_the_rows_is_broken() -> None:
+    """A CRNN proxy predicts blank at every step of random images; structured pruning that
+    sends its real lines to 0% correct keeps SQNR 0.93 dB (the classes' spread dominates the
+    variance) but agrees on 49.9% of steps: the agreement check stops it."""
+    metrics = {"sqnr_db": 0.93, "top1_agreement": 0.4994, "original_classes_predicted": 1}
+    sqnr, agreement = fidelity.floor_checks({"softmax_out": metrics}, fidelity.RANDOM_FLOOR)
+    assert (sqnr["metric"], sqnr["passed"]) == ("sqnr_db", True)
+    assert (agreement["metric"], agreement["threshold"], agreement["passed"]) == (
+        "top1_agreement",
+        0.5,
+        False,
+    )
+    assert fidelity.describe(agreement) == (
+        "output 'softmax_out': top-1 agreement 49.9% < floor 50%"
+    )
 
 
 def test_recurrent_state_pairs_need_the_name_and_the_shape() -> None:
@@ -210,15 +228,18 @@ def test_structured_pruning_of_the_classifier_is_broken(classifier: Path, tmp_pa
     result = runner.invoke(app, [*args, "--json"])
     assert result.exit_code == 3
     report = json.loads(result.stdout)
-    # Random inputs all fall in class 1 for this model, so its scores are judged
-    (gate,) = report["gates"]
+    # Random inputs all fall in class 1 for this model, so its scores are judged (agreement
+    # is judged too: the pruned model predicts the other class)
+    gate, agreement = report["gates"]
     assert (gate["name"], gate["threshold"], gate["passed"]) == ("min_sqnr", 0.0, False)
+    assert (agreement["name"], agreement["passed"]) == ("min_top1_agreement", False)
     assert gate["value"] < -4
     assert report["passed"] is False
     name = "save_infer_model/scale_0.tmp_1"
     assert result.stderr == (
-        f"mcompress: BROKEN: output '{name}' SQNR {gate['value']:.1f} dB < floor 0 dB on random "
-        f"inputs (model written to {out}; no report file requested)\n"
+        f"mcompress: BROKEN: output '{name}' SQNR {gate['value']:.1f} dB < floor 0 dB; output "
+        f"'{name}' top-1 agreement 0.0% < floor 50% on random inputs (model written to {out}; "
+        "no report file requested)\n"
     )
     assert onnx.load(str(out)).graph.node
 
