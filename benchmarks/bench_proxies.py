@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -128,14 +129,18 @@ def run_command(argv: list[str], timeout: float) -> tuple[int, float, float, str
     with tempfile.TemporaryDirectory() as tmp:
         rss = Path(tmp) / "rss"
         started = time.perf_counter()
+        proc = subprocess.Popen(
+            ["/usr/bin/time", "-f", "%M", "-o", str(rss), *argv],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+            start_new_session=True,
+        )  # fmt: skip
         try:
-            done = subprocess.run(
-                ["/usr/bin/time", "-f", "%M", "-o", str(rss), *argv],
-                capture_output=True, text=True, env=env, cwd=ROOT, timeout=timeout,
-            )  # fmt: skip
-            code, out, err = done.returncode, done.stdout, done.stderr
-        except subprocess.TimeoutExpired as exc:
-            code, out, err = -9, "", f"{exc.stderr or ''}\ntimed out after {timeout:.0f} s"
+            out, err = proc.communicate(timeout=timeout)
+            code = proc.returncode
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)  # GNU time and mcompress under it
+            out, err = proc.communicate()
+            code, err = -9, f"{err}\ntimed out after {timeout:.0f} s"
         seconds = time.perf_counter() - started
         lines = rss.read_text().split() if rss.exists() else []
         peak = int(lines[-1]) / 1024 if lines and lines[-1].isdigit() else float("nan")
