@@ -83,9 +83,14 @@ def mask_by_score(
     return mask
 
 
+# Kept-weight sub-Hessians solved together in `refit_masked` (rows x kept² elements).
+_REFIT_BATCH_ELEMENTS = 8_000_000
+
+
 def refit_masked(target: np.ndarray, h: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Exact least squares of each row's kept weights to `target` under H (removed = 0):
-    min (ŵ - w*) H (ŵ - w*)ᵀ  s.t. ŵ[mask] = 0, i.e. H[S,S] ŵ_S = (H w*)_S."""
+    min (ŵ - w*) H (ŵ - w*)ᵀ  s.t. ŵ[mask] = 0, i.e. H[S,S] ŵ_S = (H w*)_S.
+    Rows keeping the same number of weights are solved as one stack."""
     out = np.zeros_like(target)
     hw = target @ h  # [g, rows, d]; H symmetric
     for gi in range(target.shape[0]):
@@ -95,11 +100,17 @@ def refit_masked(target: np.ndarray, h: np.ndarray, mask: np.ndarray) -> np.ndar
                 sub = h[gi][np.ix_(keep, keep)]
                 out[gi][:, keep] = np.linalg.solve(sub, hw[gi][:, keep].T).T
             continue
-        for r in range(target.shape[1]):
-            keep = ~mask[gi, r]
-            if keep.any():
-                sub = h[gi][np.ix_(keep, keep)]
-                out[gi, r, keep] = np.linalg.solve(sub, hw[gi, r, keep])
+        kept = (~mask[gi]).sum(axis=1)
+        for count in np.unique(kept[kept > 0]):
+            rows = np.flatnonzero(kept == count)
+            step = max(1, _REFIT_BATCH_ELEMENTS // int(count) ** 2)
+            for start in range(0, rows.size, step):
+                part = rows[start : start + step]
+                cols = np.nonzero(~mask[gi, part])[1].reshape(part.size, count)
+                sub = h[gi][cols[:, :, None], cols[:, None, :]]
+                rhs = np.take_along_axis(hw[gi, part], cols, axis=1)
+                solved = np.linalg.solve(sub, rhs[..., None])[..., 0]
+                out[gi, part[:, None], cols] = solved
     return out
 
 
