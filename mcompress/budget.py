@@ -9,6 +9,7 @@ Fidelity is assumed to fall as compression grows, so each setting is found by bi
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,10 +17,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mcompress import performance, validate
+import numpy as np
+
+from mcompress import performance, runtime, validate
 from mcompress.config import PipelineConfig, SearchConfig
+from mcompress.errors import ModelError
 from mcompress.inputs import InputSet
 from mcompress.report import RunReport
+from mcompress.session_pair import SessionPair
 
 # compress(config, output path) -> the report of a run without validation
 Compress = Callable[[PipelineConfig, Path], RunReport]
@@ -40,6 +45,8 @@ SEARCH_MIN_TOP1 = 0.98
 # Recovery's cost grows with the samples: the classifier's max-compression search took 429 s
 # on 128 (2 busy cores) and 129 s on 32.
 SEARCH_CALIBRATION_SAMPLES = 32
+# Outputs of the original model a search keeps to judge later trials without running it again.
+REMEMBER_BYTES = 256 * 1024 * 1024
 # Runs per candidate when the objective is latency (each model interleaved with the original).
 LATENCY_RUNS = 10
 
@@ -59,6 +66,54 @@ class Trial:
     ran: bool = True
 
 
+class RememberedSession:
+    """The original model's session for every trial of a search. Each trial is judged on the
+    same inputs, so the original's outputs are computed in the first trial and answered from
+    memory after that (up to REMEMBER_BYTES of outputs); loaded when first asked for."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.session: Any = None
+        self.runs: dict[bytes, list[Any]] = {}
+        self.kept = 0
+
+    def get(self) -> RememberedSession:
+        if self.session is None:
+            self.session = _trial_session(self.path, "original")
+        return self
+
+    def get_inputs(self) -> Any:
+        return self.session.get_inputs()
+
+    def get_outputs(self) -> Any:
+        return self.session.get_outputs()
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[Any]:
+        key = hashlib.sha1(repr(names).encode())
+        for name in sorted(feed):
+            value = np.ascontiguousarray(feed[name])
+            key.update(f"{name}{value.dtype}{value.shape}".encode())
+            key.update(value.tobytes())
+        found = self.runs.get(key.digest())
+        if found is None:
+            found = list(self.session.run(names, feed))
+            size = sum(np.asarray(v).nbytes for v in found)
+            if self.kept + size <= REMEMBER_BYTES:
+                self.runs[key.digest()] = found
+                self.kept += size
+        return found
+
+
+def _trial_session(path: Path, role: str = "compressed") -> Any:
+    """A session for judging a trial (idle threads sleep, as in validation)."""
+    try:
+        return runtime.session(path, spinning=False)
+    except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
+        raise ModelError(
+            f"{role} model '{path}' does not load in onnxruntime: {runtime.error_line(exc)}"
+        ) from None
+
+
 @dataclass
 class SearchState:
     cfg: PipelineConfig
@@ -72,6 +127,10 @@ class SearchState:
     configs: dict[str, PipelineConfig] = field(default_factory=dict)
     objective: str = "size"
     on_line: Callable[[str], None] = lambda line: None
+    original: RememberedSession = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.original = RememberedSession(self.model)
 
     def out_of_time(self) -> bool:
         return self.deadline is not None and time.perf_counter() > self.deadline
@@ -272,7 +331,9 @@ def judge(
     plain["validate"] = {**plain.get("validate", {}), "enabled": False}
     path = state.workdir / f"trial{len(state.trials)}.onnx"
     report = state.compress(PipelineConfig.model_validate(plain), path)
-    sessions = validate.open_sessions(state.model, path)
+    sessions = SessionPair(
+        lambda k: state.original.get() if k == 0 else _trial_session(path), False
+    )
     report.validation = validate.compare_outputs(sessions, state.inputs, state.cfg.validation)
     gates = [
         g

@@ -1,6 +1,6 @@
-"""A budget search runs each pass prefix once: trials sharing their first passes start from the
-model those left, and the final run reuses the judged trial's model, byte for byte what a fresh
-run of the chosen config writes."""
+"""A budget search does no work twice: trials sharing their first passes start from the model
+those left, the final run reuses the judged trial's model (byte for byte what a fresh run of the
+chosen config writes), and the original model runs once per validation input."""
 
 from __future__ import annotations
 
@@ -60,3 +60,34 @@ def test_search_runs_each_recovering_prefix_once_and_reuses_the_winner(
     fresh = tmp_path / "fresh.onnx"
     pipeline.run(chosen[0], pipeline.RunOptions(model, fresh, force=True))
     assert fresh.read_bytes() == out.read_bytes()
+
+
+def test_the_original_runs_once_per_input_across_trials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runs: list[int] = []
+    real_session = budget._trial_session
+
+    class Counting:
+        def __init__(self, session: Any) -> None:
+            self.session = session
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.session, name)
+
+        def run(self, *args: Any) -> Any:
+            runs.append(1)
+            return self.session.run(*args)
+
+    def session(path: Path, role: str = "compressed") -> Any:
+        found = real_session(path, role)
+        return Counting(found) if role == "original" else found
+
+    monkeypatch.setattr(budget, "_trial_session", session)
+    model = builders.save(builders.mlp(hidden=64, inputs=64), tmp_path / "mlp.onnx")
+    out = tmp_path / "out.onnx"
+    args = ["run", str(model), "-c", "level2", "-o", str(out), "--samples", "5", "--json"]
+    result = runner.invoke(app, [*args, "--min-top1-agreement", "0.5"])
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.stdout)["search"]["trials"]) >= 3
+    assert len(runs) == 5
