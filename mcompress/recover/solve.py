@@ -172,8 +172,8 @@ def obs_sweep(
     return work
 
 
-# Exact greedy OBS costs about rows x inputs² x pruned multiply-adds per layer; above this the
-# SparseGPT sweep (one pass over the columns) chooses the mask instead.
+# Exact greedy OBS costs about rows x inputs x pruned² / 2 multiply-adds per layer; above this
+# the SparseGPT sweep (one pass over the columns) chooses the mask instead.
 GREEDY_MAX_WORK = 2e8
 # Rows whose inverse Hessians are updated together (each holds [removals, d] factors): bounds
 # memory.
@@ -183,7 +183,7 @@ _GREEDY_CHUNK_ELEMENTS = 4_000_000
 def greedy_affordable(shape: tuple[int, ...], sparsity: float) -> bool:
     """Whether `obs_greedy` fits its work budget for `[groups, rows, d]` weights."""
     g, rows, d = shape
-    return g * rows * d * d * max(sparsity, 0.0) * d <= GREEDY_MAX_WORK
+    return g * rows * d * (max(sparsity, 0.0) * d) ** 2 / 2 <= GREEDY_MAX_WORK
 
 
 def obs_greedy(
