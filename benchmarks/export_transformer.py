@@ -1,12 +1,15 @@
 """Build, briefly train and export a BERT-style encoder to ONNX, for benchmarks that need a real
 transformer (recovery, latency). Needs torch (CPU wheel); not part of the test suite.
 
-    python benchmarks/export_transformer.py [--large] [--out DIR] [--seconds S]
+    python benchmarks/export_transformer.py [--large] [--out DIR] [--steps N]
 
 The encoder (token + position embeddings, post-LayerNorm blocks of multi-head self-attention
-and a GELU feed-forward, mean pooling over unpadded tokens) is trained for `--seconds` on a
-synthetic task so its weights are not random: each token id belongs to one of 8 classes
-(id mod 8) and the label of a sequence is its most frequent class, which needs every token.
+and a GELU feed-forward, mean pooling over unpadded tokens) is trained for `--steps` batches
+(AdamW, warm-up then cosine decay) on a synthetic task so its weights are not random: each
+token id belongs to one of 8 classes (id mod 8), 40% of a sequence's tokens come from one
+planted class, and the label is the sequence's most frequent class, which needs every token.
+The held-out accuracy is printed at the end: 0.924 for the default model after the default
+150 steps (about 5 CPU minutes); `--large --steps 80`, 0.754 (the files the README measures).
 Default: 4 layers, hidden 256, 256 token ids (~13 MB); `--large`: 7 layers, hidden 512, 1000
 ids (~90 MB).
 
@@ -31,6 +34,10 @@ from torch import nn
 
 CLASSES = 8
 SEQ = 32
+# Share of tokens drawn from the planted class; peak learning rate; sequences per batch.
+PLANTED = 0.4
+LR = 5e-4
+BATCH = 32
 
 
 class Block(nn.Module):
@@ -85,8 +92,14 @@ class Encoder(nn.Module):
 
 
 def sample(rng: np.random.Generator, n: int, vocab: int) -> dict[str, np.ndarray]:
-    """Random sequences (lengths 8..SEQ, padded with id 0) and their majority-class labels."""
-    ids = rng.integers(1, vocab, size=(n, SEQ))
+    """Sequences (lengths 8..SEQ, padded with id 0) with a planted class: each token is drawn
+    from one class's ids with probability PLANTED, else uniformly, so the majority class is
+    clear enough to learn in minutes; the label is the true majority (lowest class on ties)."""
+    planted_class = rng.integers(0, CLASSES, size=n)
+    per_class = (vocab - 1 - planted_class) // CLASSES + 1
+    planted_ids = planted_class[:, None] + CLASSES * rng.integers(0, per_class[:, None], (n, SEQ))
+    planted_ids[planted_ids == 0] = CLASSES  # id 0 is padding
+    ids = np.where(rng.random((n, SEQ)) < PLANTED, planted_ids, rng.integers(1, vocab, (n, SEQ)))
     lengths = rng.integers(8, SEQ + 1, size=n)
     mask = (np.arange(SEQ)[None] < lengths[:, None]).astype(np.int64)
     ids = ids * mask
@@ -97,40 +110,52 @@ def sample(rng: np.random.Generator, n: int, vocab: int) -> dict[str, np.ndarray
     return {"input_ids": ids.astype(np.int64), "attention_mask": mask, "labels": labels}
 
 
-def train(model: Encoder, vocab: int, seconds: float, seed: int) -> float:
-    """Adam on fresh batches until `seconds` pass; returns the last batch's accuracy."""
+def train(model: Encoder, vocab: int, steps: int, seed: int) -> float:
+    """AdamW with linear warm-up and cosine decay over `steps` batches of BATCH fresh sequences;
+    returns the accuracy on 512 held-out sequences."""
     rng = np.random.default_rng(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    started, step, accuracy = time.perf_counter(), 0, 0.0
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01)
+    warmup = max(1, steps // 10)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        opt,
+        lambda s: min((s + 1) / warmup, 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0)))),
+    )
+    started = time.perf_counter()
     model.train()
-    while time.perf_counter() - started < seconds:
-        batch = sample(rng, 32, vocab)
+    for step in range(1, steps + 1):
+        batch = sample(rng, BATCH, vocab)
         logits, _ = model(torch.from_numpy(batch["input_ids"]),
                           torch.from_numpy(batch["attention_mask"]))  # fmt: skip
         labels = torch.from_numpy(batch["labels"])
         loss = nn.functional.cross_entropy(logits, labels)
         opt.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        step += 1
-        accuracy = float((logits.argmax(-1) == labels).float().mean())
+        schedule.step()
         if step % 25 == 0:
-            print(f"step {step}: loss {float(loss):.3f}, batch accuracy {accuracy:.2f}", flush=True)
+            accuracy = float((logits.argmax(-1) == labels).float().mean())
+            print(f"step {step}: loss {loss.item():.3f}, batch accuracy {accuracy:.2f}, "
+                  f"{time.perf_counter() - started:.0f} s", flush=True)  # fmt: skip
     model.eval()
-    return accuracy
+    held_out = sample(np.random.default_rng(seed + 2), 512, vocab)
+    with torch.no_grad():
+        logits, _ = model(torch.from_numpy(held_out["input_ids"]),
+                          torch.from_numpy(held_out["attention_mask"]))  # fmt: skip
+    return float((logits.argmax(-1).numpy() == held_out["labels"]).mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--large", action="store_true", help="7 layers, hidden 512 (~90 MB)")
     parser.add_argument("--out", type=Path, default=Path.home() / ".cache" / "mcompress-bench")
-    parser.add_argument("--seconds", type=float, default=180.0, help="training time budget")
+    parser.add_argument("--steps", type=int, default=150, help="training batches")
     parser.add_argument("--seed", type=int, default=0)
     opts = parser.parse_args()
     torch.manual_seed(opts.seed)
     vocab, hidden, layers = (1000, 512, 7) if opts.large else (256, 256, 4)
     model = Encoder(vocab, hidden, layers, heads=8)
-    accuracy = train(model, vocab, opts.seconds, opts.seed)
+    accuracy = train(model, vocab, opts.steps, opts.seed)
     name = "transformer_large" if opts.large else "transformer"
     opts.out.mkdir(parents=True, exist_ok=True)
     path = opts.out / f"{name}.onnx"
@@ -152,7 +177,7 @@ def main() -> None:
     np.savez(opts.out / f"{name}_calib.npz", **{k: calib[k] for k in inputs})
     val = sample(rng, 256, vocab)
     np.savez(opts.out / f"{name}_val.npz", **val)
-    print(f"trained to batch accuracy {accuracy:.2f}; {path.stat().st_size / 1e6:.1f} MB")
+    print(f"held-out accuracy {accuracy:.3f}; {path.stat().st_size / 1e6:.1f} MB")
     for suffix in (".onnx", "_calib.npz", "_val.npz"):
         print(opts.out / f"{name}{suffix}")
 

@@ -298,44 +298,6 @@ def test_4bit_gptq_is_on_the_int4_storage_grid_and_beats_round_to_nearest(
     assert stats.layers[0].error_without == pytest.approx(plain, rel=1e-3)
 
 
-def test_weights_recovery_cannot_reach_are_pruned_first_and_named(tmp_path: Path) -> None:
-    """An embedding table (Gather) is pruned by magnitude before the reconstruction, so the
-    MatMul reading it is fitted to the original outputs from the pruned table's rows."""
-    r = np.random.default_rng(10)
-    table = (r.normal(size=(64, 16)) @ r.normal(size=(16, 16))).astype(np.float32)
-    w = r.normal(size=(16, 16)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Gather", ["table", "ids"], ["e"], name="embed"),
-         helper.make_node("MatMul", ["e", "w"], ["y"], name="mm")],
-        "embed",
-        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n", 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8, 16])],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(w, "w")],
-    )  # fmt: skip
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    proto.ir_version = builders.IR_VERSION
-    source = builders.save(proto, tmp_path / "embed.onnx")
-    np.savez(tmp_path / "calib.npz", ids=r.integers(0, 64, size=(128, 8)))
-    np.savez(tmp_path / "val.npz", ids=r.integers(0, 64, size=(64, 8)))
-    reports = {}
-    for flag in ("--recover", "--no-recover"):
-        result = subprocess.run(
-            [sys.executable, "-m", "mcompress", "prune", str(source), "-s", "0.5",
-             "--min-elements", "0", "--calibration", str(tmp_path / "calib.npz"), flag,
-             "--data", str(tmp_path / "val.npz"), "-o", str(tmp_path / f"{flag}.onnx"), "--json"],
-            capture_output=True, text=True, timeout=120,
-        )  # fmt: skip
-        assert result.returncode in (0, 3), result.stderr
-        reports[flag] = json.loads(result.stdout)
-    on = reports["--recover"]
-    assert any("1 weights recovery cannot reconstruct (e.g. 'table', read by Gather)" in n
-               for n in on["notes"])  # fmt: skip
-    [row] = [t for t in on["passes"][0]["stats"]["tensors"] if t["name"] == "table"]
-    assert row["recovered"] is False and row["sparsity"] == 0.5
-    sqnr = {f: rep["validation"]["overall"]["sqnr_db"] for f, rep in reports.items()}
-    assert sqnr["--recover"] > sqnr["--no-recover"] + 1.5, sqnr
-
-
 def test_layers_inside_if_branches_are_named_as_not_reconstructed(tmp_path: Path) -> None:
     r = np.random.default_rng(11)
 

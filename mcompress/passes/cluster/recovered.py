@@ -1,8 +1,10 @@
 """`cluster` with calibration data: each layer's K shared values are chosen, assigned and
 re-fitted in graph order against the original model's outputs (mcompress.recover.clustering).
 
-Weights recovery cannot reach (inside subgraphs, shared by several nodes, other ops) are
-clustered as without data, before the reconstruction, so the layers after them compensate.
+Weights recovery cannot reach are clustered as without data, before the reconstruction, so the
+layers after them compensate: with their own K when they are layers out of reach (inside
+subgraphs, shared by several nodes), with 256 values (8 bits) when no Conv/Gemm/MatMul reads
+them (embedding tables; mcompress.recover.tables says why).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.cluster.config import Config
 from mcompress.passes.cluster.kmeans1d import kmeans1d
 from mcompress.passes.cluster.share import cluster_weight, totals_of
+from mcompress.recover import tables
 from mcompress.recover.clustering import clustered_baseline, clusterer
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration
@@ -40,7 +43,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     before = {c.weight.name: np.array(c.weight.array(), copy=True) for c in candidates}
     # Weights recovery cannot reach are clustered first, so the layers after them compensate.
     unreached = {
-        c.weight.name: cluster_weight(c, cfg.for_weight(c.weight.name), None)
+        c.weight.name: cluster_weight(c, _unreached_config(c, cfg), None)
         for c in candidates
         if c.weight.name not in reasons and c.weight.name not in reachable
     }
@@ -78,11 +81,33 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         "recovery": asdict(recovery),
     }
     notes = [recovery.summary()]
+    held = [
+        row
+        for c in candidates
+        if c.weight.name in unreached
+        and (row := unreached[c.weight.name][0])
+        and row["clusters"] > cfg.for_weight(c.weight.name).clusters
+    ]
+    if held:
+        notes.append(
+            f"cluster: {len(held)} weights recovery cannot reconstruct (e.g. '{held[0]['name']}', "
+            f"read by {', '.join(held[0]['ops'])}) clustered to {tables.EIGHT_BIT_VALUES} values "
+            "(8 bits): no later layer could undo their error (exclude them to keep them whole)"
+        )
     if recovery.synthetic:
         notes.append(
             "cluster: recovery calibrated on synthetic random inputs (calibration: random)"
         )
     return PassResult(modified=bool(tensors) or bool(layers), stats=stats, notes=notes)
+
+
+def _unreached_config(cand: Candidate, cfg: Config) -> Config:
+    """A weight no Conv/Gemm/MatMul reads is held at 8 bits (256 shared values); a layer out of
+    recovery's reach gets its own K."""
+    own = cfg.for_weight(cand.weight.name)
+    if tables.reconstructable(cand) or own.clusters >= tables.EIGHT_BIT_VALUES:
+        return own
+    return own.model_copy(update={"clusters": tables.EIGHT_BIT_VALUES})
 
 
 def _starting_centroids(

@@ -1,9 +1,11 @@
 """Unstructured `prune` with calibration data: each layer is pruned and re-fitted in graph order
 against the original model's outputs (mcompress.recover), instead of zeroing by magnitude alone.
 
-Weights that recovery cannot reach (inside subgraphs, shared by several nodes, other ops such as
-embedding tables read by Gather) are pruned by magnitude as without data, before the
-reconstruction, so the layers after them compensate; the stats say which.
+Weights read by ops recovery cannot re-fit (embedding tables read by Gather, LSTM weights) are
+rounded to an 8-bit grid instead of pruned (mcompress.recover.tables says why); other weights
+it cannot reach (inside subgraphs, shared by several nodes) are pruned by magnitude as without
+data. Both happen before the reconstruction, so the layers after them compensate; the stats
+say which.
 """
 
 from __future__ import annotations
@@ -18,11 +20,12 @@ from mcompress.model_io import Model
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.prune.config import Config
 from mcompress.passes.prune.magnitude import layer_counts, prune_tensor, tensor_row, totals_of
+from mcompress.recover import tables
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration
 from mcompress.recover.pruning import magnitude_baseline, pruner
 from mcompress.recover.sequential import RecoveryStats, reconstruct
-from mcompress.weights import find_candidates
+from mcompress.weights import Candidate, find_candidates
 
 
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
@@ -40,9 +43,9 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     ]
     reachable = {layer.weight.name for layer in layers}
     before = {c.weight.name: np.array(c.weight.array(), copy=True) for c in candidates}
-    # Weights recovery cannot reach are pruned first, so the layers after them compensate.
+    # Weights recovery cannot reach are compressed first, so the layers after them compensate.
     unreached = {
-        c.weight.name: {**prune_tensor(c, k), "recovered": False}
+        c.weight.name: _unreached(c, k)
         for c, k in zip(candidates, counts, strict=True)
         if c.weight.name not in reachable
     }
@@ -75,17 +78,42 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         "skipped": skipped,
         "recovery": asdict(recovery),
     }
-    notes = [recovery.summary()]
-    if unreached:
-        example = next(iter(unreached.values()))
-        notes.append(
-            f"prune: {len(unreached)} weights recovery cannot reconstruct (e.g. "
-            f"'{example['name']}', read by {', '.join(example['ops'])}) pruned by magnitude; "
-            "only the layers after them compensate (exclude them to keep them whole)"
-        )
+    notes = [recovery.summary(), *_unreached_notes(list(unreached.values()))]
     if recovery.synthetic:
         notes.append("prune: recovery calibrated on synthetic random inputs (calibration: random)")
     return PassResult(modified=bool(tensors) or bool(layers), stats=stats, notes=notes)
+
+
+def _unreached(cand: Candidate, k: int) -> dict[str, Any]:
+    """Compress a weight recovery does not reconstruct: on the 8-bit grid when its ops have no
+    re-fit, else (a layer out of reach) pruned by magnitude."""
+    if tables.reconstructable(cand):
+        return {**prune_tensor(cand, k), "recovered": False}
+    values = np.asarray(cand.weight.array())
+    rounded = tables.int8_grid(values)
+    cand.weight.replace(rounded)
+    return {**tensor_row(cand, values, rounded), "recovered": False, "int8_grid": True}
+
+
+def _unreached_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """One note per treatment of the weights recovery cannot reconstruct."""
+    notes = []
+    rounded = [row for row in rows if row.get("int8_grid")]
+    pruned = [row for row in rows if not row.get("int8_grid")]
+    if rounded:
+        notes.append(
+            f"prune: {len(rounded)} weights recovery cannot reconstruct (e.g. "
+            f"'{rounded[0]['name']}', read by {', '.join(rounded[0]['ops'])}) rounded to 8 bits "
+            "instead of pruned: no later layer could undo their pruning error (exclude them to "
+            "keep them whole)"
+        )
+    if pruned:
+        notes.append(
+            f"prune: {len(pruned)} weights recovery cannot reconstruct (e.g. "
+            f"'{pruned[0]['name']}', read by {', '.join(pruned[0]['ops'])}) pruned by "
+            "magnitude; only the layers after them compensate (exclude them to keep them whole)"
+        )
+    return notes
 
 
 def _excluded(layer: Any, cfg: Config, excluded: set[str]) -> bool:

@@ -16,7 +16,8 @@ and versions are in benchmarks/README.md):
   opset is raised to 13 when per-channel QDQ needs it. Weights it leaves float are stored
   weight-only.
 - `bits: 4`: onnxruntime's MatMulNBits quantizer (MatMul -> MatMulNBits, Gather ->
-  GatherBlockQuantized, both com.microsoft ops in stock onnxruntime); other weights stay int8.
+  GatherBlockQuantized, both com.microsoft ops in stock onnxruntime); other weights stay int8,
+  and so do Gather tables under recovery (`recovered.holds_tables`).
 
 Dynamic and weight-only int8 are rewritten in memory. onnxruntime's static and 4-bit quantizers
 work on files, so the pass runs them on a temporary copy. Before a result is kept, onnxruntime
@@ -102,7 +103,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         return PassResult(False, {"weights_quantized": 0}, ["no float32 weights to quantize"])
     ctx.progress("quantize", 0, 3)
     with temporary_node_names(model.proto, FreshNames(model.proto), _ADDED):
-        recovery, recovery_notes = recovered.pre_round(model, cfg, ctx, {t.name for t in targets})
+        recovery, recovery_notes = recovered.pre_round(model, cfg, ctx, targets)
         upgrade = None if cfg.mode == "static" else raise_opset_for_rewrite(model)
         step, notes = plan_step(model, cfg, targets)
         notes = [*recovery_notes, *notes]
@@ -177,8 +178,7 @@ def _in_memory(model: Model, step: _Step | None, cfg: Config, ctx: PassContext) 
         )
     weight_only = _weight_only(model.proto, model.base_dir, cfg)
     outcome = _Outcome([*(dynamic.rows if dynamic else []), *weight_only])
-    if cfg.bits == 4 and weight_only:
-        outcome.notes.append(_int8_note(len(weight_only), weight_only[0]["name"]))
+    outcome.notes.extend(_int8_note(weight_only, cfg))
     ctx.progress("quantize", 2, 3)
     problem = quantize_ort.model_runs_once(model, ctx.input_path, ctx.seed, ctx.input_shapes)
     if problem and dynamic is not None and step is not None:
@@ -202,11 +202,17 @@ def _weight_only(proto: onnx.ModelProto, base_dir: Path, cfg: Config) -> list[di
     )
 
 
-def _int8_note(count: int, example: str) -> str:
-    return (
-        f"{count} weights (e.g. '{example}') stored as int8: stock onnxruntime has 4-bit "
+def _int8_note(rows: list[dict[str, Any]], cfg: Config) -> list[str]:
+    """With bits: 4, the weights stored int8 because onnxruntime has no 4-bit kernel for them
+    (tables recovery holds at int8 have their own note)."""
+    held = recovered.holds_tables(cfg)
+    names = [r["name"] for r in rows if not (held and r["method"] == "weight-only gather")]
+    if cfg.bits != 4 or not names:
+        return []
+    return [
+        f"{len(names)} weights (e.g. '{names[0]}') stored as int8: stock onnxruntime has 4-bit "
         "kernels only for MatMul and Gather"
-    )
+    ]
 
 
 def _fallback_note(step: _Step, problem: str) -> str:
@@ -311,7 +317,7 @@ def plan_step(model: Model, cfg: Config, found: list[Target]) -> tuple[_Step | N
         if matmul or (cfg.bits == 8 and quantize_matmul.plain_gemm(node)):
             target = targets.get(node.input[1])
             fits = target is not None and len(target.tensor.dims) == 2
-        elif node.op_type == "Gather" and cfg.bits == 4:
+        elif node.op_type == "Gather" and cfg.bits == 4 and not recovered.holds_tables(cfg):
             target = targets.get(node.input[0])
             fits = target is not None and target.gathered_rows and len(target.tensor.dims) == 2
         else:
@@ -361,17 +367,11 @@ def _attempt(
             f"'{leftovers[0].name}': inside If/Loop/Scan bodies or ops it does not quantize) "
             "stored as int8 weight-only; activations there stay float"
         )
-    if leftovers and cfg.bits == 4:
-        outcome.notes.append(_int8_note(len(leftovers), leftovers[0].name))
-    outcome.rows.extend(
-        rewrite_all(
-            proto,
-            leftovers,
-            work,
-            per_channel=cfg.per_channel,
-            symmetric=cfg.weights_symmetric,
-        )
+    rows = rewrite_all(
+        proto, leftovers, work, per_channel=cfg.per_channel, symmetric=cfg.weights_symmetric
     )
+    outcome.notes.extend(_int8_note(rows, cfg))
+    outcome.rows.extend(rows)
     result = Model(proto, src, work, True)
     external = model_io.tensor_bytes(proto) > IN_MEMORY_LIMIT
     outcome.notes.extend(model_io.save_model(result, work / _CANDIDATE, external=external))

@@ -16,6 +16,9 @@ from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import int4_storage
 from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize.config import Config
+from mcompress.passes.quantize.math import quantize
+from mcompress.passes.quantize.weights import Target
+from mcompress.recover import tables
 from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
 from mcompress.recover.rounding import Grid, GridOf, nearest, rounder, uniform_grid
@@ -24,10 +27,18 @@ from mcompress.recover.sequential import RecoveryStats, reconstruct
 INT8_MAX = 127
 
 
+def holds_tables(cfg: Config) -> bool:
+    """Whether weights no layer reconstructs stay int8 (Gather tables too) with bits: 4:
+    under recovery, whose GPTQ cannot undo a table's 4-bit error (mcompress.recover.tables)."""
+    return cfg.mode != "static" and wants_recovery(cfg) and cfg.weights_symmetric
+
+
 def pre_round(
-    model: Model, cfg: Config, ctx: PassContext, weights: set[str]
+    model: Model, cfg: Config, ctx: PassContext, targets: list[Target]
 ) -> tuple[dict[str, Any] | None, list[str]]:
-    """GPTQ-round `weights` in place when calibration data is given; (recovery stats, notes)."""
+    """GPTQ-round the `targets` in place when calibration data is given; (recovery stats,
+    notes). Targets no layer reconstructs are first rounded to the int8 grid they will be
+    stored on, so the layers after them are fitted around their error."""
     if cfg.mode == "static" or not wants_recovery(cfg):
         return None, []
     if not cfg.weights_symmetric:
@@ -41,10 +52,13 @@ def pre_round(
             "quantize: 4-bit MatMul weights written by onnxruntime's MatMulNBits quantizer are "
             "rounded to nearest (GPTQ covers mode: dynamic); other weights use GPTQ int8"
         )
+    settled = _settle(model, cfg, targets)
+    if settled:
+        notes.append(_settled_note(settled, cfg))
     layers = [layer for layer in find_layers(model) if not node_excluded(layer.node, cfg.exclude)]
     calibration = load_calibration(model, cfg, ctx)
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
-    grids = grid_chooser(model, cfg, weights)
+    grids = grid_chooser(model, cfg, {t.name for t in targets})
     reconstruct(
         model, layers, calibration.feeds, rounder(grids), nearest(grids), recovery, ctx.progress
     )
@@ -52,6 +66,36 @@ def pre_round(
     if recovery.synthetic:
         notes.append("quantize: GPTQ calibrated on synthetic random inputs (calibration: random)")
     return asdict(recovery), notes
+
+
+def _settle(model: Model, cfg: Config, targets: list[Target]) -> list[Target]:
+    """Round the targets no Conv/Gemm/MatMul reads (embedding tables, LSTM weights) in place
+    to the int8 grid the pass stores them on, which its own rounding then reproduces."""
+    weights = {w.name: w for w in model.weights()}
+    settled = []
+    for target in targets:
+        ops = {use.node.op_type for use in target.uses}
+        weight = weights.get(target.name)
+        if ops <= tables.RECONSTRUCTED_OPS or weight is None:
+            continue
+        values = np.asarray(weight.array(), np.float32)
+        if not np.isfinite(values).all():
+            continue
+        axis = target.axis if cfg.per_channel else None
+        weight.replace(quantize(values, axis=axis, symmetric=True).dequantize())
+        settled.append(target)
+    return settled
+
+
+def _settled_note(settled: list[Target], cfg: Config) -> str:
+    first = settled[0]
+    ops = ", ".join(sorted({use.node.op_type for use in first.uses}))
+    held = " (not 4-bit: no later layer can undo a table's 4-bit error)" if cfg.bits == 4 else ""
+    return (
+        f"quantize: {len(settled)} weights recovery cannot reconstruct (e.g. '{first.name}', "
+        f"read by {ops}) stored as int8{held}, rounded first so GPTQ fits the layers after "
+        "them around their error"
+    )
 
 
 def grid_chooser(model: Model, cfg: Config, weights: set[str]) -> GridOf:
