@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 
 from mcompress import (
+    branch_local,
     budget,
     encoding,
     gzipped,
@@ -266,6 +267,7 @@ def _compress(
             opts.cache.store(opts.input_path, cfg, index + 1, model, report)
     parameters = count_parameters(model.proto)
     report.packing = encoding.pack(model)
+    branch_local.localize(model.proto)
     report.notes.extend(model.notes)
     report.notes.extend(note for record in report.passes for note in record.notes)
     assert opts.outputs is not None

@@ -113,8 +113,11 @@ def unpack(model: Model) -> int:
     Returns how many tensors were restored.
     """
     count = 0
-    for graph in reversed(list(iter_graphs(model.proto.graph))):
-        count += densify_sparse(graph, model) + evaluate_expansions(graph, model)
+    graphs = list(iter_graphs(model.proto.graph))
+    # innermost first, while the packed tensors they may share with enclosing graphs exist
+    packed = {t.name: t for g in graphs for t in g.initializer if t.name.startswith(PREFIX)}
+    for graph in reversed(graphs):
+        count += densify_sparse(graph, model) + evaluate_expansions(graph, model, packed)
     return count
 
 

@@ -27,7 +27,11 @@ def densify_sparse(graph: onnx.GraphProto, model: Model) -> int:
     return count
 
 
-def evaluate_expansions(graph: onnx.GraphProto, model: Model) -> int:
+def evaluate_expansions(
+    graph: onnx.GraphProto, model: Model, outer: dict[str, onnx.TensorProto] | None = None
+) -> int:
+    """Evaluate `graph`'s expansions; an input it does not hold is read from `outer` (the
+    packed tensors of enclosing graphs: an `If` branch's expansion may share them)."""
     ours = [n for n in graph.node if n.name.startswith(PREFIX)]
     if not ours:
         return 0
@@ -40,6 +44,8 @@ def evaluate_expansions(graph: onnx.GraphProto, model: Model) -> int:
     for node in ours:
         args = []
         for name in node.input:
+            if name not in env and outer is not None and name in outer:
+                env[name] = read_array(outer[name], model.base_dir)
             if name not in env:
                 raise ModelError(f"cannot unpack '{node.name}': its input '{name}' is missing")
             args.append(env[name])
