@@ -9,8 +9,9 @@ float16 converter, numpy magnitude pruning, numpy Lloyd k-means) each run in a c
 printed: wall time, CPU time and peak RSS (the child's own, from wait4), output size as % of
 the input, batch-1 latency as a ratio of the input model's (all three models measured in one
 child, interleaved, median of rounds), the relative L2 error of the output against the input
-model's on the same random input, and mcompress / reference ratios of each (lower is better
-for all).
+model's on the same random input, the peak RSS of an onnxruntime session created for the output
+(default options, as a user's program makes it: its own child per model) as a ratio of the
+input model's, and mcompress / reference ratios of each (lower is better for all).
 
 Models (never committed): a generated MiniLM-L6-sized encoder (91 MB; 2 layers with --quick),
 the PyTorch-exported transformer of benchmarks/export_transformer.py when its file exists
@@ -91,6 +92,16 @@ def latencies(paths: list[Path], rounds: int) -> tuple[list[float], list[float]]
     return found["ms"], found["error"]
 
 
+def load_peak(path: Path) -> int:
+    """Peak RSS (bytes) of a child that only creates a default onnxruntime session for `path`:
+    what loading the model costs a user, constant folding of packed weights included."""
+    code = "import onnxruntime as ort, sys; ort.set_default_logger_severity(3); "
+    code += "ort.InferenceSession(sys.argv[1])"
+    child = subprocess.Popen([sys.executable, "-c", code, str(path)], env=child_env())
+    _, status, usage = os.wait4(child.pid, 0)
+    return usage.ru_maxrss * 1024 if os.waitstatus_to_exitcode(status) == 0 else 0
+
+
 def _latency_child(paths: list[str], rounds: int) -> None:
     """Each round runs every model once, starting with a different one each time (the model
     run right after another shares the CPU with its winding-down thread pool); idle threads
@@ -121,7 +132,8 @@ def _latency_child(paths: list[str], rounds: int) -> None:
 
 HEADER = (
     f"  {'pass':9s} {'tool':10s} {'seconds':>8s} {'cpu s':>7s} {'peak RSS':>9s} {'size':>7s} "
-    f"{'latency':>8s} {'error':>7s}   mcompress/reference: time   cpu   RSS  size latency error"
+    f"{'latency':>8s} {'error':>7s} {'load':>6s}   mcompress/reference: time   cpu   RSS  size "
+    "latency error  load"
 )
 
 
@@ -131,33 +143,50 @@ def bench(name: str, src: Path, kinds: list[str], work: Path, rounds: int, timed
     print(HEADER)
     for kind in kinds:
         ours, theirs = work / f"{name}.{kind}.mc.onnx", work / f"{name}.{kind}.ref.onnx"
-        mc_cmd = [sys.executable, "-m", "mcompress", *PASSES[kind], str(src), "-o", str(ours)]
+        mc_cmd = [
+            sys.executable,
+            "-m",
+            "mcompress",
+            *PASSES[kind],
+            str(src),
+            "-o",
+            str(ours),
+        ]
         mc = measure([*mc_cmd, "--no-validate", "--force"], ours)
-        ref_cmd = [sys.executable, str(HERE / "reference.py"), kind, str(src), str(theirs)]
+        ref_cmd = [
+            sys.executable,
+            str(HERE / "reference.py"),
+            kind,
+            str(src),
+            str(theirs),
+        ]
         ref = measure(ref_cmd, theirs)
         lat, err = [float("nan")] * 3, [float("nan")] * 3
+        load = [float("nan")] * 3
         if timed and mc.ok and ref.ok:
             lat, err = latencies([src, ours, theirs], rounds)
+            load = [float(load_peak(path)) for path in (src, ours, theirs)]
         for k, (label, run) in enumerate((("mcompress", mc), ("reference", ref)), start=1):
             print(
                 f"  {kind if k == 1 else '':9s} {label:10s} {run.seconds:8.2f} "
                 f"{run.cpu_seconds:7.2f} {run.peak_bytes / 2**20:7.0f}MB "
-                f"{100 * run.size / size_in:6.1f}% {lat[k] / lat[0]:7.2f}x {err[k]:7.4f}"
-                + (_ratios(mc, ref, lat, err) if k == 2 and mc.ok and ref.ok else "")
+                f"{100 * run.size / size_in:6.1f}% {lat[k] / lat[0]:7.2f}x {err[k]:7.4f} "
+                f"{load[k] / load[0]:5.2f}x"
+                + (_ratios(mc, ref, lat, err, load) if k == 2 and mc.ok and ref.ok else "")
             )
         for path in (ours, theirs):
             for file in path.parent.glob(path.name + "*"):
                 file.unlink()
 
 
-def _ratios(mc: Run, ref: Run, lat: list[float], err: list[float]) -> str:
+def _ratios(mc: Run, ref: Run, lat: list[float], err: list[float], load: list[float]) -> str:
     """mcompress / reference for each figure; no error ratio when the reference output is
     within float rounding of the input model's (it left the model's weights as they were)."""
     error = f"{err[1] / err[2]:5.2f}x" if err[2] > 1e-5 else "    -"
     return (
         f"   {'':20s}{mc.seconds / ref.seconds:5.2f}x {mc.cpu_seconds / ref.cpu_seconds:5.2f}x "
         f"{mc.peak_bytes / ref.peak_bytes:5.2f}x {mc.size / ref.size:5.2f}x "
-        f"{lat[1] / lat[2]:5.2f}x {error}"
+        f"{lat[1] / lat[2]:5.2f}x {error} {load[1] / load[2]:5.2f}x"
     )
 
 
@@ -170,7 +199,10 @@ def main() -> None:
     parser.add_argument("--latency", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--rounds", type=int, default=0, help="latency runs per model")
     parser.add_argument(
-        "--transformer", type=Path, default=TRANSFORMER, help="exported transformer (if present)"
+        "--transformer",
+        type=Path,
+        default=TRANSFORMER,
+        help="exported transformer (if present)",
     )
     parser.add_argument("--models", nargs="+", help="only these models (names as printed)")
     args = parser.parse_args()
