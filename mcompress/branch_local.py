@@ -1,8 +1,9 @@
 """Weights that one `If` branch alone reads are stored inside that branch, together with the
 constant nodes that restore them (dequantization, unpacking), so onnxruntime folds them into
-the branch's own initializers. Measured on the shared VAD, whose weights the main graph holds
-for two `If` branches: 4-5% lower latency, as fast as `quantize_dynamic`'s output, which
-writes its transposed LSTM weights into the branches (benchmarks/README.md).
+the branch's own initializers: onnxruntime runs those faster than weights read from the outer
+scope (the shared VAD, whose main graph holds the weights of two `If` branches, became as fast
+as `quantize_dynamic`'s output, which writes its transposed LSTM weights into the branches;
+figures in benchmarks/README.md).
 
 Only `If` branches receive weights (a branch runs at most once per run); `Loop` and `Scan`
 bodies, graph inputs and outputs, and values read by more than one branch stay where they are.
