@@ -97,6 +97,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
             outs.commit()
         return report
     started = time.perf_counter()
+    cfg, judged_on = judged_on_calibration(cfg)
     searched = None
     if cfg.search is not None:
         opts = dataclasses.replace(opts, cache=opts.cache or PassCache())
@@ -123,6 +124,8 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
             input=_measure(opts.input_path, input_files, count_parameters(model.proto), 0),
         )
         _compress(cfg, opts, model, report)
+        if judged_on:
+            report.notes.append(judged_on)
         report.input.gzip_bytes = input_gzip.result()
     if opts.original is not None and report.output is not None:
         report.input = file_info(opts.original)
@@ -135,6 +138,25 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     report.gates = validate.evaluate_gates(cfg.validation, report)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def judged_on_calibration(cfg: PipelineConfig) -> tuple[PipelineConfig, str | None]:
+    """Without `--data`, validation (and a preset's search) judges on the first pass's real
+    calibration data rather than on random inputs, with a note saying so: random inputs miss
+    breaks that real data shows (a CRNN proxy kept 79% top-1 agreement on random images
+    with 0 of its real lines read right)."""
+    if not cfg.validation.enabled or cfg.validation.data:
+        return cfg, None
+    for pass_cfg in cfg.passes:
+        calibration = getattr(pass_cfg, "calibration", None)
+        if calibration not in (None, "random"):
+            validation = cfg.validation.model_copy(update={"data": str(calibration)})
+            note = (
+                f"validated on the calibration data {calibration} (no --data given; recovery "
+                "fitted on these samples, so pass held-out --data for unbiased figures)"
+            )
+            return cfg.model_copy(update={"validate_": validation}), note
+    return cfg, None
 
 
 def _validate(cfg: PipelineConfig, opts: RunOptions, staged: Path) -> validate.Validation | None:
@@ -213,12 +235,10 @@ def _check_inputs(cfg: PipelineConfig, opts: RunOptions, model: model_io.Model) 
             ) from None
     shapes = {k: tuple(v) for k, v in cfg.validation.input_shapes.items()}
     pinned_dims(graph_inputs(model.proto), shapes)
-    if cfg.validation.data:
+    calibrations = {getattr(p, "calibration", None) for p in cfg.passes} - {None, "random"}
+    if cfg.validation.data and cfg.validation.data not in calibrations:
         _check_data(model, Path(cfg.validation.data), cfg.validation.seed, shapes)
-    for pass_cfg in cfg.passes:
-        calibration = getattr(pass_cfg, "calibration", None)
-        if calibration in (None, "random"):
-            continue
+    for calibration in sorted(calibrations):
         try:
             _check_data(model, Path(calibration), cfg.validation.seed, shapes)
         except DataError as exc:  # its messages start "data ..."

@@ -139,6 +139,22 @@ def test_prune_with_calibration_cli(tmp_path: Path) -> None:
     assert "recovery" not in reports["--no-recover"]["passes"][0]["stats"]
 
 
+def test_without_data_validation_judges_on_the_calibration_inputs(tmp_path: Path) -> None:
+    source = builders.save(chain(), tmp_path / "chain.onnx")
+    np.savez(tmp_path / "calib.npz", x=_inputs(48, 24, seed=5))
+    result = subprocess.run(
+        [sys.executable, "-m", "mcompress", "prune", str(source), "-s", "0.5",
+         "--min-elements", "0", "--calibration", str(tmp_path / "calib.npz"),
+         "-o", str(tmp_path / "out.onnx"), "--json"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["validation"]["samples"] == 48
+    assert report["validation"]["floor"]["inputs"] == "data"
+    assert report["notes"][-1].startswith("validated on the calibration data ")
+
+
 @pytest.mark.slow
 def test_cluster_with_calibration_cli(tmp_path: Path) -> None:
     source = builders.save(chain(width=32), tmp_path / "chain.onnx")
