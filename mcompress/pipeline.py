@@ -235,7 +235,9 @@ def _check_inputs(cfg: PipelineConfig, opts: RunOptions, model: model_io.Model) 
             ) from None
     shapes = {k: tuple(v) for k, v in cfg.validation.input_shapes.items()}
     pinned_dims(graph_inputs(model.proto), shapes)
-    calibrations = {getattr(p, "calibration", None) for p in cfg.passes} - {None, "random"}
+    calibrations: set[str] = {
+        c for p in cfg.passes if (c := getattr(p, "calibration", None)) not in (None, "random")
+    }
     if cfg.validation.data and cfg.validation.data not in calibrations:
         _check_data(model, Path(cfg.validation.data), cfg.validation.seed, shapes)
     for calibration in sorted(calibrations):
