@@ -131,6 +131,31 @@ def deferred_signals() -> Iterator[CaughtSignal]:
 
 
 @contextmanager
+def signals_after() -> Iterator[None]:
+    """SIGINT/SIGTERM arriving while the block runs reach the handlers in place once it ends.
+
+    Native code that calls back into Python turns a handler's exception into its own error:
+    Ctrl-C while onnxruntime created a session was reported as "the input model does not run
+    in onnxruntime: initialization failed" (exit 2, not 130)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        caught.append(signum)
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, action in previous.items():
+            signal.signal(sig, action)
+        if caught:
+            signal.raise_signal(caught[0])
+
+
+@contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Treat SIGTERM (CI cancellation) like Ctrl-C while the block runs: both raise `Stopped`,
     a KeyboardInterrupt naming the signal, which the caller handles itself (stop its workers,

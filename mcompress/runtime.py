@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import onnx
 
+from mcompress.processes import signals_after
+
 if TYPE_CHECKING:
     import onnxruntime
 
@@ -79,7 +81,8 @@ def session(
     else:  # a symlink's target: onnxruntime reads external data beside the file it opens
         source = os.path.realpath(model)
     opts = options(optimize=optimize, external_folder=external_folder, spinning=spinning)
-    return ort.InferenceSession(source, sess_options=opts, providers=CPU)
+    with signals_after():
+        return ort.InferenceSession(source, sess_options=opts, providers=CPU)
 
 
 def error_line(exc: BaseException, limit: int = 300) -> str:

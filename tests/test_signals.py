@@ -190,3 +190,16 @@ def test_deferred_signals_raise_only_where_the_block_checks() -> None:
     with pytest.raises(Stopped), deferred_signals():  # noted at the end when never checked
         os.kill(os.getpid(), signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
+
+
+def test_a_signal_inside_native_code_is_an_interrupt_not_its_error() -> None:
+    from mcompress.processes import signals_after
+
+    with pytest.raises(KeyboardInterrupt), signals_after():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)
+        except KeyboardInterrupt:  # native code swallowing the handler's exception
+            raise RuntimeError("initialization failed") from None
+    with signals_after():
+        pass  # no signal: nothing raised
