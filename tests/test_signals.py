@@ -192,9 +192,14 @@ def test_deferred_signals_raise_only_where_the_block_checks() -> None:
     assert signal.getsignal(signal.SIGTERM) is before  # the caller's handler is back
 
 
-def test_a_signal_inside_native_code_is_an_interrupt_not_its_error() -> None:
+def test_a_signal_inside_native_code_is_an_interrupt_not_its_error(
+    request: pytest.FixtureRequest,
+) -> None:
     from mcompress.processes import signals_after
 
+    # a shell's background job starts with SIGINT ignored: give it Python's own handler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     with pytest.raises(KeyboardInterrupt), signals_after():
         try:
             os.kill(os.getpid(), signal.SIGINT)
