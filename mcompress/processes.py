@@ -114,19 +114,12 @@ def deferred_signals() -> Iterator[CaughtSignal]:
     (`concurrent.futures.wait` holds every future's lock), after which the pool's shutdown
     waits forever: a batch SIGTERMed at the wrong instant hung instead of exiting 143."""
     caught = CaughtSignal()
-    if threading.current_thread() is not threading.main_thread():
-        yield caught
-        return
 
     def handler(signum: int, frame: object) -> None:
         caught.name = caught.name or signal.Signals(signum).name
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with _handled_by(handler):
         yield caught
-    finally:
-        for sig, action in previous.items():
-            signal.signal(sig, action)
     caught.check()
 
 
@@ -137,20 +130,15 @@ def signals_after() -> Iterator[None]:
     Native code that calls back into Python turns a handler's exception into its own error:
     Ctrl-C while onnxruntime created a session was reported as "the input model does not run
     in onnxruntime: initialization failed" (exit 2, not 130)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
     caught: list[int] = []
 
     def handler(signum: int, frame: object) -> None:
         caught.append(signum)
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        with _handled_by(handler):
+            yield
     finally:
-        for sig, action in previous.items():
-            signal.signal(sig, action)
         if caught:
             signal.raise_signal(caught[0])
 
@@ -160,13 +148,21 @@ def stop_on_signals() -> Iterator[None]:
     """Treat SIGTERM (CI cancellation) like Ctrl-C while the block runs: both raise `Stopped`,
     a KeyboardInterrupt naming the signal, which the caller handles itself (stop its workers,
     write what it must, exit 130 / 143)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum: int, frame: object) -> None:
         raise Stopped(signal.Signals(signum).name)
 
+    with _handled_by(handler):
+        yield
+
+
+@contextmanager
+def _handled_by(handler: Callable[[int, object], None]) -> Iterator[None]:
+    """`handler` for SIGINT and SIGTERM while the block runs (main thread only: elsewhere
+    Python cannot set handlers), the previous handlers restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
