@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from mcompress import performance, runtime, validate
+from mcompress import performance, validate
 from mcompress.config import PipelineConfig, SearchConfig
-from mcompress.errors import ModelError
 from mcompress.inputs import InputSet
 from mcompress.report import RunReport
 from mcompress.session_pair import SessionPair
+from mcompress.validate import load_session
 
 # compress(config, output path) -> the report of a run without validation
 Compress = Callable[[PipelineConfig, Path], RunReport]
@@ -79,7 +79,7 @@ class RememberedSession:
 
     def get(self) -> RememberedSession:
         if self.session is None:
-            self.session = _trial_session(self.path, "original")
+            self.session = load_session(self.path, "original")
         return self
 
     def get_inputs(self) -> Any:
@@ -102,16 +102,6 @@ class RememberedSession:
                 self.runs[key.digest()] = found
                 self.kept += size
         return found
-
-
-def _trial_session(path: Path, role: str = "compressed") -> Any:
-    """A session for judging a trial (idle threads sleep, as in validation)."""
-    try:
-        return runtime.session(path, spinning=False)
-    except Exception as exc:  # noqa: BLE001 - any load failure is reported as one line
-        raise ModelError(
-            f"{role} model '{path}' does not load in onnxruntime: {runtime.error_line(exc)}"
-        ) from None
 
 
 @dataclass
@@ -331,9 +321,7 @@ def judge(
     plain["validate"] = {**plain.get("validate", {}), "enabled": False}
     path = state.workdir / f"trial{len(state.trials)}.onnx"
     report = state.compress(PipelineConfig.model_validate(plain), path)
-    sessions = SessionPair(
-        lambda k: state.original.get() if k == 0 else _trial_session(path), False
-    )
+    sessions = SessionPair(lambda k: state.original.get() if k == 0 else load_session(path), False)
     report.validation = validate.compare_outputs(sessions, state.inputs, state.cfg.validation)
     gates = [
         g

@@ -88,7 +88,7 @@ def feeds_for(original: Path, cfg: ValidateConfig) -> InputSet:
 
 def open_sessions(original: Path, compressed: Path, alone: bool = False) -> SessionPair:
     """Both models' sessions (one at a time if `alone`); one that does not load: ModelError."""
-    return SessionPair(lambda k: _session((original, compressed)[k], ROLES[k]), alone)
+    return SessionPair(lambda k: load_session((original, compressed)[k], ROLES[k]), alone)
 
 
 def compare_outputs(
@@ -130,7 +130,8 @@ def compare_outputs(
 # ---------------------------------------------------------------- onnxruntime
 
 
-def _session(path: Path, role: str) -> Any:
+def load_session(path: Path, role: str = "compressed") -> Any:
+    """A session for judging a model; one that does not load is a one-line ModelError."""
     try:
         # Idle worker threads sleep instead of spinning: a spinning pool steals the CPU from
         # the other model's run in the interleaved latency measurement.

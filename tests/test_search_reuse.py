@@ -66,7 +66,7 @@ def test_the_original_runs_once_per_input_across_trials(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     runs: list[int] = []
-    real_session = budget._trial_session
+    real_session = budget.load_session
 
     class Counting:
         def __init__(self, session: Any) -> None:
@@ -83,7 +83,7 @@ def test_the_original_runs_once_per_input_across_trials(
         found = real_session(path, role)
         return Counting(found) if role == "original" else found
 
-    monkeypatch.setattr(budget, "_trial_session", session)
+    monkeypatch.setattr(budget, "load_session", session)
     model = builders.save(builders.mlp(hidden=64, inputs=64), tmp_path / "mlp.onnx")
     out = tmp_path / "out.onnx"
     args = ["run", str(model), "-c", "level2", "-o", str(out), "--samples", "5", "--json"]

@@ -26,7 +26,7 @@ def test_one_session_at_a_time_gives_the_same_figures(
     both = validate.validate_pair(original, forgetful, cfg, lambda *a: None)
     loaded: list[weakref.ref[Any]] = []
     alive_at_load: list[int] = []
-    load = validate._session
+    load = validate.load_session
 
     def tracked(path: Path, role: str) -> Any:
         gc.collect()
@@ -35,7 +35,7 @@ def test_one_session_at_a_time_gives_the_same_figures(
         loaded.append(weakref.ref(session))
         return session
 
-    monkeypatch.setattr(validate, "_session", tracked)
+    monkeypatch.setattr(validate, "load_session", tracked)
     monkeypatch.setattr(session_pair, "ONE_AT_A_TIME_BYTES", -1)
     alone = validate.validate_pair(original, forgetful, cfg, lambda *a: None)
     assert alive_at_load == [0, 0, 0, 0]  # names of both, all feeds of each, latency
