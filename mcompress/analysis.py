@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from mcompress.encoding.plan import PREFIX
 from mcompress.graph import iter_graphs
 from mcompress.gzipped import gzip_estimated, gzip_size
 from mcompress.model_io import (
@@ -81,17 +82,73 @@ def _count(tensor: onnx.TensorProto) -> int:
 def count_parameters(proto: onnx.ModelProto) -> int:
     """Elements of weight-like tensors (float and 8/4-bit types), wherever they are stored.
 
-    A sparse initializer counts its dense shape, not its stored values.
+    A sparse initializer counts its dense shape, not its stored values; a weight mcompress
+    stored packed counts the elements onnxruntime rebuilds, not its codes and masks.
     """
     total = 0
     for graph in iter_graphs(proto.graph):
         for sparse in graph.sparse_initializer:
             if sparse.values.data_type in PARAMETER_TYPES:
                 total += math.prod(sparse.dims)
+    rebuilt = _rebuilt_counts(proto)
     for site in tensor_sites(proto, sparse_values=False):
-        if site.tensor.data_type in PARAMETER_TYPES:
+        packed = site.name.startswith(PREFIX) and rebuilt is not None
+        if site.tensor.data_type in PARAMETER_TYPES and not packed:
             total += _count(site.tensor)
-    return total
+    return total + sum(rebuilt or [])
+
+
+def _rebuilt_counts(proto: onnx.ModelProto) -> list[int] | None:
+    """Element counts of the weights mcompress expansions rebuild at load, by shape inference
+    on the expansion nodes alone with payload-free stand-ins for their packed inputs; None
+    when one is not inferable."""
+    packed = {
+        t.name: t
+        for graph in iter_graphs(proto.graph)
+        for t in graph.initializer
+        if t.name.startswith(PREFIX)
+    }
+    counts: list[int] = []
+    for graph in iter_graphs(proto.graph):
+        nodes = [n for n in graph.node if n.name.startswith(PREFIX)]
+        rebuilt = [n.output[0] for n in nodes if not n.output[0].startswith(PREFIX)]
+        if not rebuilt:
+            continue
+        shapes = _inferred_shapes(proto, nodes, packed)
+        for name in rebuilt:
+            shape = shapes.get(name)
+            if shape is None or not all(d.HasField("dim_value") for d in shape.dim):
+                return None
+            counts.append(math.prod(d.dim_value for d in shape.dim))
+    return counts
+
+
+def _inferred_shapes(
+    proto: onnx.ModelProto, nodes: list[onnx.NodeProto], packed: dict[str, onnx.TensorProto]
+) -> dict[str, onnx.TensorShapeProto]:
+    produced = {out for node in nodes for out in node.output}
+    stand_ins = []
+    for name in {i for node in nodes for i in node.input if i and i not in produced}:
+        if name not in packed:
+            return {}
+        tensor = packed[name]
+        stand_in = onnx.TensorProto(name=name, data_type=tensor.data_type, dims=tensor.dims)
+        if tensor.data_type == onnx.TensorProto.INT64:
+            stand_in.CopyFrom(tensor)
+        stand_ins.append(stand_in)
+    outputs = [helper.make_empty_tensor_value_info(n.output[0]) for n in nodes]
+    graph = helper.make_graph(nodes, "expansions", [], outputs, initializer=stand_ins)
+    shell = helper.make_model(graph, opset_imports=proto.opset_import)
+    shell.ir_version = proto.ir_version
+    try:
+        inferred = onnx.shape_inference.infer_shapes(shell, strict_mode=True, data_prop=True)
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError):
+        return {}
+    return {info.name: info.type.tensor_type.shape for info in inferred.graph.value_info} | {
+        info.name: info.type.tensor_type.shape
+        for info in inferred.graph.output
+        if info.type.tensor_type.HasField("shape")
+    }
 
 
 def _nbytes(tensor: onnx.TensorProto) -> int:

@@ -61,9 +61,6 @@ def file_info(path: Path) -> FileInfo:
     """Size, gzip size and parameter count of a model file (parsed once for all three)."""
     model = model_io.load_model(path)
     files = model_io.external_files(model.proto, model.base_dir)
-    # Parameters as onnxruntime sees them: a pruned or clustered file stores codes and masks,
-    # and the command that wrote it counted the weights they rebuild.
-    encoding.unpack(model)
     return _measure(path, files, count_parameters(model.proto))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from pathlib import Path
 
@@ -11,9 +12,10 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from mcompress import gzipped, model_io
+from mcompress import encoding, gzipped, model_io
 from mcompress.analysis import count_parameters
 from mcompress.errors import ModelError
+from mcompress.graph import iter_graphs
 from mcompress.prepare import prepare
 from tests import builders
 
@@ -234,3 +236,25 @@ def test_count_parameters_everywhere_and_sparse_by_dense_shape() -> None:
         )
     )
     assert count_parameters(proto) == 16 * 16 * 2 + 1 + 20 + 6
+
+
+def test_count_parameters_of_packed_weights_counts_what_they_rebuild(tmp_path: Path) -> None:
+    """A pruned MLP (one weight in an If branch) stored as masks and codes counts the elements
+    onnxruntime rebuilds at load, exactly as its unpacked copy does, not its stored bytes."""
+    proto = builders.if_subgraph()
+    for graph in iter_graphs(proto.graph):
+        for tensor in graph.initializer:
+            values = numpy_helper.to_array(tensor).copy()
+            values.reshape(-1)[::2] = 0
+            tensor.CopyFrom(numpy_helper.from_array(values, tensor.name))
+    model = model_io.load_model(builders.save(proto, tmp_path / "m.onnx"))
+    dense = count_parameters(model.proto)
+    assert encoding.pack(model).tensors
+    stored = sum(
+        math.prod(t.dims)
+        for g in iter_graphs(model.proto.graph)
+        for t in g.initializer
+        if t.data_type in (TensorProto.FLOAT, TensorProto.UINT8)
+    )
+    assert stored != dense
+    assert count_parameters(model.proto) == dense == 16 * 16 * 2 + 1
