@@ -7,7 +7,8 @@
   --bits 4 stores them; accuracy_level 4, int8 compute, the setting its kernels are fast with);
 - fp16: onnxruntime.transformers.float16.convert_float_to_float16 (keep_io_types);
 - prune: numpy magnitude pruning, 50% of every float weight of >= 1024 values (initializers
-  and Constant nodes of the main graph), per tensor: load with onnx, prune, save;
+  and Constant nodes of the main graph and of `If`/`Loop` bodies), per tensor: load with onnx,
+  prune, save;
 - cluster: plain numpy 1-D Lloyd k-means (K=256, linear init, 20 steps), per tensor, same
   weights.
 
@@ -37,12 +38,20 @@ def _save(model: onnx.ModelProto, dst: Path, big: bool) -> None:
 
 
 def _float_weights(model: onnx.ModelProto) -> list[onnx.TensorProto]:
-    """Float tensors of >= MIN_ELEMENTS values: initializers and Constant nodes' values (an
-    exported CNN may hold every weight in Constant nodes; a user's script must edit those)."""
-    tensors = list(model.graph.initializer)
-    for node in model.graph.node:
-        if node.op_type == "Constant":
-            tensors += [a.t for a in node.attribute if a.name == "value"]
+    """Float tensors of >= MIN_ELEMENTS values: initializers and Constant nodes' values of
+    the main graph and of every subgraph (an exported CNN may hold every weight in Constant
+    nodes, and an exported VAD every weight inside `If` branches; a user's script must edit
+    those, or it compresses nothing)."""
+    tensors: list[onnx.TensorProto] = []
+    graphs = [model.graph]
+    while graphs:
+        graph = graphs.pop()
+        tensors += list(graph.initializer)
+        for node in graph.node:
+            for attr in node.attribute:
+                if node.op_type == "Constant" and attr.name == "value":
+                    tensors.append(attr.t)
+                graphs += [attr.g] if attr.HasField("g") else list(attr.graphs)
     return [
         t
         for t in tensors
