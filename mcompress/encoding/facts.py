@@ -113,13 +113,14 @@ class PackedTensor:
 def _codebook(bits: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Distinct values and each element's index among them, when there are <= `limit`.
 
-    A random sample rules most dense tensors out at once. Otherwise the sample's distinct
-    values are looked up chunk by chunk; values the sample missed are added and looked up again.
+    A sample spread over the tensor rules most dense tensors out at once. Otherwise the
+    sample's distinct values are looked up chunk by chunk; values the sample missed are added
+    and looked up again (the result does not depend on the sample, only the time taken).
     """
     sample = bits
     if bits.size > SAMPLE:
-        sample = bits[np.random.default_rng(0).integers(0, bits.size, SAMPLE)]
-    table = np.unique(sample)
+        sample = bits[_spread(SAMPLE) % bits.size]
+    table = distinct(sample)
     while table.size <= limit:
         lookup = _hash_lookup(table)
         if lookup is None:
@@ -131,13 +132,13 @@ def _codebook(bits: np.ndarray, limit: int) -> tuple[np.ndarray, np.ndarray] | N
             found = lookup(chunk)
             hit = table[found] == chunk
             if not hit.all():
-                missing = np.union1d(missing, chunk[~hit])
+                missing = distinct(np.concatenate((missing, chunk[~hit])))
                 if table.size + missing.size > limit:
                     return None
             codes[start : start + _CHUNK] = found
         if missing.size == 0:
             return table, codes
-        table = np.union1d(table, missing)
+        table = distinct(np.concatenate((table, missing)))
     return None
 
 
@@ -157,7 +158,7 @@ def _channel_codebook(
     values = bits.reshape(shape)
     for axis in dict.fromkeys((0, len(shape) - 1, *range(len(shape)))):
         channels = shape[axis]
-        entries = np.unique(np.take(values, 0, axis=axis)).size
+        entries = distinct(np.take(values, 0, axis=axis)).size
         if channels < 2 or entries > 256:
             continue
         least = bits.size * code_bits(entries) / 8 + channels * entries * bits.itemsize
@@ -202,13 +203,30 @@ def _hash_lookup(table: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None
     if table.dtype == np.uint16:
         slots[table] = np.arange(table.size)
         return lambda chunk: slots[chunk]
-    for multiplier in np.random.default_rng(0).integers(1, 2**31, 64).astype(np.uint32):
+    for multiplier in (_spread(64) % 2**31).astype(np.uint32):
         odd = np.uint32(multiplier * 2 + 1)
         keys = (table * odd) >> np.uint32(16)
-        if np.unique(keys).size == table.size:
+        if distinct(keys).size == table.size:
             slots[keys] = np.arange(table.size)
             return lambda chunk: slots[(chunk * odd) >> np.uint32(16)]
     return None
+
+
+def distinct(values: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer array (bit patterns), as `np.unique` gives
+    them, by sorting: `np.unique` imports `numpy.ma` on its first call, a cost every command
+    that packs a weight paid (figures in benchmarks/README.md)."""
+    ordered = np.sort(values, axis=None)
+    if ordered.size < 2:
+        return ordered
+    return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))]
+
+
+def _spread(count: int) -> np.ndarray:
+    """`count` well spread, deterministic non-negative int64 values (a multiplicative
+    Weyl sequence): sample indices and hash multipliers without importing `numpy.random`,
+    a cost every command that packs a weight paid."""
+    return np.arange(1, count + 1, dtype=np.int64) * 2654435761
 
 
 def code_bits(entries: int) -> int:
