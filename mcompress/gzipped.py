@@ -19,9 +19,9 @@ from mcompress.model_io import data_files
 # Bytes gzip_size reads at a time: a fraction of a second of level-6 work, how soon a stop is
 # noticed (figures in benchmarks/README.md).
 _GZIP_CHUNK = 2**22
-# Models up to this size get their exact gzip size (a fraction of a second at level 6); larger
-# ones an estimate from evenly spaced samples, which takes about as long at any size.
-GZIP_EXACT_LIMIT = 2**22
+# Models up to this size get their exact gzip size; larger ones an estimate from evenly spaced
+# samples, which takes about as long at any size as an exact count of this many bytes.
+GZIP_EXACT_LIMIT = 2**20
 _GZIP_SAMPLES = 32
 _GZIP_SAMPLE = 2**15
 
