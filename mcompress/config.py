@@ -5,13 +5,15 @@ from __future__ import annotations
 import difflib
 import math
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from mcompress.errors import ConfigError
 from mcompress.passes import PASSES
+
+if TYPE_CHECKING:  # imported where a YAML file is read: a one-pass command never needs it
+    import yaml
 
 PRESETS_DIR = Path(__file__).parent / "presets"
 MAX_INPUT_ELEMENTS = 2**31  # an input shape's elements (--input-shape, input_shapes)
@@ -224,6 +226,8 @@ def resolve_config_path(name_or_path: str) -> Path:
 
 def load(path: str | Path) -> PipelineConfig:
     """Read and validate a YAML pipeline config (safe loading only)."""
+    import yaml
+
     path = resolve_config_path(str(path))
     try:
         text = path.read_text(encoding="utf-8")
@@ -280,6 +284,8 @@ _NEEDS_PASSES = (
 def _refuse_duplicate_keys(node: yaml.Node | None, loc: list[Any], source: str) -> None:
     """YAML silently keeps the last of two equal keys (`sparsity: 0.3` then `sparsity: 0.9`
     prunes 90%): refuse it, naming the key and both lines."""
+    import yaml
+
     if isinstance(node, yaml.MappingNode):
         first: dict[str, int] = {}
         for key, value in node.value:
@@ -352,8 +358,12 @@ def _allowed_keys(data: Any, loc: list[Any]) -> list[str]:
 
 def _line_of(root: yaml.Node | None, loc: list[Any]) -> int | None:
     """1-based line of the YAML node at `loc` (the key itself for unknown keys)."""
+    if root is None:
+        return None
+    import yaml
+
     node = root
-    line = node.start_mark.line + 1 if node is not None else None
+    line = node.start_mark.line + 1
     for part in loc:
         if isinstance(node, yaml.MappingNode):
             match = next((kv for kv in node.value if kv[0].value == part), None)

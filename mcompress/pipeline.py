@@ -7,21 +7,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from mcompress import (
-    branch_local,
-    budget,
-    encoding,
-    gzipped,
-    layer_search,
-    model_io,
-    runtime,
-    spill,
-    validate,
-)
+from mcompress import branch_local, encoding, gzipped, model_io, runtime, spill, validate
 from mcompress.analysis import count_parameters
 from mcompress.config import PipelineConfig
 from mcompress.errors import DataError, GateError, McompressError, ModelError, NothingToDo
@@ -29,11 +19,14 @@ from mcompress.inputs import make_feeds
 from mcompress.inputs.facts import graph_inputs
 from mcompress.inputs.shapes import pinned_dims
 from mcompress.outputs import Outputs
-from mcompress.pass_cache import PassCache
 from mcompress.passes import PASSES
 from mcompress.passes.base import PassContext, apply_pass, check_pass, unmatched_patterns
 from mcompress.prepare import prepare, reject_nan_weights
 from mcompress.report import FileInfo, PassRecord, RunReport
+
+if TYPE_CHECKING:  # a budget search's modules are imported when a config has `search:`
+    from mcompress import budget
+    from mcompress.pass_cache import PassCache
 
 Progress = Callable[[str, int, int], None]
 
@@ -97,6 +90,9 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
     cfg, judged_on = judged_on_calibration(cfg)
     searched = None
     if cfg.search is not None:
+        from mcompress import budget, layer_search
+        from mcompress.pass_cache import PassCache
+
         opts = dataclasses.replace(opts, cache=opts.cache or PassCache())
         cfg, searched = budget.search(
             cfg, opts.input_path, trial_runner(opts), _trial_progress(cfg, opts),
@@ -196,6 +192,8 @@ def _plan(
 
 def _trial_progress(cfg: PipelineConfig, opts: RunOptions) -> budget.OnTrial:
     """Progress of a budget search: one step per trial (a search runs for minutes)."""
+    from mcompress import budget
+
     planned = budget.planned_trials(cfg)
     done = 0
 

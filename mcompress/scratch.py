@@ -6,7 +6,6 @@ no chance to clean up: a 3 GB spill folder was once found) is removed by the nex
 
 from __future__ import annotations
 
-import multiprocessing.util
 import os
 import shutil
 import tempfile
@@ -51,6 +50,8 @@ def multiprocessing_temp_outside() -> None:
     107 bytes, and the private folder would add 36."""
     if not _system_temp:
         return
+    import multiprocessing.util  # only a command that starts processes needs it
+
     private = tempfile.tempdir
     tempfile.tempdir = _system_temp[-1]
     try:

@@ -16,7 +16,6 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from typer.core import TyperCommand
 
 from mcompress import __version__, config, model_io, pipeline
@@ -422,10 +421,12 @@ def add_report_paths(outs: Outputs, opts: WriteOptions) -> None:
 
 def stage_reports(outs: Outputs, report: RunReport, opts: WriteOptions) -> None:
     """Write the requested report files into the staging folder (claimed with the model)."""
-    from mcompress import render
-
     if opts.report:
         outs.write_text(opts.report, report.to_json())
+    if not (opts.markdown or opts.html):
+        return
+    from mcompress import render
+
     if opts.markdown:
         outs.write_text(opts.markdown, render.to_markdown(report))
     if opts.html:
@@ -435,10 +436,10 @@ def stage_reports(outs: Outputs, report: RunReport, opts: WriteOptions) -> None:
 def emit(report: RunReport, opts: WriteOptions) -> None:
     """Print the summary (or JSON) ending with the output's path and the verdict, append to
     GITHUB_STEP_SUMMARY; exit 3 on a failed gate, saying truthfully what was written."""
-    from mcompress import render
-
     summary = os.environ.get("GITHUB_STEP_SUMMARY")
     if summary:
+        from mcompress import render
+
         with open(summary, "a", encoding="utf-8") as f:
             f.write(render.to_markdown(report) + "\n")
     line = verdict(report)
@@ -478,29 +479,22 @@ class ProgressDisplay:
         self.quiet = quiet or self.plain
         self.clock = clock
         self.stages: dict[str, list[float]] = {}  # label -> [started, last line, lines]
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TaskProgressColumn(),
-            TimeElapsedColumn(),
-            console=err,
-            transient=True,
-        )
+        self.bar = None if self.quiet else _progress_bar()
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> Callable[[str, int, int], None]:
-        if not self.quiet:
+        if self.bar is not None:
             self.bar.start()
         return self.update
 
     def __exit__(self, *exc: object) -> None:
-        if not self.quiet:
+        if self.bar is not None:
             self.bar.stop()
 
     def update(self, label: str, done: int, total: int) -> None:
         if self.plain:
             self._line(label, done, total)
-        if self.quiet:
+        if self.bar is None:
             return
         if label not in self.tasks:
             self.tasks[label] = self.bar.add_task(label, total=total)
@@ -521,6 +515,26 @@ class ProgressDisplay:
             highlight=False,
         )
         self.stages[label] = [started, now, -1 if finished else lines + 1]
+
+
+def _progress_bar() -> Any:
+    """rich's progress bar on stderr, imported only for a terminal (a CI log gets lines)."""
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    )
 
 
 ExcludeOpt = Annotated[
