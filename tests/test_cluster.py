@@ -448,3 +448,43 @@ def test_layers_give_one_weight_its_own_cluster_count(tmp_path: Path) -> None:
     weights = {t.name: numpy_helper.to_array(t) for t in model.proto.graph.initializer}
     assert np.unique(weights["w1"]).size == 16
     assert np.unique(weights["w2"]).size == 4
+
+
+def test_clustering_on_threads_gives_the_same_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weights clustered by several threads at once come out as clustered one by one, in the
+    model's order; the pass's stats rows are the same."""
+    from mcompress.passes.cluster import workers
+
+    proto = wide_mlp()
+    for folder in ("one", "three"):
+        (tmp_path / folder).mkdir()
+    alone, alone_result = apply_cluster(proto, tmp_path / "one", clusters=16)
+    monkeypatch.setattr(workers, "PARALLEL_ELEMENTS", 0)
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert workers.worker_count(1) == 3
+    threaded, threaded_result = apply_cluster(proto, tmp_path / "three", clusters=16)
+    assert threaded_result.stats == alone_result.stats
+    for name, values in weights_of(alone).items():
+        np.testing.assert_array_equal(weights_of(threaded)[name], values)
+
+
+def test_in_order_keeps_order_and_runs_only_a_few_ahead() -> None:
+    import threading
+
+    from mcompress.passes.cluster.workers import in_order
+
+    started: list[int] = []
+    lock = threading.Lock()
+
+    def work(item: int) -> int:
+        with lock:
+            started.append(item)
+        return item * item
+
+    seen = []
+    for result in in_order(work, range(20), 2):
+        seen.append(result)
+        assert len(started) <= len(seen) + 2
+    assert seen == [i * i for i in range(20)]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import helper
 
@@ -20,7 +21,8 @@ from mcompress.errors import NothingToDo
 from mcompress.model_io import Model
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.cluster.config import Config
-from mcompress.passes.cluster.share import cluster_weight, totals_of
+from mcompress.passes.cluster.share import clustered, totals_of
+from mcompress.passes.cluster.workers import in_order, worker_count
 from mcompress.recover.options import NO_DATA_NOTE, check_calibration, wants_recovery
 from mcompress.weights import WEIGHT_SLOTS, Candidate, Key, find_candidates, walk
 
@@ -46,12 +48,18 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     candidates, skipped = find_candidates(model, cfg.min_elements, False, cfg.exclude)
     axes = _channel_axes(model, candidates) if cfg.per_channel else {}
     tensors: list[dict[str, Any]] = []
-    for done, cand in enumerate(candidates):
+
+    def work(cand: Candidate) -> tuple[dict[str, Any] | None, str, np.ndarray | None]:
+        return clustered(cand, cfg.for_weight(cand.weight.name), axes.get(cand.key))
+
+    workers = worker_count(sum(cand.weight.size for cand in candidates))
+    results = in_order(work, candidates, workers)
+    for done, (cand, (row, reason, new)) in enumerate(zip(candidates, results, strict=True)):
         ctx.progress("cluster", done, len(candidates))
-        row, reason = cluster_weight(cand, cfg.for_weight(cand.weight.name), axes.get(cand.key))
-        if row is None:
+        if row is None or new is None:
             skipped.append({"name": cand.weight.name, "reason": reason})
         else:
+            cand.weight.replace(new)
             tensors.append(row)
     ctx.progress("cluster", len(candidates), len(candidates))
     notes = [] if tensors else ["cluster: no weight was clustered (see skipped)"]

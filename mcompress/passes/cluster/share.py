@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from mcompress.passes.cluster.config import Config
-from mcompress.passes.cluster.kmeans1d import HISTOGRAM_ABOVE, KMeans1D, kmeans1d
+from mcompress.passes.cluster.kmeans1d import HISTOGRAM_ABOVE, KMeans1D, expand, kmeans1d
 from mcompress.weights import Candidate
 
 # Elements sampled to rule out "already has at most K distinct values" without a full sort.
@@ -18,20 +18,32 @@ DISTINCT_SAMPLE = 4096
 def cluster_weight(
     cand: Candidate, cfg: Config, axis: int | None
 ) -> tuple[dict[str, Any] | None, str]:
-    """Cluster one weight (per slice along `axis` when given); its stats row, or why not.
+    """Cluster one weight (per slice along `axis` when given) in place; its stats row, or why
+    not (see `clustered`)."""
+    row, reason, new = clustered(cand, cfg, axis)
+    if new is not None:
+        cand.weight.replace(new)
+    return row, reason
+
+
+def clustered(
+    cand: Candidate, cfg: Config, axis: int | None
+) -> tuple[dict[str, Any] | None, str, np.ndarray | None]:
+    """One weight clustered (per slice along `axis` when given), the model left as it is: its
+    stats row and new values, or why not. Safe to run on several weights at once.
 
     Large tensors are never sorted here: a random sample rules out "already has <= K values"
     and their distinct values before clustering are not counted (None in the stats)."""
     weight = cand.weight
     if weight.size < 2 * cfg.clusters:
-        return None, f"{weight.size} elements < 2 x clusters ({2 * cfg.clusters})"
+        return None, f"{weight.size} elements < 2 x clusters ({2 * cfg.clusters})", None
     values = np.asarray(weight.array())
     data = values if values.dtype == np.float64 else values.astype(np.float32, copy=False)
     if not (math.isfinite(data.min()) and math.isfinite(data.max())):
-        return None, "contains NaN or infinity"
+        return None, "contains NaN or infinity", None
     few = _distinct_if_at_most(data, cfg.clusters)
     if few is not None:
-        return None, f"already has {few} <= {cfg.clusters} distinct values"
+        return None, f"already has {few} <= {cfg.clusters} distinct values", None
     if axis is not None and data.ndim > 1:
         moved = np.moveaxis(data, axis, 0)
         results = [_kmeans(row, cfg) for row in moved.reshape(moved.shape[0], -1)]
@@ -43,10 +55,9 @@ def cluster_weight(
         axis = None
         results = [_kmeans(data, cfg)]
         tables = [_keep_off_zero(results[0].centroids, values.dtype)]
-        new = tables[0].take(results[0].labels)
+        new = expand(tables[0], results[0].labels)
         before = results[0].distinct
     inertia = sum(r.inertia for r in results)
-    weight.replace(new)
     row_stats: dict[str, Any] = {
         "name": weight.name,
         "ops": cand.ops,
@@ -64,7 +75,7 @@ def cluster_weight(
     if axis is not None:
         row_stats["axis"] = axis
         row_stats["max_unique_per_channel"] = _max_unique_per_slice(new, axis)
-    return row_stats, ""
+    return row_stats, "", new
 
 
 def _distinct_if_at_most(data: np.ndarray, limit: int) -> int | None:
