@@ -203,7 +203,7 @@ def test_histogram_mode_holds_no_index_array_of_the_tensors_size() -> None:
 
 
 def test_expand_is_the_table_at_the_labels() -> None:
-    from mcompress.passes.cluster.kmeans1d import CACHE_CHUNK, expand
+    from mcompress.passes.cluster.histogram import CACHE_CHUNK, expand
 
     table = np.array([-1.5, 0.25, 2.0], np.float32)
     labels = np.random.default_rng(9).integers(0, 3, (3, CACHE_CHUNK + 5)).astype(np.uint8)

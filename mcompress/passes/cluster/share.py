@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 
 from mcompress.passes.cluster.config import Config
-from mcompress.passes.cluster.kmeans1d import HISTOGRAM_ABOVE, KMeans1D, expand, kmeans1d
+from mcompress.passes.cluster.histogram import expand
+from mcompress.passes.cluster.kmeans1d import HISTOGRAM_ABOVE, KMeans1D, kmeans1d
 from mcompress.weights import Candidate
 
 # Elements sampled to rule out "already has at most K distinct values" without a full sort.
