@@ -20,6 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from mcompress.report import FLOOR_GATES
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "models"
 
 
@@ -113,7 +115,7 @@ def judge(model: Path, command: str, out: Path) -> tuple[int, list[dict], str]:
         report = json.loads(done.stdout)
     except ValueError:
         return done.returncode, [], done.stderr.strip().splitlines()[-1:][0]
-    floor = [g for g in report["gates"] if g["name"] in ("min_sqnr", "min_top1_agreement")]
+    floor = [g for g in report["gates"] if g["name"] in FLOOR_GATES]
     return done.returncode, floor, "PASSED" if report["passed"] else "BROKEN"
 
 

@@ -109,7 +109,7 @@ def _jsonable(value: Any) -> Any:
 
 
 # Gates that make up the fidelity floor; failing one means the model is broken.
-FLOOR_GATES = ("min_sqnr", "min_top1_agreement")
+FLOOR_GATES = ("min_sqnr", "min_top1_agreement", "min_map_iou")
 
 
 def verdict(report: RunReport) -> str:
@@ -145,5 +145,7 @@ def _gate_text(gate: Gate) -> str:
         return (
             f"output '{gate.output}' top-1 agreement {gate.value:.1%} < floor {gate.threshold:.0%}"
         )
+    if gate.name == "min_map_iou" and gate.output:
+        return f"output '{gate.output}' decision IoU {gate.value:.1%} < floor {gate.threshold:.0%}"
     relation = ">" if gate.name.startswith("max_") else "<"
     return f"gate {gate.name} {gate.value:.4g} {relation} {gate.threshold:g}"

@@ -235,6 +235,8 @@ def output_metrics(
     }
     if fidelity.is_class_scores(original, name):
         metrics.update(agreement(original, compressed))
+    elif fidelity.is_probability_map(original):
+        metrics.update(fidelity.map_agreement(original, compressed))
     return metrics
 
 
@@ -310,18 +312,21 @@ def floor_section(
     cfg: ValidateConfig, outputs: dict[str, dict[str, Any]], synthetic: bool
 ) -> dict[str, Any]:
     """The fidelity floor (defaults for random or real inputs, or the configured thresholds)
-    and its check on each judged output."""
+    and its check on each judged output. A configured min_sqnr judges every output that is not
+    class scores by SQNR, probability maps too."""
     default = fidelity.default_floor(real_data=not synthetic)
     floor = fidelity.Floor(
         min_sqnr_db=default.min_sqnr_db if cfg.min_sqnr is None else cfg.min_sqnr,
         min_top1_agreement=(
             default.min_top1_agreement if cfg.min_top1_agreement is None else cfg.min_top1_agreement
         ),
+        min_map_iou=default.min_map_iou if cfg.min_sqnr is None else None,
     )
     return {
         "inputs": "random" if synthetic else "data",
         "min_sqnr_db": floor.min_sqnr_db,
         "min_top1_agreement": floor.min_top1_agreement,
+        "min_map_iou": floor.min_map_iou,
         "checks": fidelity.floor_checks(outputs, floor),
     }
 
@@ -414,7 +419,11 @@ _GATES: dict[str, tuple[str, str, Callable[[RunReport], Any]]] = {
 
 
 # The fidelity floor: gates that always apply (with default thresholds) unless gates are off.
-FLOOR_GATES = {"min_sqnr": "sqnr_db", "min_top1_agreement": "top1_agreement"}
+FLOOR_GATES = {
+    "min_sqnr": "sqnr_db",
+    "min_top1_agreement": "top1_agreement",
+    "min_map_iou": "map_iou",  # probability maps on random inputs; not an option
+}
 
 
 def evaluate_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
@@ -455,7 +464,7 @@ def _floor_gates(cfg: ValidateConfig, report: RunReport) -> list[Gate]:
     for name, metric in FLOOR_GATES.items():
         checks = [c for c in floor["checks"] if c["metric"] == metric]
         if not checks:
-            if getattr(cfg, name) is not None:
+            if getattr(cfg, name, None) is not None:
                 report.notes.append(f"gate {name} fails: no output has {metric}")
                 gates.append(Gate(name, getattr(cfg, name), None, False))
             continue

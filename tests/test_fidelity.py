@@ -71,6 +71,22 @@ def _recurrent_model(path: Path, feedback: float) -> Path:
     return builders.save(builders._model(graph), path)
 
 
+def _map_model(path: Path, scale: float = 1.0, bias: float = 0.5) -> Path:
+    """maps = sigmoid(conv3x3(x) * scale + bias * scale): a detector's probability map."""
+    w = builders.rng(3).normal(0, 2, (1, 1, 3, 3)).astype(np.float32) * scale
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w", "b"], ["logits"], pads=[1, 1, 1, 1]),
+            helper.make_node("Sigmoid", ["logits"], ["maps"]),
+        ],
+        "map",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [helper.make_tensor_value_info("maps", TensorProto.FLOAT, [1, 1, 16, 16])],
+        [builders._init("w", w), builders._init("b", np.array([bias * scale], np.float32))],
+    )
+    return builders.save(builders._model(graph), path)
+
+
 def _validate(*args: str | Path) -> tuple[int, str, str]:
     result = runner.invoke(app, ["validate", *map(str, args)])
     return result.exit_code, result.stdout, result.stderr
@@ -506,3 +522,40 @@ def test_tune_time_budget_stops_with_the_best_so_far(tmp_path: Path) -> None:
     assert not any("the result is the baseline" in n for n in report["notes"])
     rows = render.to_markdown(report)
     assert "| sparsity 0.35 | not run: time budget spent | - | no |  | - |" in rows
+
+
+# ---------------------------------------------------------------- probability maps
+
+
+def test_a_probability_map_on_random_inputs_is_judged_by_its_decisions(tmp_path: Path) -> None:
+    """A detector's map on random images is noise around its training, where SQNR judged noise
+    (the detector proxy pruned to 50%: SQNR 0.8 dB, BROKEN, while IoU 0.946 on real images).
+    Its decisions at 0.5 are judged instead: kept decisions pass, flipped ones stay BROKEN."""
+    original = _map_model(tmp_path / "map.onnx")
+    squashed = _map_model(tmp_path / "squashed.onnx", scale=0.01)  # same signs, values ~0.5
+    code, out, err = _validate(original, squashed)
+    assert code == 0, err
+    assert "gate min_map_iou" in out and "1 (maps) pass" in out
+    flipped = _map_model(tmp_path / "flipped.onnx", scale=-1.0)
+    code, _, err = _validate(original, flipped)
+    assert code == 3
+    assert "BROKEN: output 'maps' decision IoU 0.0% < floor 50% on random inputs" in err
+    # An explicit SQNR floor judges every output by SQNR, maps too; so does real data.
+    code, _, err = _validate(original, squashed, "--min-sqnr", "1")
+    assert code == 3 and "output 'maps' SQNR" in err
+    data = tmp_path / "x.npz"
+    np.savez(data, x=builders.rng(4).normal(0, 1, (8, 1, 16, 16)).astype(np.float32))
+    code, _, err = _validate(original, squashed, "--data", data)
+    assert code == 3 and "output 'maps' SQNR" in err
+
+
+def test_a_map_decided_one_way_everywhere_is_judged_by_sqnr() -> None:
+    """A map all above 0.5 agrees with a model collapsed onto 'all text': SQNR judges it."""
+    original = [
+        np.full((1, 1, 16, 16), 0.9, np.float32) + np.linspace(0, 0.05, 256).reshape(16, 16)
+    ]
+    collapsed = [np.full((1, 1, 16, 16), 0.99, np.float32)]
+    metrics = output_metrics(original, collapsed, "maps")
+    assert metrics["map_iou"] == 1.0 and metrics["map_positive_share"] == 1.0
+    (check,) = fidelity.floor_checks({"maps": metrics}, fidelity.RANDOM_FLOOR)
+    assert (check["metric"], check["passed"]) == ("sqnr_db", False)
