@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from mcompress.recover import solve
+from mcompress.recover.ridge import ROWS_PER_INPUT, held_out_ridge
+from mcompress.recover.stats import GramStats, combined, output_error
 
 
 def _data(rows: int = 400, d: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -110,3 +112,37 @@ def test_greedy_obs_finds_the_support_of_a_sparse_layer_and_beats_the_sweep() ->
     swept = (solve.obs_sweep(dense, hd, sparsity=0.5, prunable=cols) == 0) & cols
     assert greedy[..., :-1].sum(axis=2).tolist() == [[8] * 5]
     assert err(greedy) < err(swept)
+
+
+def _halves(rows: int, d: int, seed: int) -> list[GramStats]:
+    """Statistics of two halves of a layer's input whose compressed version x_c differs from
+    the original x_o by noise unrelated to the input (an upstream error no weight can undo)."""
+    r = np.random.default_rng(seed)
+    mixing = r.normal(size=(d, d))
+    out = []
+    for _ in range(2):
+        xo = r.normal(size=(rows // 2, d)) @ mixing
+        xc = xo + r.normal(size=xo.shape) * 0.5 * xo.std()
+        out.append(GramStats((xc.T @ xc)[None], (xc.T @ xo)[None], (xo.T @ xo)[None],
+                             rows // 2, same=False))  # fmt: skip
+    return out
+
+
+def test_a_layer_with_few_rows_per_input_gets_the_ridge_that_generalises() -> None:
+    d = 32
+    w = np.random.default_rng(1).normal(size=(1, 8, d))
+    few = _halves(2 * d, d, seed=2)
+    chosen = held_out_ridge(w, *few)
+    assert chosen > solve.RIDGE
+    # fitted on both halves, judged on inputs it has not seen: the chosen ridge does better
+    fresh = combined(*_halves(4000, d, seed=3))
+    all_rows = combined(*few)
+    assert all_rows.hcc is not None
+
+    def unseen_error(ridge: float) -> float:
+        assert all_rows.hcc is not None
+        return output_error(solve.ls_target(w, all_rows.hcc, all_rows.cross(), ridge), w, fresh)
+
+    assert unseen_error(chosen) < 0.8 * unseen_error(solve.RIDGE)
+    many = _halves(ROWS_PER_INPUT * d, d, seed=4)
+    assert held_out_ridge(w, *many) == solve.RIDGE  # enough rows: the default, no check

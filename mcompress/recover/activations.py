@@ -1,7 +1,8 @@
 """A layer's input on calibration data, in the original model and in the model compressed so
 far, without re-running the whole model (onnxruntime sessions come from `mcompress.runtime`).
 
-The main graph is cut just before each layer to recover. The nodes between two cuts run as a
+The main graph (or a `Scope`: the main graph with the `If` branches the calibration data takes
+inlined) is cut just before each layer to recover. The nodes between two cuts run as a
 small model of their own on the activations cached at the previous cut, so one sweep over all
 layers costs about one forward pass of each model. The cache holds only the values that cross
 the current cut, for every calibration batch; layer statistics are accumulated from it.
@@ -21,6 +22,7 @@ from mcompress import runtime
 from mcompress.graph import subgraphs
 from mcompress.model_io import Model, read_array
 from mcompress.recover.layers import Layer
+from mcompress.recover.scope import Scope, main_scope
 
 Batch = dict[str, np.ndarray]
 
@@ -56,11 +58,13 @@ class SegmentRunner:
     graph order; the weights of layers visited before are read when the next segment runs.
     """
 
-    def __init__(self, model: Model, feeds: list[Batch]) -> None:
+    def __init__(self, model: Model, feeds: list[Batch], scope: Scope | None = None) -> None:
         self.model = model
         self.graph = model.proto.graph
-        self.last_use: dict[str, int] = {o.name: len(self.graph.node) for o in self.graph.output}
-        for i, node in enumerate(self.graph.node):
+        self.scope = scope or main_scope(self.graph)
+        self.nodes = self.scope.nodes
+        self.last_use: dict[str, int] = {o.name: len(self.nodes) for o in self.graph.output}
+        for i, node in enumerate(self.nodes):
             for name in _reads(node):
                 self.last_use[name] = i
         self.cut = 0
@@ -84,17 +88,28 @@ class SegmentRunner:
                 batch[name], None if self.original is None else self.original[i][name]
             )
 
+    def values(self, position: int, name: str) -> list[np.ndarray]:
+        """Move the cut to just before node `position` (which reads `name`) and return the
+        value of `name` in the compressed model for each batch."""
+        self._advance(position)
+        inits = self.scope.initializers()
+        if name in inits:
+            tensor, _ = inits[name]
+            return [read_array(tensor, self.model.base_dir)] * len(self.compressed)
+        return [batch[name] for batch in self.compressed]
+
     def _advance(self, stop: int) -> None:
         if stop <= self.cut:
             return
-        inits = {t.name: t for t in self.graph.initializer}
-        nodes = list(self.graph.node)[self.cut : stop]
+        inits = {name: t for name, (t, _) in self.scope.initializers().items()}
+        nodes = self.nodes[self.cut : stop]
         produced = {o for n in nodes for o in n.output if o}
         needed = sorted({r for n in nodes for r in _reads(n)} - produced)
         varying = [n for n in needed if n in inits and self._differs(n, inits[n])]
         feeds = [n for n in needed if n not in inits]
         outputs = sorted(n for n in produced if self.last_use.get(n, -1) >= stop)
-        session = self._session(nodes, inits, needed, varying, feeds, outputs)
+        # Nodes whose values nothing after the cut reads (an inlined If's condition) do not run.
+        session = self._session(nodes, inits, needed, varying, feeds, outputs) if outputs else None
         current = {n: read_array(inits[n], self.model.base_dir) for n in varying}
         before = {n: self._original(n, current[n]) for n in varying}
         source = self.original if self.original is not None else self.compressed
@@ -114,7 +129,7 @@ class SegmentRunner:
         if name in self.original_weights:
             current = read_array(tensor, self.model.base_dir)
             return not np.array_equal(current, self.original_weights[name])
-        owners = [n for n in self.graph.node if len(n.input) > 2 and n.input[2] == name]
+        owners = [n for n in self.nodes if len(n.input) > 2 and n.input[2] == name]
         return any(o.input[1] in self.original_weights for o in owners)
 
     def _session(
@@ -149,15 +164,17 @@ class SegmentRunner:
 
     def _step(
         self,
-        session: Any,  # onnxruntime.InferenceSession
+        session: Any,  # onnxruntime.InferenceSession, None when no value crosses the cut
         feeds: list[str],
         outputs: list[str],
         batch: Batch,
         weights: dict[str, np.ndarray],
         stop: int,
     ) -> Batch:
-        self.runs += 1
-        values = session.run(outputs, {**{n: batch[n] for n in feeds}, **weights})
+        values = []
+        if session is not None:
+            self.runs += 1
+            values = session.run(outputs, {**{n: batch[n] for n in feeds}, **weights})
         kept = {n: v for n, v in batch.items() if self.last_use.get(n, -1) >= stop}
         kept.update(zip(outputs, values, strict=True))
         return kept

@@ -52,12 +52,12 @@ def clusterer(
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
-        target = solve.ls_target(mats, stats.hcc, stats.cross())
+        target = solve.ls_target(mats, stats.hcc, stats.cross(), stats.ridge)
         start = initial.get(layer.weight.name)
         cols = prunable_columns(layer, mats)
         if start is None:
             return target if refit_others and solve.untouched(mats, cols) else mats
-        h = solve.damped(stats.hcc)
+        h = solve.damped(stats.hcc, stats.ridge)
         zero = (mats == 0) & cols
         importance = np.broadcast_to(np.einsum("gii->gi", h)[:, None, :], mats.shape)
         live = cols[None, None, :] & ~zero

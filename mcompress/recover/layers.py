@@ -14,8 +14,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.graph import FreshNames, input_reads, iter_graphs, subgraphs
+from mcompress.graph import FreshNames, input_reads, iter_graphs
 from mcompress.model_io import Model, Weight, add_initializer
+from mcompress.recover.scope import Scope, layer_name, main_scope, weighted_nodes
 
 
 @dataclass
@@ -95,20 +96,24 @@ def _attr(node: onnx.NodeProto, name: str, default: Any) -> Any:
     return default
 
 
-def find_layers(model: Model, weight_names: set[str] | None = None) -> list[Layer]:
-    """Main-graph Conv (1-D/2-D, explicit pads), Gemm (A not transposed, alpha 1) and MatMul
-    (x @ W, 2-D W) whose weight is an initializer read by that node alone, in graph order."""
-    graph = model.proto.graph
-    inits = {t.name: t for t in graph.initializer}
-    readers = input_reads(graph)
+def find_layers(
+    model: Model, weight_names: set[str] | None = None, scope: Scope | None = None
+) -> list[Layer]:
+    """Conv (1-D/2-D, explicit pads), Gemm (A not transposed, alpha 1) and MatMul (x @ W, 2-D W)
+    whose weight is an initializer read by that node alone, in order: the main graph's, or the
+    nodes of `scope` (taken `If` branches inlined; positions are indexes into `scope.nodes`)."""
+    scope = scope or main_scope(model.proto.graph)
+    owned = scope.initializers()
+    inits = {name: tensor for name, (tensor, _) in owned.items()}
+    readers = input_reads(model.proto.graph)
     found = []
-    for position, node in enumerate(graph.node):
+    for position, node in enumerate(scope.nodes):
         if len(node.input) < 2 or node.input[1] not in inits or node.domain not in ("", "ai.onnx"):
             continue
         wname = node.input[1]
         if readers.get(wname, 0) != 1 or (weight_names is not None and wname not in weight_names):
             continue
-        tensor = inits[wname]
+        tensor, graph = owned[wname]
         if tensor.data_type != onnx.TensorProto.FLOAT:
             continue
         layer = layer_at(model, node, position, Weight(tensor, graph, model), inits, readers)
@@ -164,23 +169,25 @@ def _gemm_out(node: onnx.NodeProto, shape: tuple[int, ...]) -> int:
     return shape[0] if _attr(node, "transB", 0) else shape[1]
 
 
-_WEIGHTED = ("Conv", "Gemm", "MatMul")
-
-
-def unreached_layers(model: Model) -> list[dict[str, str]]:
-    """Conv, Gemm and MatMul nodes with a constant weight that `find_layers` does not return,
-    and why: recovery reconstructs main-graph layers only (a layer inside an If/Loop/Scan body
-    runs only when its branch does, so it has no statistics of its own yet)."""
-    found = {layer.node.name or layer.weight.name for layer in find_layers(model)}
+def unreached_layers(model: Model, scope: Scope | None = None) -> list[dict[str, str]]:
+    """Conv, Gemm and MatMul nodes with a constant weight that `find_layers` does not return
+    for `scope`, and why: recovery reconstructs the main graph and the `If` branches the
+    calibration data takes (a layer in a Loop/Scan body or in a branch not taken has no
+    statistics of its own)."""
+    scope = scope or main_scope(model.proto.graph)
+    found = {layer.node.name or layer.weight.name for layer in find_layers(model, scope=scope)}
     constants = {t.name for g in iter_graphs(model.proto.graph) for t in g.initializer}
     readers = input_reads(model.proto.graph)
+    walked = {layer_name(node) for node in scope.nodes}
     rows = []
-    for node, owner in _weighted_nodes(model.proto.graph, None):
+    for node, owner in weighted_nodes(model.proto.graph):
         weight = node.input[1] if len(node.input) > 1 else ""
-        name = node.name or weight
+        name = layer_name(node)
         if weight not in constants or name in found:
             continue
-        if owner is not None:
+        if name in scope.reasons:
+            reason = scope.reasons[name]
+        elif owner is not None and name not in walked:
             reason = f"inside the body of {owner.op_type} '{owner.name}'"
         elif readers.get(weight, 0) > 1:
             reason = f"its weight '{weight}' is read by {readers[weight]} nodes"
@@ -188,17 +195,3 @@ def unreached_layers(model: Model) -> list[dict[str, str]]:
             reason = "a form recovery does not model (weight type, padding or attributes)"
         rows.append({"name": name, "op": node.op_type, "reason": reason})
     return rows
-
-
-def _weighted_nodes(
-    graph: onnx.GraphProto, owner: onnx.NodeProto | None
-) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
-    """Weighted nodes of `graph` and its bodies, each with the outermost control-flow node
-    holding it (None in the main graph)."""
-    found = []
-    for node in graph.node:
-        if node.op_type in _WEIGHTED and node.domain in ("", "ai.onnx"):
-            found.append((node, owner))
-        for sub in subgraphs(node):
-            found.extend(_weighted_nodes(sub, owner or node))
-    return found

@@ -39,12 +39,12 @@ def pruner(
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
-        target = solve.ls_target(mats, stats.hcc, stats.cross())
+        target = solve.ls_target(mats, stats.hcc, stats.cross(), stats.ridge)
         share = sparsity.get(layer.weight.name)
         cols = prunable_columns(layer, mats)
         if share is None:
             return target if solve.untouched(mats, cols) else mats
-        h = solve.damped(stats.hcc)
+        h = solve.damped(stats.hcc, stats.ridge)
         zero = (mats == 0) & cols
         if criterion == "sparsegpt" and nm is None and solve.greedy_affordable(mats.shape, share):
             mask = solve.obs_greedy(target, h, share, cols, zero)

@@ -71,7 +71,7 @@ def rounder(grid_of: GridOf) -> Compressor:
 
     def compress(layer: Layer, mats: np.ndarray, stats: GramStats) -> np.ndarray:
         assert stats.hcc is not None
-        target = solve.ls_target(mats, stats.hcc, stats.cross())
+        target = solve.ls_target(mats, stats.hcc, stats.cross(), stats.ridge)
         cols = prunable_columns(layer, mats)
         grid = grid_of(layer, mats, cols)
         if grid is None:
@@ -84,7 +84,7 @@ def rounder(grid_of: GridOf) -> Compressor:
             return np.where(grid.pinned[..., col], fixed[..., col], grid.snap(column, col))
 
         zero = (mats == 0) & cols
-        h = solve.damped(stats.hcc)
+        h = solve.damped(stats.hcc, stats.ridge)
         out = solve.obs_sweep(target, h, prunable=cols, fixed_zero=zero, quantize=snap)
         return np.where(grid.pinned, mats, out)
 

@@ -15,7 +15,9 @@ from mcompress.model_io import Model
 from mcompress.recover.activations import Batch, SegmentRunner, batches
 from mcompress.recover.blas import single_thread
 from mcompress.recover.layers import Layer, unreached_layers
-from mcompress.recover.stats import GramStats, output_error
+from mcompress.recover.ridge import held_out_ridge
+from mcompress.recover.scope import Scope
+from mcompress.recover.stats import GramStats, combined, output_error
 
 # (layer, original matrices, statistics) -> compressed matrices
 Compressor = Callable[[Layer, np.ndarray, GramStats], np.ndarray]
@@ -73,11 +75,13 @@ def reconstruct(
     baseline: Compressor,
     stats: RecoveryStats,
     progress: Callable[[str, int, int], None] = lambda label, done, total: None,
+    scope: Scope | None = None,
 ) -> None:
-    """Compress `layers` (in graph order) in place with `compress`; `baseline` is the same
-    compression without recovery, measured for the report."""
+    """Compress `layers` (in the order of `scope`'s nodes, the main graph's by default) in
+    place with `compress`; `baseline` is the same compression without recovery, measured for
+    the report."""
     with single_thread():
-        _reconstruct(model, layers, feeds, compress, baseline, stats, progress)
+        _reconstruct(model, layers, feeds, compress, baseline, stats, progress, scope)
 
 
 def _reconstruct(
@@ -88,18 +92,17 @@ def _reconstruct(
     baseline: Compressor,
     stats: RecoveryStats,
     progress: Callable[[str, int, int], None],
+    scope: Scope | None,
 ) -> None:
     started = time.perf_counter()
-    stats.unreached = unreached_layers(model)
-    runner = SegmentRunner(model, batches(feeds, model))
+    stats.unreached = unreached_layers(model, scope)
+    runner = SegmentRunner(model, batches(feeds, model), scope)
     names = FreshNames(model.proto)
     ordered = sorted(layers, key=lambda layer: layer.position)
     for done, layer in enumerate(ordered):
         progress("recover", done, len(ordered))
         t0 = time.perf_counter()
-        gram = GramStats()
-        for batch in runner.inputs(layer):
-            gram.add(layer, batch.xc, batch.xo)
+        gram = layer_stats(layer, runner)
         runner.remember(layer)
         original = layer.matrices()
         new = compress(layer, original, gram)
@@ -116,3 +119,14 @@ def _reconstruct(
     progress("recover", len(ordered), len(ordered))
     stats.seconds = round(time.perf_counter() - started, 3)
     stats.segment_runs = runner.runs
+
+
+def layer_stats(layer: Layer, runner: SegmentRunner) -> GramStats:
+    """The layer's statistics over all calibration batches, with the ridge that generalises
+    best from one half of the batches (alternate ones) to the other (`held_out_ridge`)."""
+    halves = (GramStats(), GramStats())
+    for i, batch in enumerate(runner.inputs(layer)):
+        halves[i % 2].add(layer, batch.xc, batch.xo)
+    gram = combined(*halves)
+    gram.ridge = held_out_ridge(layer.matrices(), *halves)
+    return gram

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mcompress.recover.layers import Layer
+from mcompress.recover.solve import RIDGE
 
 # Patch elements per Gram product: keeps the im2col copy of one chunk near 64 MB of float32.
 _CHUNK_ELEMENTS = 16 * 1024 * 1024
@@ -112,6 +113,7 @@ class GramStats:
     hoo: np.ndarray | None = None
     rows: int = 0
     same: bool = True  # x_c == x_o so far (nothing upstream changed): hco = hoo = hcc
+    ridge: float = RIDGE  # relative ridge the reconstruction adds to hcc (`solve.damped`)
 
     def add(self, layer: Layer, xc: np.ndarray, xo: np.ndarray | None) -> None:
         """Add one batch of layer inputs (xo None: the compressed input equals the original)."""
@@ -156,6 +158,18 @@ class GramStats:
         """sum x_o x_oᵀ."""
         assert self.hcc is not None
         return self.hcc if self.same else self.hoo  # type: ignore[return-value]
+
+
+def combined(a: GramStats, b: GramStats) -> GramStats:
+    """The statistics of the batches of `a` and of `b` together."""
+    if a.hcc is None:
+        return b
+    if b.hcc is None:
+        return a
+    both = GramStats(a.hcc + b.hcc, rows=a.rows + b.rows, same=a.same and b.same)
+    if not both.same:
+        both.hco, both.hoo = a.cross() + b.cross(), a.original() + b.original()
+    return both
 
 
 def _gram_stacked(a: np.ndarray) -> np.ndarray:

@@ -2,9 +2,10 @@
 re-fitted in graph order against the original model's outputs (mcompress.recover.clustering).
 
 Weights recovery cannot reach are clustered as without data, before the reconstruction, so the
-layers after them compensate: with their own K when they are layers out of reach (inside
-subgraphs, shared by several nodes), with 256 values (8 bits) when no Conv/Gemm/MatMul reads
-them (embedding tables; mcompress.recover.tables says why).
+layers after them compensate: with their own K when they are layers out of reach (in an If
+branch the calibration data does not take, in Loop bodies, shared by several nodes), with 256
+values (8 bits) when no Conv/Gemm/MatMul reads them (embedding tables;
+mcompress.recover.tables says why).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mcompress.passes.cluster.config import Config
 from mcompress.passes.cluster.kmeans1d import kmeans1d
 from mcompress.passes.cluster.share import cluster_weight, totals_of
 from mcompress.recover import tables
+from mcompress.recover.branches import taken_scope
 from mcompress.recover.clustering import clustered_baseline, clusterer
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration
@@ -33,9 +35,11 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     candidates, skipped = find_candidates(model, cfg.min_elements, False, cfg.exclude)
     initial, reasons = _starting_centroids(candidates, cfg)
     excluded = {row["name"] for row in skipped if row["reason"] == "excluded"}
+    calibration = load_calibration(model, cfg, ctx)
+    scope = taken_scope(model, calibration.feeds)
     layers = [
         layer
-        for layer in find_layers(model)
+        for layer in find_layers(model, scope=scope)
         if layer.weight.name in initial
         or (layer.weight.name not in excluded and not node_excluded(layer.node, cfg.exclude))
     ]
@@ -47,7 +51,6 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         for c in candidates
         if c.weight.name not in reasons and c.weight.name not in reachable
     }
-    calibration = load_calibration(model, cfg, ctx)
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
     reconstruct(
         model,
@@ -57,6 +60,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         clustered_baseline(initial),
         recovery,
         ctx.progress,
+        scope,
     )
     tensors: list[dict[str, Any]] = []
     for cand in candidates:

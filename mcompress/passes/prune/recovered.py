@@ -3,9 +3,9 @@ against the original model's outputs (mcompress.recover), instead of zeroing by 
 
 Weights read by ops recovery cannot re-fit (embedding tables read by Gather, LSTM weights) are
 rounded to an 8-bit grid instead of pruned (mcompress.recover.tables says why); other weights
-it cannot reach (inside subgraphs, shared by several nodes) are pruned by magnitude as without
-data. Both happen before the reconstruction, so the layers after them compensate; the stats
-say which.
+it cannot reach (in an If branch the calibration data does not take, in Loop bodies, shared by
+several nodes) are pruned by magnitude as without data. Both happen before the
+reconstruction, so the layers after them compensate; the stats say which.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.prune.config import Config
 from mcompress.passes.prune.magnitude import layer_counts, prune_tensor, tensor_row, totals_of
 from mcompress.recover import tables
+from mcompress.recover.branches import taken_scope
 from mcompress.recover.layers import find_layers
 from mcompress.recover.options import load_calibration
 from mcompress.recover.pruning import magnitude_baseline, pruner
@@ -36,9 +37,11 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         c.weight.name: k / max(c.weight.size, 1) for c, k in zip(candidates, counts, strict=True)
     }
     excluded = {row["name"] for row in skipped if row["reason"] == "excluded"}
+    calibration = load_calibration(model, cfg, ctx)
+    scope = taken_scope(model, calibration.feeds)
     layers = [
         layer
-        for layer in find_layers(model)
+        for layer in find_layers(model, scope=scope)
         if layer.weight.name in shares or not _excluded(layer, cfg, excluded)
     ]
     reachable = {layer.weight.name for layer in layers}
@@ -49,7 +52,6 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         for c, k in zip(candidates, counts, strict=True)
         if c.weight.name not in reachable
     }
-    calibration = load_calibration(model, cfg, ctx)
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
     criterion = cfg.criterion or "sparsegpt"
     nm = tuple(int(v) for v in cfg.n_m.split(":")) if cfg.n_m else None
@@ -61,6 +63,7 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         magnitude_baseline(shares),
         recovery,
         ctx.progress,
+        scope,
     )
     tensors = [
         unreached.get(c.weight.name) or tensor_row(c, before[c.weight.name], c.weight.array())

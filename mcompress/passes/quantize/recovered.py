@@ -19,6 +19,7 @@ from mcompress.passes.quantize.config import Config
 from mcompress.passes.quantize.math import quantize
 from mcompress.passes.quantize.weights import Target
 from mcompress.recover import tables
+from mcompress.recover.branches import taken_scope
 from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
 from mcompress.recover.rounding import Grid, GridOf, nearest, rounder, uniform_grid
@@ -55,12 +56,24 @@ def pre_round(
     settled = _settle(model, cfg, targets)
     if settled:
         notes.append(_settled_note(settled, cfg))
-    layers = [layer for layer in find_layers(model) if not node_excluded(layer.node, cfg.exclude)]
     calibration = load_calibration(model, cfg, ctx)
+    scope = taken_scope(model, calibration.feeds)
+    layers = [
+        layer
+        for layer in find_layers(model, scope=scope)
+        if not node_excluded(layer.node, cfg.exclude)
+    ]
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
     grids = grid_chooser(model, cfg, {t.name for t in targets})
     reconstruct(
-        model, layers, calibration.feeds, rounder(grids), nearest(grids), recovery, ctx.progress
+        model,
+        layers,
+        calibration.feeds,
+        rounder(grids),
+        nearest(grids),
+        recovery,
+        ctx.progress,
+        scope,
     )
     notes.insert(0, recovery.summary())
     if recovery.synthetic:

@@ -1,0 +1,97 @@
+"""The nodes recovery walks, in order: the main graph's, with each `If` whose branch the
+calibration data takes replaced by that branch's nodes, so the layers inside it get statistics
+and reconstruction like main-graph layers (the real nodes and initializers: what recovery
+writes lands in the branch). `mcompress.recover.branches` decides which branches are taken.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+from onnx import helper
+
+from mcompress.graph import subgraphs
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass
+class Scope:
+    """Nodes in execution order, the graphs whose initializers they read, and why layers of
+    branches left out are not reached (by node name, or weight name for an unnamed node)."""
+
+    nodes: list[onnx.NodeProto]
+    graphs: list[onnx.GraphProto]
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    def initializers(self) -> dict[str, tuple[onnx.TensorProto, onnx.GraphProto]]:
+        """Each initializer the nodes can read, with the graph holding it."""
+        return {t.name: (t, g) for g in self.graphs for t in g.initializer}
+
+
+def main_scope(model_graph: onnx.GraphProto) -> Scope:
+    """The main graph alone (no branch inlined)."""
+    return Scope(list(model_graph.node), [model_graph])
+
+
+def weighted_nodes(
+    graph: onnx.GraphProto, owner: onnx.NodeProto | None = None
+) -> list[tuple[onnx.NodeProto, onnx.NodeProto | None]]:
+    """Conv/Gemm/MatMul nodes of `graph` and its bodies, each with the outermost control-flow
+    node holding it (`owner`, None in `graph` itself)."""
+    found = []
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS and node.domain in ("", "ai.onnx"):
+            found.append((node, owner))
+        for sub in subgraphs(node):
+            found.extend(weighted_nodes(sub, owner or node))
+    return found
+
+
+def layer_name(node: onnx.NodeProto) -> str:
+    """How recovery names a weighted node: its name, else its weight's."""
+    return node.name or (node.input[1] if len(node.input) > 1 else "")
+
+
+def branch_of(node: onnx.NodeProto, taken: bool) -> onnx.GraphProto:
+    """An `If` node's then (`taken` True) or else branch."""
+    wanted = "then_branch" if taken else "else_branch"
+    return next(a.g for a in node.attribute if a.name == wanted)
+
+
+def holds_layers(node: onnx.NodeProto) -> bool:
+    """An `If` of the default domain with a weighted node somewhere in its branches."""
+    return node.op_type == "If" and node.domain in ("", "ai.onnx") and bool(weighted_nodes_in(node))
+
+
+def weighted_nodes_in(node: onnx.NodeProto) -> list[onnx.NodeProto]:
+    """The weighted nodes in a node's bodies, at any depth."""
+    return [n for sub in subgraphs(node) for n, _ in weighted_nodes(sub)]
+
+
+def inline(scope: Scope, node: onnx.NodeProto, taken: bool) -> str | None:
+    """Replace the `If` `node` in `scope` by its taken branch's nodes (plus an Identity per
+    output); None when done, else why not (a name in the branch clashes with one outside)."""
+    branch = branch_of(node, taken)
+    inner = {o for n in branch.node for o in n.output if o} | {t.name for t in branch.initializer}
+    outside = {o for n in scope.nodes if n is not node for o in n.output if o}
+    outside |= set(scope.initializers())
+    clash = sorted(inner & outside)
+    if clash:
+        return f"its branch defines '{clash[0]}', a name also used outside it"
+    label = "then" if taken else "else"
+    for skipped, _ in weighted_nodes(branch_of(node, not taken)):
+        scope.reasons[layer_name(skipped)] = (
+            f"in the {'else' if taken else 'then'} branch of If '{node.name}', which the "
+            f"calibration data does not take (it takes the {label} branch)"
+        )
+    at = next(i for i, n in enumerate(scope.nodes) if n is node)
+    outputs = [
+        helper.make_node("Identity", [inside.name], [outside_name])
+        for inside, outside_name in zip(branch.output, node.output, strict=False)
+        if outside_name
+    ]
+    scope.nodes[at : at + 1] = [*branch.node, *outputs]
+    scope.graphs.append(branch)
+    return None
