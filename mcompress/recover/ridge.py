@@ -24,8 +24,10 @@ ROWS_PER_INPUT = 16
 
 
 def held_out_ridge(w: np.ndarray, a: GramStats, b: GramStats) -> float:
-    """The candidate ridge whose least-squares target for `w` ([groups, rows, d]) fitted on
-    `a` has the lowest output error on `b`, plus the same the other way round."""
+    """Half the candidate ridge whose least-squares target for `w` ([groups, rows, d]) fitted
+    on `a` has the lowest output error on `b`, plus the same the other way round: a ridge is
+    relative to H's diagonal, which grows with the rows, so the fit on all rows (twice those
+    of a half) needs about half the relative pull."""
     if a.hcc is None or b.hcc is None or a.rows + b.rows >= ROWS_PER_INPUT * w.shape[2]:
         return solve.RIDGE
     errors = [
@@ -33,4 +35,4 @@ def held_out_ridge(w: np.ndarray, a: GramStats, b: GramStats) -> float:
         + output_error(solve.ls_target(w, b.hcc, b.cross(), ridge), w, a)
         for ridge in CANDIDATES
     ]
-    return CANDIDATES[int(np.argmin(errors))]
+    return CANDIDATES[int(np.argmin(errors))] / 2
