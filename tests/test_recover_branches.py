@@ -14,6 +14,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress import model_io
+from mcompress.passes.quantize.config import Config
+from mcompress.passes.quantize.recovered import grid_chooser
 from mcompress.recover.branches import taken_scope
 from mcompress.recover.layers import find_layers, unreached_layers
 from tests import builders
@@ -131,3 +133,13 @@ def test_prune_with_calibration_reconstructs_layers_inside_the_taken_branch(
     assert {t["name"]: round(t["sparsity"], 2) for t in tensors} == {
         "c1_w": 0.5, "c2_w": 0.5, "fc_w": 0.5, "else_w": 0.5,
     }  # fmt: skip
+
+
+def test_gptq_rounds_branch_layers_on_the_int8_grid_they_are_stored_on(tmp_path: Path) -> None:
+    model = model_io.load_model(builders.save(if_model(), tmp_path / "if.onnx"))
+    scope = taken_scope(model, [{"x": images(4, seed=1)}])
+    grid_of = grid_chooser(model, Config(bits=4, block_size=16), {"c1_w", "c2_w", "fc_w"})
+    for layer in find_layers(model, scope=scope):
+        mats = layer.matrices()
+        grid = grid_of(layer, mats, np.ones(mats.shape[2], bool))
+        assert grid is not None and grid.qmax == 127, layer.name

@@ -114,13 +114,17 @@ def _settled_note(settled: list[Target], cfg: Config) -> str:
 def grid_chooser(model: Model, cfg: Config, weights: set[str]) -> GridOf:
     """The grid the pass will store each weight on (see `quantize.apply`): 4-bit blocks for a
     MatMul the dynamic 4-bit step rewrites, the dynamic int8 MatMul's 7- or 8-bit grid, int8
-    weight-only storage for the rest; None for MatMuls onnxruntime's 4-bit quantizer writes."""
+    weight-only storage for the rest (weights inside If branches included: those steps rewrite
+    main-graph nodes only); None for MatMuls onnxruntime's 4-bit quantizer writes."""
     dynamic = cfg.mode == "dynamic" and model.opset() >= quantize_matmul.MIN_OPSET
     matmul_qmax = 2 ** (quantize_matmul.weight_bits() - 1) - 1
+    main = {t.name for t in model.proto.graph.initializer}
 
     def grid_of(layer: Layer, mats: np.ndarray, cols: np.ndarray) -> Grid | None:
         if layer.weight.name not in weights:
             return None
+        if layer.weight.name not in main:  # in an If branch: stored int8 weight-only
+            return uniform_grid(mats, cols, cfg.per_channel, INT8_MAX)
         if layer.kind == "matmul" and cfg.bits == 4:
             if not dynamic:
                 return None
