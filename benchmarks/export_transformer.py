@@ -8,8 +8,10 @@ and a GELU feed-forward, mean pooling over unpadded tokens) is trained for `--st
 (AdamW, warm-up then cosine decay) on a synthetic task so its weights are not random: each
 token id belongs to one of 8 classes (id mod 8), 40% of a sequence's tokens come from one
 planted class, and the label is the sequence's most frequent class, which needs every token.
-The held-out accuracy is printed at the end: 0.924 for the default model after the default
-150 steps (about 5 CPU minutes); `--large --steps 80`, 0.754 (the files the README measures).
+The held-out accuracy (8 classes, chance 0.125) is printed at the end; with the default 150
+steps, 0.924 for the default model (under 4 minutes) and 0.838 for `--large` (301 s of CPU,
+24 minutes of wall time on the loaded shared VM; 80 steps gave 0.754): the files the README
+measures.
 Default: 4 layers, hidden 256, 256 token ids (~13 MB); `--large`: 7 layers, hidden 512, 1000
 ids (~90 MB).
 
@@ -18,7 +20,8 @@ Written to DIR (default ~/.cache/mcompress-bench/), names printed at the end:
   outputs `logits` [batch, 8] and `embedding` [batch, hidden] (the pooled sentence vector).
 - `transformer[_large]_calib.npz`: 128 sequences for `--calibration`.
 - `transformer[_large]_val.npz`: 256 held-out sequences with `labels`, for `--data`.
-Same seed, same files (up to torch's thread scheduling during training).
+Same seed, same files: training runs on one torch thread, and two exports of the default
+model were byte-identical.
 """
 
 from __future__ import annotations
