@@ -31,6 +31,7 @@ print(json.dumps({"code": code, "loaded": loaded, "frozen": gc.get_freeze_count(
 NOT_FOR_PRUNE = (
     "yaml", "rich.progress", "numpy.random", "numpy.ma", "multiprocessing",
     "mcompress.budget", "mcompress.layer_search", "mcompress.pass_cache", "mcompress.render",
+    "mcompress.passes.prune.structured",
 )  # fmt: skip
 
 

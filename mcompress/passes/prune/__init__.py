@@ -12,7 +12,6 @@ from typing import Any
 from mcompress.errors import NothingToDo, PassError
 from mcompress.model_io import Model
 from mcompress.passes.base import PassContext, PassResult
-from mcompress.passes.prune import structured as prune_structured
 from mcompress.passes.prune.config import Config
 from mcompress.passes.prune.magnitude import layer_counts, prune_tensor, totals_of
 from mcompress.recover.options import (
@@ -27,6 +26,14 @@ summary = "Zero the smallest-magnitude weights, or remove whole channels (struct
 _UNSTRUCTURED_ONLY = ("scope", "min_elements", "include_biases", "n_m", "layers")
 _STRUCTURED_ONLY = ("round_to",)
 _CRITERIA = {True: ("l1", "l2"), False: ("magnitude", "wanda", "sparsegpt")}
+
+
+def _structured() -> Any:
+    """The structured pruning module, imported by the runs that use it (its channel analysis
+    is start-up time an unstructured prune does not need)."""
+    from mcompress.passes.prune import structured
+
+    return structured
 
 
 def check(model: Model, cfg: Config) -> None:
@@ -50,7 +57,7 @@ def check(model: Model, cfg: Config) -> None:
         )
     check_calibration(cfg)
     ops = {node.op_type for graph in model.graphs() for node in graph.node}
-    wanted = set(prune_structured.LAYER_OPS if cfg.structured else WEIGHT_SLOTS)
+    wanted = set(_structured().LAYER_OPS if cfg.structured else WEIGHT_SLOTS)
     if not ops & wanted:
         raise NothingToDo(
             "nothing to prune: the model has no " + ", ".join(sorted(wanted)) + " layer"
@@ -60,7 +67,7 @@ def check(model: Model, cfg: Config) -> None:
 def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
     """Prune in place; stats list every tensor touched and every tensor skipped, with why."""
     if cfg.structured:
-        return prune_structured.apply(model, cfg, ctx)
+        return _structured().apply(model, cfg, ctx)
     if wants_recovery(cfg):
         from mcompress.passes.prune import recovered as prune_recovered
 
