@@ -51,10 +51,10 @@ def options(
 ) -> onnxruntime.SessionOptions:
     """Session options: silent logging; `optimize=False` is for a session that runs once: no
     graph optimizations and no pre-packing of weights (both are load-time investments; the
-    pre-packed copy of every MatMul weight doubled a 2.5 GB model's memory for a load check);
-    "basic" is for many small sessions (recovery's graph segments): constant folding and
-    node eliminations only; `external_folder` resolves external data of a model given as
-    bytes."""
+    pre-packed copy of every MatMul weight doubled a 2.5 GB model's memory for a load check)
+    and idle threads that sleep (spinning ones burn CPU while the session loads); "basic" is
+    for many small sessions (recovery's graph segments): constant folding and node
+    eliminations only; `external_folder` resolves external data of a model given as bytes."""
     ort = onnxruntime_module()
 
     ort.set_default_logger_severity(QUIET)  # sessions made inside onnxruntime's own tools
@@ -65,6 +65,7 @@ def options(
     elif not optimize:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.add_session_config_entry("session.disable_prepacking", "1")
+        spinning = False
     if external_folder is not None:
         opts.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(external_folder)

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests import builders
 
 REPO = Path(__file__).resolve().parents[1]
@@ -56,3 +58,14 @@ def test_prune_without_validation_loads_only_what_it_uses(tmp_path: Path) -> Non
 def _without(name: str) -> dict[str, str]:
     """This environment without `name` (a CI job's step summary is written with render)."""
     return {key: value for key, value in os.environ.items() if key != name}
+
+
+def test_a_session_that_runs_once_does_not_spin() -> None:
+    """Spinning idle threads burn CPU while such a session loads (the input's load check)."""
+    from mcompress import runtime
+
+    once = runtime.options(optimize=False)
+    assert once.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert once.get_session_config_entry("session.disable_prepacking") == "1"
+    with pytest.raises(RuntimeError, match="does not have configuration"):
+        runtime.options().get_session_config_entry("session.intra_op.allow_spinning")
