@@ -20,10 +20,18 @@ def node_excluded(node: onnx.NodeProto, patterns: tuple[str, ...] | list[str]) -
     return any(node.op_type == p or fnmatch.fnmatchcase(node.name, p) for p in patterns)
 
 
+# The default-domain ops whose attributes may hold graphs (the ONNX schemas give no other); the
+# attributes of every other default-domain node are not read: each read wraps a message, and
+# the passes walk the graphs dozens of times (figures in benchmarks/README.md).
+CONTROL_FLOW_OPS = frozenset({"If", "Loop", "Scan", "SequenceMap"})
+
+
 def iter_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     """`graph` and all graphs nested in its nodes' attributes, depth first."""
     yield graph
     for node in graph.node:
+        if node.domain in ("", "ai.onnx") and node.op_type not in CONTROL_FLOW_OPS:
+            continue
         for attr in node.attribute:
             if attr.type == onnx.AttributeProto.GRAPH:
                 yield from iter_graphs(attr.g)

@@ -73,3 +73,16 @@ def test_input_reads_counts_every_read_nested_ones_included() -> None:
     # x: ReduceSum and both branches' MatMul; w_outer only from the then-branch.
     assert (reads["x"], reads["w_outer"], reads["w_inner"], reads["cond"]) == (3, 1, 1, 1)
     assert reads["y"] == 0
+
+
+def test_iter_graphs_reads_graphs_of_control_flow_and_other_domains_only() -> None:
+    """If branches and a custom-domain op's graph attribute are walked; a default-domain op's
+    attributes are not read (only If, Loop, Scan and SequenceMap hold graphs there)."""
+    model = builders.if_subgraph()
+    body = helper.make_graph([], "custom_body", [], [])
+    custom = helper.make_node("Fused", [], [], domain="com.example", body=body)
+    # not a valid ONNX node: a graph attribute on Relu is never looked at
+    odd = helper.make_node("Relu", ["x"], ["y"], body=helper.make_graph([], "relu_body", [], []))
+    model.graph.node.extend([custom, odd])
+    names = [graph.name for graph in iter_graphs(model.graph)]
+    assert names == ["if_model", "else", "then", "custom_body"]
