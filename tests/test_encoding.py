@@ -358,3 +358,66 @@ def test_cli_packs_a_pre_pruned_model(tmp_path: Path) -> None:
     output = tmp_path / "pre.stripped.onnx"
     assert model_io.disk_size(output) <= 0.17 * model_io.disk_size(dense)
     assert_same_outputs(dense, output, {"x": RNG.normal(size=(2, 512)).astype(np.float32)})
+
+
+def test_a_codebook_expansion_holds_the_codes_and_one_index_per_element_at_load() -> None:
+    """What onnxruntime keeps while it folds an 8-bit codebook expansion: the stored codes and
+    codebook, and the int32 index of every element (Cast); the Gather's output is the weight."""
+    from mcompress.encoding.facts import Facts
+    from mcompress.encoding.forms import codebook_plan
+    from mcompress.encoding.plan import GraphState
+    from mcompress.graph import FreshNames
+
+    weight = clustered((64, 96), 200)
+    model = matmul_model({"w": weight}, inputs=64)
+    facts = Facts.of(model.graph.initializer[0], weight)
+    assert facts.table is not None
+    plan = codebook_plan(facts, GraphState(model.graph, FreshNames(model)))
+    assert plan.load_bytes == weight.size * (1 + 4) + facts.table.size * 4
+
+
+def test_external_data_models_are_packed_only_within_the_load_budget(tmp_path: Path) -> None:
+    """A model with external data keeps what onnxruntime holds while folding the expansions
+    within LOAD_PEAK_LIMIT x its dense weights: the weights that would pass it stay dense, and
+    a note says how many. The same model saved inline is packed whole."""
+    weights = {f"w{i}": clustered((64, 256), 200) for i in range(6)}
+    proto = matmul_model(weights, inputs=64)
+    dense_bytes = sum(w.nbytes for w in weights.values())
+    inline = model_io.load_model(save(proto, tmp_path / "inline.onnx"))
+    assert len(encoding.pack(inline).tensors) == 6
+    external = model_io.load_model(save(proto, tmp_path / "ext.onnx", external=True))
+    packing = encoding.pack(external)
+    # folding one holds 9 bytes per element (codes, int32 indices, the weight): 2.25x its
+    # dense bytes, so 1.3 x 6 weights' worth holds 3 of them
+    assert len(packing.tensors) == int(encoding.LOAD_PEAK_LIMIT * 6 / 2.25) == 3
+    assert packing.note is not None and packing.note.startswith("3 weights stored dense")
+    assert any(n.startswith("packing: 3 weights stored dense") for n in external.notes)
+    packed = tmp_path / "packed.onnx"
+    model_io.save_model(external, packed)
+    assert 0.6 * dense_bytes < model_io.disk_size(packed) < 0.7 * dense_bytes
+    feed = {"x": RNG.normal(0, 1, (2, 64)).astype(np.float32)}
+    np.testing.assert_array_equal(run(packed, feed)[0], run(tmp_path / "ext.onnx", feed)[0])
+
+
+def test_unpacking_holds_one_weights_expansion_at_a_time(tmp_path: Path) -> None:
+    """Each expansion's values are dropped after their last use and each restored weight is
+    stored (spilled, while a spill is active) at once: unpacking six packed 1 MB weights peaks
+    under the six dense weights together (it held every weight and index array: 2.3x them)."""
+    import tracemalloc
+
+    from mcompress import spill
+
+    weights = {f"w{i}": clustered((512, 512), 200) for i in range(6)}
+    model = model_io.load_model(save(matmul_model(weights), tmp_path / "dense.onnx"))
+    assert len(encoding.pack(model).tensors) == 6
+    model_io.save_model(model, tmp_path / "packed.onnx", external=True)
+    packed = model_io.load_model(tmp_path / "packed.onnx")
+    tracemalloc.start()
+    with spill.spilling(True):
+        assert encoding.unpack(packed) == 6
+        peak = tracemalloc.get_traced_memory()[1]
+        restored = {w.name: np.array(w.array()) for w in packed.weights()}
+    tracemalloc.stop()
+    assert peak < sum(w.nbytes for w in weights.values())
+    for name, values in weights.items():
+        np.testing.assert_array_equal(restored[name], values)

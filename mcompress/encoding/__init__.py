@@ -38,7 +38,7 @@ from mcompress.encoding.plan import (
     tensor_stub,
 )
 from mcompress.graph import FreshNames, iter_graphs
-from mcompress.model_io import Model, load_model, read_array
+from mcompress.model_io import Model, load_model, read_array, saves_external, tensor_bytes
 
 # Opset that has every op the node encodings use (BitShift and CumSum arrived in 11).
 MIN_OPSET = 11
@@ -46,11 +46,22 @@ MIN_OPSET = 11
 # IR version from which initializers need not also be graph inputs.
 MIN_IR = 4
 
+# A model saved with external data (large: hundreds of MB and up) is packed only as far as
+# onnxruntime's load peak stays within this multiple of its dense weights. Constant folding
+# keeps every expansion's stored tensors, intermediates (a 32-bit index per element for a
+# codebook) and result until it ends; dense weights in external data are memory-mapped and
+# touched only afterwards, one by one, when MatMul pre-packs them. So the peak is the larger
+# of the dense weights and the sum over packed weights of what folding holds: fully packed,
+# K=256 clustering of a 2.5 GB MLP peaked at 2.2x the original's 2.55 GB; 12 of its 38
+# weights packed, at 1.0x. The rest stay dense. Smaller models are packed fully.
+LOAD_PEAK_LIMIT = 1.3
+
 
 @dataclass
 class Packing:
     """What `pack` re-encoded: the report's `packing` section. Only tensors whose encoding
-    changed are listed; the totals cover those tensors. `note` says why nothing was packed."""
+    changed are listed; the totals cover those tensors. `note` says why nothing was packed,
+    or why some weights were left dense."""
 
     tensors: list[PackedTensor]
     scanned: int
@@ -79,6 +90,8 @@ def pack(model: Model, *, min_elements: int = 64) -> Packing:
         note = f"weights left dense: packing needs opset >= {MIN_OPSET} and IR >= {MIN_IR}"
         return Packing(rows, 0, 0, 0, note)
     names = FreshNames(model.proto)
+    budget = load_budget(model)
+    over_budget = 0
     # Innermost graphs first: editing a graph copies its nodes, and with them any subgraph.
     for graph in reversed(list(iter_graphs(model.proto.graph))):
         state = GraphState(graph, names)
@@ -97,14 +110,40 @@ def pack(model: Model, *, min_elements: int = 64) -> Packing:
             dense = tensor_cost(
                 tensor_stub(tensor.name, tensor.data_type, facts.shape), facts.nbytes
             )
-            best = min(candidates(facts, state), key=Plan.cost, default=None)
+            plans = candidates(facts, state)
+            affordable = [p for p in plans if budget is None or _at_load(p, facts) <= budget]
+            best = min(affordable, key=Plan.cost, default=None)
             if best is None or not worth(dense, best.cost()):
+                over_budget += len(affordable) < len(plans)
                 continue
             graph_rows.append(facts.row(best.encoding, dense, best.cost()))
             state.commit(best)
+            if budget is not None:
+                budget -= _at_load(best, facts)
         state.finish()
         rows[:0] = graph_rows
-    return Packing.of(rows, scanned)
+    packing = Packing.of(rows, scanned)
+    if over_budget:
+        packing.note = (
+            f"{over_budget} weights stored dense: unpacking them too at load would take "
+            f"onnxruntime's peak over {LOAD_PEAK_LIMIT:.1f}x the dense weights "
+            "(models with external data are packed only that far)"
+        )
+        model.notes.append(f"packing: {packing.note}")
+    return packing
+
+
+def load_budget(model: Model) -> int | None:
+    """Bytes onnxruntime may hold while it folds the expansions of `model` (see
+    LOAD_PEAK_LIMIT); None (no limit) for a model saved without external data."""
+    if not saves_external(model):
+        return None
+    return int(LOAD_PEAK_LIMIT * tensor_bytes(model.proto))
+
+
+def _at_load(plan: Plan, facts: Facts) -> int:
+    """What folding `plan` holds at load: its stored tensors, intermediates and the weight."""
+    return plan.load_bytes + facts.nbytes
 
 
 def unpack(model: Model) -> int:

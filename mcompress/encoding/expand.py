@@ -40,8 +40,11 @@ def evaluate_expansions(
         for t in graph.initializer
         if t.name.startswith(PREFIX)
     }
-    restored = []
-    for node in ours:
+    # Each value is dropped after its last use and each weight stored as soon as it is
+    # restored, so unpacking holds one weight's expansion at a time.
+    last_use = {name: index for index, node in enumerate(ours) for name in node.input}
+    restored = 0
+    for index, node in enumerate(ours):
         args = []
         for name in node.input:
             if name not in env and outer is not None and name in outer:
@@ -49,9 +52,16 @@ def evaluate_expansions(
             if name not in env:
                 raise ModelError(f"cannot unpack '{node.name}': its input '{name}' is missing")
             args.append(env[name])
-        env[node.output[0]] = _run(node, args)
-        if not node.output[0].startswith(PREFIX):
-            restored.append(node.output[0])
+        for name in node.input:
+            if last_use[name] == index:
+                env.pop(name, None)
+        output = node.output[0]
+        if output.startswith(PREFIX):
+            env[output] = _run(node, args)
+        else:
+            add_initializer(graph, _run(node, args), output)
+            restored += 1
+        del args
     rest = [n for n in graph.node if not n.name.startswith(PREFIX)]
     del graph.node[:]
     graph.node.extend(rest)
@@ -63,9 +73,7 @@ def evaluate_expansions(
         name = graph.initializer[index].name
         if name.startswith(PREFIX) and name not in used:
             del graph.initializer[index]
-    for name in restored:
-        add_initializer(graph, env[name], name)
-    return len(restored)
+    return restored
 
 
 def _run(node: onnx.NodeProto, args: list[np.ndarray]) -> np.ndarray:

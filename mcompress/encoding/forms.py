@@ -49,22 +49,31 @@ def _unpack_codes(
     Shifting each byte left by j*bits (uint8 wraps) and then right by 8-bits isolates code j.
     Unless `exact`, trailing padding codes are left in place (for gathers that never reach them).
     """
+    indices = count * _itemsize(index_type)
     if bits == 8:
-        return plan.node("Cast", [packed], to=index_type)
+        return plan.node("Cast", [packed], to=index_type, out_bytes=indices)
     shifts = np.arange(0, 8, bits, dtype=np.uint8)
-    left = plan.node("BitShift", [packed, plan.const(f"l{bits}", shifts)], direction="LEFT")
+    unpacked = _packed_shape(count, bits)[0] * (8 // bits)  # one code per byte
+    left = plan.const(f"l{bits}", shifts)
+    codes = plan.node("BitShift", [packed, left], direction="LEFT", out_bytes=unpacked)
     right = plan.const(f"r{bits}", np.array(8 - bits, np.uint8))
-    codes = plan.node("BitShift", [left, right], direction="RIGHT")
-    padded = _packed_shape(count, bits)[0] * (8 // bits) != count
+    codes = plan.node("BitShift", [codes, right], direction="RIGHT", out_bytes=unpacked)
+    padded = unpacked != count
     if shape is None or padded:
-        codes = plan.node("Reshape", [codes, plan.const("flat", np.array([-1], np.int64))])
+        flat = plan.const("flat", np.array([-1], np.int64))
+        codes = plan.node("Reshape", [codes, flat], out_bytes=unpacked)
     if padded and (exact or shape is not None):
         start = plan.const("start", np.array([0], np.int64))
         end = plan.const(f"n{count}", np.array([count], np.int64))
-        codes = plan.node("Slice", [codes, start, end])
+        codes = plan.node("Slice", [codes, start, end], out_bytes=count)
     if shape is not None:
-        codes = plan.node("Reshape", [codes, plan.const(f"s{count}", np.array(shape, np.int64))])
-    return plan.node("Cast", [codes], to=index_type)
+        dims = plan.const(f"s{count}", np.array(shape, np.int64))
+        codes = plan.node("Reshape", [codes, dims], out_bytes=count)
+    return plan.node("Cast", [codes], to=index_type, out_bytes=indices)
+
+
+def _itemsize(data_type: int) -> int:
+    return np.dtype(helper.tensor_dtype_to_np_dtype(data_type)).itemsize
 
 
 Stream = Callable[[np.ndarray], np.ndarray]
@@ -102,13 +111,15 @@ def _values(
     packed = plan.tensor("c", np.dtype(np.uint8), stored, packed_codes)
     indices = _unpack_codes(plan, packed, bits, entries, facts.index_type, exact=exact, shape=shape)
     book_values = plan.tensor("t", facts.float_dtype, table.shape, lambda: facts.floats(table))
-    return plan.node("Gather", [book_values, indices], output=facts.name if shape else None)
+    out_bytes = entries * facts.float_dtype.itemsize
+    output = facts.name if shape else None
+    return plan.node("Gather", [book_values, indices], output, out_bytes=out_bytes)
 
 
 def _to_shape(plan: Plan, values: str, facts: Facts) -> None:
     """Reshape the flat expansion to the weight's shape, under the weight's own name."""
     shape = plan.const(f"s{facts.size}", np.array(facts.shape, np.int64))
-    plan.node("Reshape", [values, shape], output=facts.name)
+    plan.node("Reshape", [values, shape], output=facts.name, out_bytes=facts.nbytes)
 
 
 def _name(encoding: str, facts: Facts, book: bool) -> str:
@@ -145,11 +156,12 @@ def channel_codebook_plan(facts: Facts, state: GraphState) -> Plan:
     def offsets() -> np.ndarray:
         return (np.arange(channels) * entries).astype(index_dtype).reshape(offset_shape)
 
-    where = plan.node("Add", [local, plan.tensor("o", index_dtype, offset_shape, offsets)])
+    offset = plan.tensor("o", index_dtype, offset_shape, offsets)
+    where = plan.node("Add", [local, offset], out_bytes=facts.size * index_dtype.itemsize)
     book = plan.tensor(
         "t", facts.float_dtype, (channels * entries,), lambda: facts.floats(table.reshape(-1))
     )
-    plan.node("Gather", [book, where], output=facts.name)
+    plan.node("Gather", [book, where], output=facts.name, out_bytes=facts.nbytes)
     return plan
 
 
@@ -166,14 +178,16 @@ def mask_plan(facts: Facts, state: GraphState, book: bool) -> Plan:
         "m", np.dtype(np.uint8), _packed_shape(facts.size, 1), lambda: _pack_codes(nonzero, 1)
     )
     flags = _unpack_codes(plan, mask, 1, facts.size, facts.index_type)
-    running = plan.node("CumSum", [flags, plan.const("axis", np.array(0, np.int32))])
-    numbers = plan.node("Mul", [running, flags])
+    indices = facts.size * _itemsize(facts.index_type)
+    axis = plan.const("axis", np.array(0, np.int32))
+    running = plan.node("CumSum", [flags, axis], out_bytes=indices)
+    numbers = plan.node("Mul", [running, flags], out_bytes=indices)
 
     def stream(a: np.ndarray) -> np.ndarray:
         return np.concatenate([np.zeros(1, a.dtype), a[nonzero]])
 
     values = _values(plan, facts, facts.nnz + 1, stream, book, exact=False)
-    _to_shape(plan, plan.node("Gather", [values, numbers]), facts)
+    _to_shape(plan, plan.node("Gather", [values, numbers], out_bytes=facts.nbytes), facts)
     return plan
 
 
@@ -205,13 +219,15 @@ def scatter_plan(facts: Facts, state: GraphState, width: int, book: bool) -> Pla
         return out
 
     stored = plan.tensor("g", gap_type, (entries,), stored_gaps)
-    steps = plan.node("Cast", [stored], to=facts.index_type)
-    where = plan.node("CumSum", [steps, plan.const("axis", np.array(0, np.int32))])
+    indices = entries * _itemsize(facts.index_type)
+    steps = plan.node("Cast", [stored], to=facts.index_type, out_bytes=indices)
+    axis = plan.const("axis", np.array(0, np.int32))
+    where = plan.node("CumSum", [steps, axis], out_bytes=indices)
     values = _values(plan, facts, entries, stream, book)
     zero = numpy_helper.from_array(np.zeros(1, facts.float_dtype), "")
     size = plan.const(f"n{facts.size}", np.array([facts.size], np.int64))
-    base = plan.node("ConstantOfShape", [size], value=zero)
-    flat = plan.node("ScatterElements", [base, where, values])
+    base = plan.node("ConstantOfShape", [size], value=zero, out_bytes=facts.nbytes)
+    flat = plan.node("ScatterElements", [base, where, values], out_bytes=facts.nbytes)
     _to_shape(plan, flat, facts)
     return plan
 

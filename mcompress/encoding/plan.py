@@ -52,12 +52,17 @@ class Plan:
     data: list[tuple[TensorProto, Producer]] = field(default_factory=list)
     new_helpers: dict[tuple[Any, ...], TensorProto] = field(default_factory=dict)
     bytes: int = 0
+    # What onnxruntime holds at load beyond the dense weight: the stored tensors and every
+    # intermediate of the expansion (kept until constant folding ends).
+    load_bytes: int = 0
 
     def tensor(self, suffix: str, dtype: Any, shape: tuple[int, ...], make: Producer) -> str:
         """A per-tensor initializer whose values `make()` produces only if this plan wins."""
         stub = tensor_stub(f"{self.tag}/{suffix}", helper.np_dtype_to_tensor_dtype(dtype), shape)
         self.data.append((stub, make))
-        self.bytes += tensor_cost(stub, element_count(shape) * np.dtype(dtype).itemsize)
+        payload = element_count(shape) * np.dtype(dtype).itemsize
+        self.bytes += tensor_cost(stub, payload)
+        self.load_bytes += payload
         return stub.name
 
     def const(self, key: str, values: np.ndarray) -> str:
@@ -71,11 +76,17 @@ class Plan:
             self.bytes += field_cost(tensor.ByteSize())
         return self.new_helpers[full_key].name
 
-    def node(self, op: str, inputs: list[str], output: str | None = None, **attrs: Any) -> str:
+    def node(
+        self, op: str, inputs: list[str], output: str | None = None, *, out_bytes: int, **attrs: Any
+    ) -> str:
+        """A node of the expansion; `out_bytes` is the size of its output, an intermediate held
+        at load unless `output` is the weight itself."""
         name = f"{self.tag}/{len(self.nodes)}"
         node = helper.make_node(op, inputs, [output or name], name=name, **attrs)
         self.nodes.append(node)
         self.bytes += field_cost(node.ByteSize())
+        if output is None:
+            self.load_bytes += out_bytes
         return node.output[0]
 
     def cost(self) -> int:
