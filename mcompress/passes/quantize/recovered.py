@@ -18,10 +18,11 @@ from mcompress.passes.quantize import matmul as quantize_matmul
 from mcompress.passes.quantize.config import Config
 from mcompress.passes.quantize.math import quantize
 from mcompress.passes.quantize.weights import Target
-from mcompress.recover import tables
+from mcompress.recover import solve, tables
 from mcompress.recover.branches import taken_scope
 from mcompress.recover.layers import Layer, find_layers
 from mcompress.recover.options import load_calibration, wants_recovery
+from mcompress.recover.pruning import prunable_columns
 from mcompress.recover.rounding import Grid, GridOf, nearest, rounder, uniform_grid
 from mcompress.recover.sequential import RecoveryStats, reconstruct
 
@@ -56,15 +57,16 @@ def pre_round(
     settled = _settle(model, cfg, targets)
     if settled:
         notes.append(_settled_note(settled, cfg))
+    names = {t.name for t in targets}
     calibration = load_calibration(model, cfg, ctx)
     scope = taken_scope(model, calibration.feeds)
     layers = [
         layer
         for layer in find_layers(model, scope=scope)
-        if not node_excluded(layer.node, cfg.exclude)
+        if not node_excluded(layer.node, cfg.exclude) and _rounded_or_refitted(layer, names)
     ]
     recovery = RecoveryStats(calibration.source, calibration.synthetic, len(calibration.feeds))
-    grids = grid_chooser(model, cfg, {t.name for t in targets})
+    grids = grid_chooser(model, cfg, names)
     reconstruct(
         model,
         layers,
@@ -79,6 +81,17 @@ def pre_round(
     if recovery.synthetic:
         notes.append("quantize: GPTQ calibrated on synthetic random inputs (calibration: random)")
     return asdict(recovery), notes
+
+
+def _rounded_or_refitted(layer: Layer, targets: set[str]) -> bool:
+    """Whether `rounding.rounder` changes this layer: a target not already on few shared
+    values, or a weight no earlier pass shaped (re-fitted). Others (clustered, or pruned and
+    left float) come out as they went in, so the sweep skips their statistics."""
+    mats = layer.matrices()
+    cols = prunable_columns(layer, mats)
+    if np.unique(mats[..., cols]).size <= solve.SHARED_VALUES:
+        return False
+    return layer.weight.name in targets or solve.untouched(mats, cols)
 
 
 def _settle(model: Model, cfg: Config, targets: list[Target]) -> list[Target]:
