@@ -1,25 +1,27 @@
-"""Per-layer budget search (`mcompress tune`): from the best global setting, the layers that
-take it best get more pruning and fewer shared values, as many as the budget allows.
+"""Per-layer budget search (`mcompress tune`, max-compression): from the best global setting,
+the layers that take it best get more pruning and fewer shared values, as many as the budget
+allows.
 
 Each weight is altered alone by the passes' own code (`sensitivity.level_values`: the prune
-pass's magnitude pruning, the cluster pass's k-means) and the output SQNR measured. For each
-step of PUSH_STEPS the layers are ranked by that figure, and the number of layers pushed to the
-step's setting (most robust first) is found by bisection over whole-model trials, compressed by
-the passes (with calibration-based recovery where the config asks for it) and judged like the
-final validation. Only the ranking comes from the per-layer figures, so errors adding up across
-layers never fool the search: the trials decide. Clustered layers stay float in the quantize
-pass (`exclude`): their K shared values are stored as a codebook with 2-5-bit indices, so int8
-would only add rounding. Last, the MatMul weights still int8 (or above 16 values) get 4-bit
-block-wise storage where the budget allows (most robust first, by bisection again): a second
-quantize pass with `bits: 4` (run as int8 by onnxruntime), which is what transformers need,
-whose MatMuls rarely take per-tensor weight sharing.
+pass's magnitude pruning, the cluster pass's k-means) at each step of PUSH_STEPS beyond the
+global setting, and the output SQNR measured. A threshold on that figure gives every layer the
+deepest step it takes alone above the threshold; one bisection over the thresholds (at most
+MAX_THRESHOLDS of them, so three whole-model trials instead of one per layer count and
+step) finds the lowest one whose model keeps the gates. The trials are compressed by the passes
+(with calibration-based recovery where the config asks for it) and judged like the final
+validation: only the ranking comes from the per-layer figures, so errors adding up across
+layers never fool the search. Clustered layers stay float in the quantize pass (`exclude`):
+their K shared values are stored as a codebook with 2-5-bit indices, so int8 would only add
+rounding. Last, the MatMul weights still int8 (or above 16 values) get 4-bit block-wise storage
+where the budget allows (most robust first, by bisection again): a second quantize pass with
+`bits: 4` (run as int8 by onnxruntime), which is what transformers need, whose MatMuls rarely
+take per-tensor weight sharing.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,13 +38,16 @@ PUSH_STEPS = ((0.5, 32), (0.65, 16), (0.8, 8))
 # 4-bit blocks hold 16 levels: a layer clustered to at most this many values gains nothing.
 INT4_LEVELS = 16
 # Inputs per sensitivity run: enough to rank layers, few enough to probe every layer quickly.
-PROFILE_SAMPLES = 64
+PROFILE_SAMPLES = 32
+# Thresholds the push stage bisects over at most: 7 take at most 3 whole-model trials.
+MAX_THRESHOLDS = 7
 _DEFAULT_MIN_ELEMENTS = 2048
 
 
 @dataclass
 class Profile:
-    """Output SQNR (dB) with each weight altered alone: per sparsity, per cluster count."""
+    """Output SQNR (dB) with each weight altered alone: per sparsity, per cluster count (inf:
+    the step leaves the weight as the global setting has it)."""
 
     prune: dict[str, dict[float, float]]
     cluster: dict[str, dict[int, float]]
@@ -55,9 +60,35 @@ class Profile:
         """The lower of the two figures: how well the layer takes this step alone."""
         return min(self.prune[name][sparsity], self.cluster[name][clusters])
 
-    def ranking(self, step: tuple[float, int]) -> Callable[[str], float]:
-        """Sort key putting the layers that take `step` best first."""
-        return lambda name: -self.robustness(name, *step)
+    def depths(self, threshold: float) -> dict[str, int]:
+        """Per layer, how many steps of PUSH_STEPS it takes alone at or above `threshold`
+        (stopping at the first it does not take): lower thresholds push every layer deeper."""
+        found = {}
+        for name in self.prune:
+            depth = 0
+            while depth < len(PUSH_STEPS) and (
+                self.robustness(name, *PUSH_STEPS[depth]) >= threshold
+            ):
+                depth += 1
+            found[name] = depth
+        return found
+
+    def thresholds(self) -> list[float]:
+        """The figures where some layer takes one step more, highest (fewest pushed) first,
+        thinned evenly to at most MAX_THRESHOLDS."""
+        values = sorted(
+            {
+                min(self.robustness(name, *step) for step in PUSH_STEPS[: i + 1])
+                for name in self.prune
+                for i in range(len(PUSH_STEPS))
+            }
+            - {math.inf, -math.inf},
+            reverse=True,
+        )
+        if len(values) <= MAX_THRESHOLDS:
+            return values
+        picks = np.linspace(0, len(values) - 1, MAX_THRESHOLDS).round().astype(int)
+        return [values[i] for i in sorted(set(picks.tolist()))]
 
 
 @dataclass
@@ -70,27 +101,54 @@ class Plan:
 
 
 def refine(state: budget.SearchState, sparsity: float | None, clusters: int | None) -> None:
-    """Profile every layer, then push the most robust ones step by step; trials join `state`
-    (the caller picks the winner among all of them)."""
+    """Profile every layer, then one bisection over the robustness threshold pushes the most
+    robust ones; trials join `state` (the caller picks the winner among all of them)."""
     kinds = {p.type for p in state.cfg.passes}
     if not {"prune", "cluster"} <= kinds:
         return
     state.on_line("tune: measuring each layer's sensitivity (the passes' code, one layer alone)")
-    found = profile(state, sparsity or 0.0)
+    found = profile(state, sparsity or 0.0, clusters)
     if not found.prune:
         return
-    names = list(found.prune)
-    state.on_line(f"tune: {len(names)} layers profiled; pushing the most robust ones")
-    current = Plan(dict(found.start), {n: clusters for n in names})
-    for step in PUSH_STEPS:
-        order = sorted(names, key=found.ranking(step))
-        counts = list(range(1, len(names) + 1))
-        best = budget.bisect(counts, _trial(state, current, order, step), True, state.out_of_time)
-        if best is None:
-            break
-        current = _pushed(current, order[:best], *step)
+    state.on_line(f"tune: {len(found.prune)} layers profiled; pushing the most robust ones")
+    start = Plan(dict(found.start), dict.fromkeys(found.prune, clusters))
+
+    def passes(threshold: float) -> bool:
+        depths = found.depths(threshold)
+        return budget.judge(
+            state, _label(depths), layered(state.cfg, _deepened(start, depths))
+        ).passed
+
+    best = budget.bisect(found.thresholds(), passes, True, state.out_of_time)
+    current = start if best is None else _deepened(start, found.depths(best))
     if not state.out_of_time():
         _four_bit_stage(state, found, current)
+
+
+def _deepened(start: Plan, depths: dict[str, int]) -> Plan:
+    """`start` with each layer pushed through its first `depth` steps of PUSH_STEPS."""
+    plan = Plan(dict(start.sparsity), dict(start.clusters))
+    for name, depth in depths.items():
+        if depth:
+            sparsity, clusters = PUSH_STEPS[depth - 1]
+            plan.sparsity[name] = max(plan.sparsity[name], sparsity)
+            old = plan.clusters[name]
+            plan.clusters[name] = clusters if old is None else min(old, clusters)
+    return plan
+
+
+def _label(depths: dict[str, int]) -> str:
+    """`per layer: 6 of 17 at 0.8, 8; 8 at 0.65, 16` (deepest step first)."""
+    counts = Counter(depths.values())
+    parts = [
+        f"{counts[d]} at {PUSH_STEPS[d - 1][0]:g}, {PUSH_STEPS[d - 1][1]}"
+        for d in range(len(PUSH_STEPS), 0, -1)
+        if counts[d]
+    ]
+    if not parts:
+        return f"per layer: 0 of {len(depths)} pushed"
+    parts[0] = parts[0].replace(" at ", f" of {len(depths)} at ", 1)
+    return "per layer: " + "; ".join(parts)
 
 
 def _four_bit_stage(state: budget.SearchState, found: Profile, base: Plan) -> None:
@@ -115,32 +173,9 @@ def _four_bit_stage(state: budget.SearchState, found: Profile, base: Plan) -> No
         budget.bisect(list(range(1, len(order) + 1)), passes, True, state.out_of_time)
 
 
-def _pushed(base: Plan, names: list[str], sparsity: float, clusters: int) -> Plan:
-    """`base` with these layers at least this sparse and at most this many shared values."""
-    plan = Plan(dict(base.sparsity), dict(base.clusters))
-    for name in names:
-        plan.sparsity[name] = max(plan.sparsity[name], sparsity)
-        old = plan.clusters[name]
-        plan.clusters[name] = clusters if old is None else min(old, clusters)
-    return plan
-
-
-def _trial(
-    state: budget.SearchState, base: Plan, order: list[str], step: tuple[float, int]
-) -> Callable[[int], bool]:
-    """Whether pushing the first `count` layers of `order` one step keeps the gates."""
-
-    def passes(count: int) -> bool:
-        label = f"per layer: {count} of {len(order)} at {step[0]:g}, {step[1]}"
-        plan = _pushed(base, order[:count], *step)
-        return budget.judge(state, label, layered(state.cfg, plan)).passed
-
-    return passes
-
-
-def profile(state: budget.SearchState, sparsity: float) -> Profile:
-    """Each prunable weight alone at each level, through one in-memory session, and its share
-    of zeros under one global threshold at `sparsity`."""
+def profile(state: budget.SearchState, sparsity: float, clusters: int | None) -> Profile:
+    """Each prunable weight alone at each step beyond the global setting (`sparsity`, as one
+    global threshold sets it per weight, and `clusters`), through one in-memory session."""
     model = sensitivity.load_prepared(state.model)
     prune_cfg = next((p for p in state.cfg.passes if p.type == "prune"), None)
     min_elements = getattr(prune_cfg, "min_elements", _DEFAULT_MIN_ELEMENTS)
@@ -148,7 +183,7 @@ def profile(state: budget.SearchState, sparsity: float) -> Profile:
     if not probed:
         return Profile({}, {}, {})
     sparsities = sorted({s for s, _ in PUSH_STEPS})
-    counts = sorted({k for _, k in PUSH_STEPS})
+    counts = sorted({k for _, k in PUSH_STEPS if clusters is None or k < clusters})
     prune_values = {s: sensitivity.level_values(model, probed, "prune", s) for s in sparsities}
     cluster_values = {k: sensitivity.level_values(model, probed, "cluster", k) for k in counts}
     int4_values = sensitivity.level_values(model, _int4_eligible(probed), "quantize", 4)
@@ -164,8 +199,12 @@ def profile(state: budget.SearchState, sparsity: float) -> Profile:
     found = Profile({}, {}, start)
     for cand in probed:
         name = cand.weight.name
-        found.prune[name] = {s: sqnr(cand, v.get(name)) for s, v in prune_values.items()}
-        found.cluster[name] = {k: sqnr(cand, v.get(name)) for k, v in cluster_values.items()}
+        found.prune[name] = {
+            s: sqnr(cand, v.get(name)) if s > start[name] else math.inf
+            for s, v in prune_values.items()
+        }
+        found.cluster[name] = dict.fromkeys((k for _, k in PUSH_STEPS), math.inf)
+        found.cluster[name].update({k: sqnr(cand, v.get(name)) for k, v in cluster_values.items()})
         if name in int4_values:
             found.int4[name] = sqnr(cand, int4_values[name])
     return found
