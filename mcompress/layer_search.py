@@ -6,9 +6,10 @@ Each weight is altered alone by the passes' own code (`sensitivity.level_values`
 pass's magnitude pruning, the cluster pass's k-means) at each step of PUSH_STEPS beyond the
 global setting, and the output SQNR measured. `tune` (`refine`) ranks the layers by that figure
 for each step and finds how many take it by bisection over whole-model trials, step after step
-(~13 trials on 17 layers). Presets (`refine_quick`, for max-compression's speed) bisect once
-over a threshold on the figure, which gives every layer the deepest step it takes alone above
-it (at most MAX_THRESHOLDS thresholds: 3 trials). The trials are compressed by the passes (with
+(~13 trials on 17 layers); so do presets without calibration data. Presets whose trials
+recover on calibration data (`refine_quick`: each trial is a recovery sweep) bisect once over
+a threshold on the figure, which gives every layer the deepest step it takes alone above it
+(at most MAX_THRESHOLDS thresholds: 3 trials). The trials are compressed by the passes (with
 calibration-based recovery where the config asks for it) and judged like the final validation:
 only the ranking comes from the per-layer figures, so errors adding up across layers never
 fool the search. Clustered layers stay float in the quantize pass (`exclude`): their K shared
@@ -147,8 +148,9 @@ def _step_trial(
 
 
 def refine_quick(state: budget.SearchState, sparsity: float | None, clusters: int | None) -> None:
-    """Presets (`per_layer: true`): profile every layer, then one bisection over the
-    robustness threshold pushes the most robust ones (3 trials, against `refine`'s ~13)."""
+    """Presets recovering on calibration data (`preset_stage`): profile every layer, then one
+    bisection over the robustness threshold pushes the most robust ones (3 trials, against
+    `refine`'s ~13)."""
     found = _profiled(state, sparsity, clusters)
     if found is None:
         return
@@ -164,6 +166,21 @@ def refine_quick(state: budget.SearchState, sparsity: float | None, clusters: in
     current = start if best is None else _deepened(start, found.depths(best))
     if not state.out_of_time():
         _four_bit_stage(state, found, current)
+
+
+def preset_stage(cfg: PipelineConfig) -> budget.Refine | None:
+    """A preset's per-layer stage (`per_layer: true`): `refine_quick` when the passes recover
+    on calibration data, where each trial is a recovery sweep (~4 s of CPU on the classifier)
+    and the per-step bisections' ~13 trials took the search from 41 to 120 s of CPU; else
+    `refine`, whose trials are cheap and which found 0.75-0.9x the quick stage's bytes on the
+    shared models without calibration."""
+    if not (cfg.search and cfg.search.per_layer):
+        return None
+    recovering = any(
+        getattr(p, "calibration", None) is not None and getattr(p, "recover", False)
+        for p in cfg.passes
+    )
+    return refine_quick if recovering else refine
 
 
 def _profiled(

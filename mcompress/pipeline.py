@@ -98,7 +98,7 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
         opts = dataclasses.replace(opts, cache=opts.cache or PassCache())
         cfg, searched = budget.search(
             cfg, opts.input_path, trial_runner(opts), _trial_progress(cfg, opts),
-            refine=layer_search.refine_quick if cfg.search.per_layer else None,
+            refine=layer_search.preset_stage(cfg),
         )  # fmt: skip
     model = model_io.load_model(opts.input_path)
     input_files = model_io.external_files(model.proto, model.base_dir)
