@@ -122,8 +122,8 @@ def test_the_push_stage_is_one_bisection_not_one_per_layer_count_and_step(
     """12 layers and 3 push steps, trials recovering on calibration data: one bisection over
     the robustness thresholds (at most MAX_THRESHOLDS = 7, so 3 trials), where a bisection per
     step over the layer count takes 6 here (without calibration, where trials are cheap); the
-    result is still a per-layer candidate below the global best (37,512 bytes against 42,292
-    at sparsity 0.6 with 32 values, both at 20 dB)."""
+    result is still a per-layer candidate below the global best (42,478 bytes against 44,741
+    at sparsity 0.4 with 32 values, both at 20 dB)."""
     model = _chain(tmp_path / "chain.onnx")
     args = ["run", str(model), "-c", "max-compression", "--min-sqnr", "20", "--json", "--force"]
     pushes = {}
@@ -141,4 +141,4 @@ def test_the_push_stage_is_one_bisection_not_one_per_layer_count_and_step(
     )
     assert search["chosen"]["label"] == "per layer: 1 of 12 at 0.65, 16; 5 at 0.5, 32"
     chosen = next(t for t in pushes[True] if t["label"] == search["chosen"]["label"])
-    assert chosen["size_bytes"] == 37512 < best_global == 42292
+    assert chosen["size_bytes"] == 42478 < best_global == 44741
