@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 
-from mcompress import latency_stats, processes, runtime
+from mcompress import latency_stats, model_io, processes, runtime
 from mcompress.errors import GateError, McompressError, ModelError
 from mcompress.inputs import InputSet
 from mcompress.session_pair import SessionPair
@@ -24,6 +25,9 @@ from mcompress.session_pair import SessionPair
 WARMUP_RUNS = 3
 # Samples stacked into one batch for the second latency measurement, with --data.
 DATA_BATCH = 32
+# Both models' memory is measured at once (two processes side by side) when their files and
+# external data together are at most this large; larger ones one after the other.
+SIDE_BY_SIDE_BYTES = 256 * 2**20
 
 
 def latency(
@@ -125,22 +129,33 @@ def memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any]
         feed_path = Path(tmp) / "feed.npz"
         np.savez(feed_path, *inputs.feeds[0].values())
         names = json.dumps(list(inputs.feeds[0]))
-        peaks = []
-        for path, role in ((original, "original"), (compressed, "compressed")):
-            try:
-                done = subprocess.run(
-                    [sys.executable, "-c", MEMORY_SCRIPT, str(path), str(feed_path), names],
-                    capture_output=True,
-                    text=True,
-                    timeout=600,
-                    preexec_fn=processes.killed_with_parent(),
+        roles = ((original, "original"), (compressed, "compressed"))
+        side_by_side = sum(_bytes_on_disk(path) for path, _ in roles) <= SIDE_BY_SIDE_BYTES
+        children: list[subprocess.Popen[str]] = []
+        try:
+            for path, _ in roles:
+                children.append(
+                    subprocess.Popen(
+                        [sys.executable, "-c", MEMORY_SCRIPT, str(path), str(feed_path), names],
+                        stdout=subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                        text=True,
+                        preexec_fn=processes.killed_with_parent(),
+                    )
                 )
-            except (subprocess.SubprocessError, OSError):
-                return None
-            if done.returncode < 0:
-                raise _crashed(path, role, -done.returncode)
+                if not side_by_side:
+                    children[-1].wait(timeout=600)  # one JSON line: it fits the pipe
+            done = [(child.communicate(timeout=600)[0], child.returncode) for child in children]
+        except (subprocess.SubprocessError, OSError):
+            for child in children:
+                child.kill()
+            return None
+        peaks = []
+        for (path, role), (stdout, returncode) in zip(roles, done, strict=True):
+            if returncode < 0:
+                raise _crashed(path, role, -returncode)
             try:
-                peaks.append(json.loads(done.stdout.strip().splitlines()[-1]))
+                peaks.append(json.loads(stdout.strip().splitlines()[-1]))
             except (ValueError, IndexError):
                 return None
     if None in peaks:
@@ -152,6 +167,19 @@ def memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any]
         "compressed_peak_bytes": peaks[1],
         "ratio": peaks[1] / peaks[0] if peaks[0] else None,
     }
+
+
+def _bytes_on_disk(path: Path) -> int:
+    """A model file's bytes with its external data; a file too large to measure side by side
+    is not parsed for its external data."""
+    size = path.stat().st_size
+    if size > SIDE_BY_SIDE_BYTES:
+        return size
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # the measurement itself says what is wrong with the file
+        return size
+    return model_io.disk_size(path, model_io.external_files(proto, path.parent))
 
 
 def _crashed(path: Path, role: str, signal_number: int) -> McompressError:

@@ -140,7 +140,7 @@ def node_output_bytes(source: Path | str | bytes, feeds: list[Feed]) -> list[dic
     changes): the measure a memory estimate extrapolates from."""
     ort = onnxruntime_module()
 
-    opts = options()
+    opts = options(optimize=False)
     with tempfile.TemporaryDirectory() as tmp:
         opts.enable_profiling = True
         opts.profile_file_prefix = str(Path(tmp) / "probe")

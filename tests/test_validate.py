@@ -367,3 +367,21 @@ def test_models_with_different_input_names_are_one_line_exit_2(tmp_path: Path) -
         "original ['x'], compressed ['pixels']\n",
     )
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("limit", [0, 1 << 30])
+def test_memory_is_measured_one_after_the_other_or_side_by_side_alike(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+) -> None:
+    """Small models' two measuring processes run at once, large ones in turn; both ways each
+    model gets its own peak: a 4x larger MLP needs more memory to load and run."""
+    from mcompress import performance
+    from mcompress.inputs import make_feeds
+
+    monkeypatch.setattr(performance, "SIDE_BY_SIDE_BYTES", limit)
+    small = builders.save(builders.mlp(hidden=64), tmp_path / "small.onnx")
+    large = builders.save(builders.mlp(hidden=16384), tmp_path / "large.onnx")
+    feeds = make_feeds(small, data=None, samples=1, seed=0, input_shapes={})
+    found = performance.memory(small, large, feeds)
+    assert found is not None
+    assert found["compressed_peak_bytes"] > found["original_peak_bytes"] + (1 << 20)
