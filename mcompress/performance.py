@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from mcompress import latency_stats, model_io, processes, runtime
 from mcompress.errors import GateError, McompressError, ModelError
@@ -176,10 +175,9 @@ def _bytes_on_disk(path: Path) -> int:
     if size > SIDE_BY_SIDE_BYTES:
         return size
     try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception:  # the measurement itself says what is wrong with the file
+        return model_io.disk_size(path)
+    except Exception:  # unreadable: the measurement itself says what is wrong with the file
         return size
-    return model_io.disk_size(path, model_io.external_files(proto, path.parent))
 
 
 def _crashed(path: Path, role: str, signal_number: int) -> McompressError:
