@@ -142,15 +142,15 @@ def memory(original: Path, compressed: Path, inputs: InputSet) -> dict[str, Any]
                         preexec_fn=processes.killed_with_parent(),
                     )
                 )
-                if not side_by_side:
-                    children[-1].wait(timeout=600)  # one JSON line: it fits the pipe
+                if not side_by_side and children[-1].wait(timeout=600) < 0:
+                    break  # one JSON line fits the pipe; a crash is reported without the other
             done = [(child.communicate(timeout=600)[0], child.returncode) for child in children]
         except (subprocess.SubprocessError, OSError):
             for child in children:
                 child.kill()
             return None
         peaks = []
-        for (path, role), (stdout, returncode) in zip(roles, done, strict=True):
+        for (path, role), (stdout, returncode) in zip(roles, done, strict=False):
             if returncode < 0:
                 raise _crashed(path, role, -returncode)
             try:

@@ -385,3 +385,27 @@ def test_memory_is_measured_one_after_the_other_or_side_by_side_alike(
     found = performance.memory(small, large, feeds)
     assert found is not None
     assert found["compressed_peak_bytes"] > found["original_peak_bytes"] + (1 << 20)
+
+
+def test_a_crash_of_the_original_measured_alone_stops_before_the_compressed_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Measured one after the other (large models), the original's crash is the error at once:
+    the compressed model's process is not started (it would write a marker file)."""
+    from mcompress import performance
+    from mcompress.inputs import make_feeds
+
+    marker = tmp_path / "started"
+    script = (
+        "import os, pathlib, signal, sys\n"
+        "if sys.argv[1].endswith('orig.onnx'): os.kill(os.getpid(), signal.SIGSEGV)\n"
+        f"pathlib.Path({str(marker)!r}).touch()\n"
+    )
+    monkeypatch.setattr(performance, "MEMORY_SCRIPT", script + performance.MEMORY_SCRIPT)
+    monkeypatch.setattr(performance, "SIDE_BY_SIDE_BYTES", 0)
+    original = builders.save(builders.mlp(), tmp_path / "orig.onnx")
+    compressed = builders.save(builders.mlp(), tmp_path / "out.onnx")
+    feeds = make_feeds(original, data=None, samples=1, seed=0, input_shapes={})
+    with pytest.raises(ModelError, match="crashed .SIGSEGV. loading and running the original"):
+        performance.memory(original, compressed, feeds)
+    assert not marker.exists()
