@@ -82,11 +82,27 @@ class SegmentRunner:
     def inputs(self, layer: Layer) -> Iterator[LayerInputs]:
         """Move the cut to just before `layer` and yield its input, batch by batch."""
         self._advance(layer.position)
+        probe = self.scope.probes.get(id(layer.node))
+        if probe is not None:
+            yield from self._iterations(*probe)
+            return
         name = layer.node.input[0]
         for i, batch in enumerate(self.compressed):
             yield LayerInputs(
                 batch[name], None if self.original is None else self.original[i][name]
             )
+
+    def _iterations(self, node: onnx.NodeProto, output: str) -> Iterator[LayerInputs]:
+        """Run the Loop/Scan probe `node` at the cut (which stays) and yield its `output`, a
+        body layer's input at every iteration, with the iterations folded into the batch."""
+        plan = self._plan([node], [output])
+        differ = bool(plan.varying) or self.original is not None
+        for i, batch in enumerate(self.compressed):
+            xc = plan.run(batch, plan.current)[0]
+            xo = None
+            if differ:
+                xo = plan.run((self.original or self.compressed)[i], plan.before)[0]
+            yield LayerInputs(_fold(xc), None if xo is None else _fold(xo))
 
     def values(self, position: int, name: str) -> list[np.ndarray]:
         """Move the cut to just before node `position` (which reads `name`) and return the
@@ -101,24 +117,29 @@ class SegmentRunner:
     def _advance(self, stop: int) -> None:
         if stop <= self.cut:
             return
-        inits = {name: t for name, (t, _) in self.scope.initializers().items()}
         nodes = self.nodes[self.cut : stop]
+        produced = {o for n in nodes for o in n.output if o}
+        outputs = sorted(n for n in produced if self.last_use.get(n, -1) >= stop)
+        # Nodes whose values nothing after the cut reads (an inlined If's condition) do not run.
+        plan = self._plan(nodes, outputs)
+        source = self.original if self.original is not None else self.compressed
+        if plan.varying or self.original is not None:
+            self.original = [self._step(plan, b, plan.before, stop) for b in source]
+        self.compressed = [self._step(plan, b, plan.current, stop) for b in self.compressed]
+        self.cut = stop
+
+    def _plan(self, nodes: list[onnx.NodeProto], outputs: list[str]) -> _Segment:
+        """A session running `nodes` from the values at the cut to `outputs`, with the weights
+        that differ between the two models fed as inputs."""
+        inits = {name: t for name, (t, _) in self.scope.initializers().items()}
         produced = {o for n in nodes for o in n.output if o}
         needed = sorted({r for n in nodes for r in _reads(n)} - produced)
         varying = [n for n in needed if n in inits and self._differs(n, inits[n])]
         feeds = [n for n in needed if n not in inits]
-        outputs = sorted(n for n in produced if self.last_use.get(n, -1) >= stop)
-        # Nodes whose values nothing after the cut reads (an inlined If's condition) do not run.
         session = self._session(nodes, inits, needed, varying, feeds, outputs) if outputs else None
         current = {n: read_array(inits[n], self.model.base_dir) for n in varying}
         before = {n: self._original(n, current[n]) for n in varying}
-        source = self.original if self.original is not None else self.compressed
-        if varying or self.original is not None:
-            self.original = [self._step(session, feeds, outputs, b, before, stop) for b in source]
-        self.compressed = [
-            self._step(session, feeds, outputs, b, current, stop) for b in self.compressed
-        ]
-        self.cut = stop
+        return _Segment(self, session, feeds, outputs, varying, current, before)
 
     def _original(self, name: str, current: np.ndarray) -> np.ndarray:
         return self.original_weights.get(name, np.zeros_like(current))
@@ -162,22 +183,38 @@ class SegmentRunner:
             return numpy_helper.from_array(read_array(tensor, self.model.base_dir), tensor.name)
         return tensor
 
-    def _step(
-        self,
-        session: Any,  # onnxruntime.InferenceSession, None when no value crosses the cut
-        feeds: list[str],
-        outputs: list[str],
-        batch: Batch,
-        weights: dict[str, np.ndarray],
-        stop: int,
-    ) -> Batch:
-        values = []
-        if session is not None:
-            self.runs += 1
-            values = session.run(outputs, {**{n: batch[n] for n in feeds}, **weights})
+    def _step(self, plan: _Segment, batch: Batch, weights: Batch, stop: int) -> Batch:
         kept = {n: v for n, v in batch.items() if self.last_use.get(n, -1) >= stop}
-        kept.update(zip(outputs, values, strict=True))
+        kept.update(zip(plan.outputs, plan.run(batch, weights), strict=True))
         return kept
+
+
+@dataclass
+class _Segment:
+    """A session over some nodes (None when nothing is to be computed), the cut values it is
+    fed, what it returns, and the weights that differ: as compressed (`current`) and original."""
+
+    runner: SegmentRunner
+    session: Any  # onnxruntime.InferenceSession
+    feeds: list[str]
+    outputs: list[str]
+    varying: list[str]
+    current: Batch
+    before: Batch
+
+    def run(self, batch: Batch, weights: Batch) -> list[np.ndarray]:
+        """The outputs for one batch of cut values, with these weights."""
+        if self.session is None:
+            return []
+        self.runner.runs += 1
+        return list(
+            self.session.run(self.outputs, {**{n: batch[n] for n in self.feeds}, **weights})
+        )
+
+
+def _fold(x: np.ndarray) -> np.ndarray:
+    """`[iterations, batch, ...]` -> `[iterations * batch, ...]` (a vector per iteration stays)."""
+    return x.reshape(-1, *x.shape[2:]) if x.ndim > 2 else x
 
 
 def _reads(node: onnx.NodeProto) -> set[str]:

@@ -15,6 +15,7 @@ import onnx
 
 from mcompress.model_io import Model
 from mcompress.recover.activations import Batch, SegmentRunner, batches
+from mcompress.recover.bodies import reach_bodies
 from mcompress.recover.scope import (
     Scope,
     holds_layers,
@@ -29,7 +30,8 @@ MAX_DEPTH = 4
 
 
 def taken_scope(model: Model, feeds: list[Batch]) -> Scope:
-    """The main graph with every `If` branch the calibration `feeds` take inlined."""
+    """The main graph with every `If` branch the calibration `feeds` take inlined, and the
+    layers of the Loop/Scan bodies in it reached (`mcompress.recover.bodies`)."""
     scope = main_scope(model.proto.graph)
     settled: set[int] = set()
     for _ in range(MAX_DEPTH):
@@ -47,6 +49,7 @@ def taken_scope(model: Model, feeds: list[Batch]) -> Scope:
             if reason:
                 for inner in weighted_nodes_in(node):
                     scope.reasons[layer_name(inner)] = f"inside If '{node.name}': {reason}"
+    reach_bodies(model, scope)
     return scope
 
 

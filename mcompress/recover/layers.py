@@ -101,13 +101,14 @@ def find_layers(
 ) -> list[Layer]:
     """Conv (1-D/2-D, explicit pads), Gemm (A not transposed, alpha 1) and MatMul (x @ W, 2-D W)
     whose weight is an initializer read by that node alone, in order: the main graph's, or the
-    nodes of `scope` (taken `If` branches inlined; positions are indexes into `scope.nodes`)."""
+    nodes of `scope` (taken `If` branches inlined, Loop/Scan body layers at their loop's
+    position; positions are indexes into `scope.nodes`)."""
     scope = scope or main_scope(model.proto.graph)
     owned = scope.initializers()
     inits = {name: tensor for name, (tensor, _) in owned.items()}
     readers = input_reads(model.proto.graph)
     found = []
-    for position, node in enumerate(scope.nodes):
+    for position, node in scope.walk():
         if len(node.input) < 2 or node.input[1] not in inits or node.domain not in ("", "ai.onnx"):
             continue
         wname = node.input[1]
@@ -171,14 +172,14 @@ def _gemm_out(node: onnx.NodeProto, shape: tuple[int, ...]) -> int:
 
 def unreached_layers(model: Model, scope: Scope | None = None) -> list[dict[str, str]]:
     """Conv, Gemm and MatMul nodes with a constant weight that `find_layers` does not return
-    for `scope`, and why: recovery reconstructs the main graph and the `If` branches the
-    calibration data takes (a layer in a Loop/Scan body or in a branch not taken has no
-    statistics of its own)."""
+    for `scope`, and why: recovery reconstructs the main graph, the `If` branches the
+    calibration data takes and the Loop/Scan bodies it reaches (a layer in a branch not taken
+    or in a nested body has no statistics of its own)."""
     scope = scope or main_scope(model.proto.graph)
     found = {layer.node.name or layer.weight.name for layer in find_layers(model, scope=scope)}
     constants = {t.name for g in iter_graphs(model.proto.graph) for t in g.initializer}
     readers = input_reads(model.proto.graph)
-    walked = {layer_name(node) for node in scope.nodes}
+    walked = {layer_name(node) for _, node in scope.walk()}
     rows = []
     for node, owner in weighted_nodes(model.proto.graph):
         weight = node.input[1] if len(node.input) > 1 else ""

@@ -1,7 +1,8 @@
 """The nodes recovery walks, in order: the main graph's, with each `If` whose branch the
 calibration data takes replaced by that branch's nodes, so the layers inside it get statistics
 and reconstruction like main-graph layers (the real nodes and initializers: what recovery
-writes lands in the branch). `mcompress.recover.branches` decides which branches are taken.
+writes lands in the branch). `mcompress.recover.branches` decides which branches are taken;
+`mcompress.recover.bodies` adds the layers of Loop and Scan bodies (`Scope.inner`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,15 @@ class Scope:
     nodes: list[onnx.NodeProto]
     graphs: list[onnx.GraphProto]
     reasons: dict[str, str] = field(default_factory=dict)
+    # Weighted nodes of Loop/Scan bodies, each at the position of the node holding it.
+    inner: list[tuple[int, onnx.NodeProto]] = field(default_factory=list)
+    # Per inner node (by id): a copy of its Loop/Scan that also outputs the node's first input
+    # stacked over the iterations, and that output's name.
+    probes: dict[int, tuple[onnx.NodeProto, str]] = field(default_factory=dict)
+
+    def walk(self) -> list[tuple[int, onnx.NodeProto]]:
+        """(position, node) for the nodes and the inner nodes, in execution order."""
+        return sorted([*enumerate(self.nodes), *self.inner], key=lambda item: item[0])
 
     def initializers(self) -> dict[str, tuple[onnx.TensorProto, onnx.GraphProto]]:
         """Each initializer the nodes can read, with the graph holding it."""
