@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from mcompress.encoding.plan import PREFIX
+from mcompress.encoding.plan import PREFIX, packed_tensors
 from mcompress.graph import iter_graphs
 from mcompress.gzipped import gzip_estimated, gzip_size
 from mcompress.model_io import (
@@ -102,12 +102,7 @@ def _rebuilt_counts(proto: onnx.ModelProto) -> list[int] | None:
     """Element counts of the weights mcompress expansions rebuild at load, by shape inference
     on the expansion nodes alone with payload-free stand-ins for their packed inputs; None
     when one is not inferable."""
-    packed = {
-        t.name: t
-        for graph in iter_graphs(proto.graph)
-        for t in graph.initializer
-        if t.name.startswith(PREFIX)
-    }
+    packed = packed_tensors(iter_graphs(proto.graph))
     counts: list[int] = []
     for graph in iter_graphs(proto.graph):
         nodes = [n for n in graph.node if n.name.startswith(PREFIX)]

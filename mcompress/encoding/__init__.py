@@ -34,6 +34,7 @@ from mcompress.encoding.plan import (
     GraphState,
     Plan,
     element_count,
+    packed_tensors,
     tensor_cost,
     tensor_stub,
 )
@@ -154,7 +155,7 @@ def unpack(model: Model) -> int:
     count = 0
     graphs = list(iter_graphs(model.proto.graph))
     # innermost first, while the packed tensors they may share with enclosing graphs exist
-    packed = {t.name: t for g in graphs for t in g.initializer if t.name.startswith(PREFIX)}
+    packed = packed_tensors(graphs)
     for graph in reversed(graphs):
         count += densify_sparse(graph, model) + evaluate_expansions(graph, model, packed)
     return count

@@ -3,7 +3,7 @@ bytes), the edits to one graph (`GraphState`), each under its own `mcp/<n>` scop
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +16,12 @@ from mcompress.model_io import store_raw
 
 # Short, because every node and tensor of an expansion carries it: bytes in the file.
 PREFIX = "mcp/"
+
+
+def packed_tensors(graphs: Iterable[onnx.GraphProto]) -> dict[str, TensorProto]:
+    """The stored tensors of mcompress expansions in `graphs`, by name: what `unpack` and
+    the parameter count read (an `If` branch's expansion may use an enclosing graph's)."""
+    return {t.name: t for g in graphs for t in g.initializer if t.name.startswith(PREFIX)}
 
 
 def element_count(dims: Any) -> int:
