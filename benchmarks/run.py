@@ -14,8 +14,10 @@ model's (median over 8 random inputs), the peak RSS of an onnxruntime session cr
 input model's, and mcompress / reference ratios of each (lower is better for all). The
 reference tools do not validate, so mcompress runs with --no-validate there; a third row,
 `validated`, times the command as a user types it (validation on: both models run on the
-same inputs, latency, and a fresh process per model measuring its memory), with its time, CPU
-and RSS as ratios of the reference's.
+same inputs, latency and memory, each model served by its own process), with its time, CPU
+and RSS as ratios of the reference's; a fourth, `overhead`, is what validation adds (validated
+minus --no-validate, wall and CPU seconds) beside what a user's own check costs: both models
+loaded in onnxruntime and run once on the same input.
 
 Models (never committed): a generated MiniLM-L6-sized encoder (91 MB; 2 layers with --quick),
 the PyTorch-exported transformer of benchmarks/export_transformer.py when its file exists
@@ -188,7 +190,10 @@ def bench(name: str, src: Path, kinds: list[str], work: Path, rounds: int, timed
                 + (_ratios(mc, ref, lat, err, load) if k == 2 and mc.ok and ref.ok else "")
             )
         if timed and ref.ok:
-            _print_validated(measure([*mc_cmd, "--force"], ours), ref, size_in)
+            full = measure([*mc_cmd, "--force"], ours)
+            _print_validated(full, ref, size_in)
+            if full.ok:
+                _print_overhead(full, mc, user_check(src, ours, work))
         for path in (ours, theirs):
             for file in path.parent.glob(path.name + "*"):
                 file.unlink()
@@ -204,6 +209,37 @@ def _print_validated(full: Run, ref: Run, size_in: int) -> None:
     print(
         f"  {'':9s} {'validated':10s} {full.seconds:8.2f} {full.cpu_seconds:7.2f} "
         f"{full.peak_bytes / 2**20:7.0f}MB {100 * full.size / size_in:6.1f}% {'':25s}" + ratios
+    )
+
+
+USER_CHECK = """
+import sys, numpy as np, onnxruntime as ort
+data = np.load(sys.argv[3])
+for path in sys.argv[1:3]:
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    session.run(None, {i.name: data[i.name] for i in session.get_inputs()})
+"""
+
+
+def user_check(src: Path, ours: Path, work: Path) -> Run:
+    """What a user checks by hand instead of validating: both models loaded in onnxruntime
+    (default options) and run once on the same input (made here, not timed), in a child."""
+    code = "import sys, numpy as np; from mcompress.inputs import make_feeds; "
+    code += "feed = make_feeds(sys.argv[1], data=None, samples=1, seed=0, input_shapes={}); "
+    code += "np.savez(sys.argv[2], **feed.feeds[0])"
+    feed = work / "feed.npz"
+    subprocess.run([sys.executable, "-c", code, str(src), str(feed)], check=True, env=child_env())
+    return measure([sys.executable, "-c", USER_CHECK, str(src), str(ours), str(feed)], ours)
+
+
+def _print_overhead(full: Run, bare: Run, check: Run) -> None:
+    """Validation's cost: the default command minus the same command with --no-validate, and
+    a user's own check (`user_check`), in wall and CPU seconds."""
+    print(
+        f"  {'':9s} {'overhead':10s} {full.seconds - bare.seconds:8.2f} "
+        f"{full.cpu_seconds - bare.cpu_seconds:7.2f}   validated - no-validate; a user's "
+        f"check (both models loaded, run once): {check.seconds:.2f} s, {check.cpu_seconds:.2f} "
+        f"s CPU, {check.peak_bytes / 2**20:.0f} MB"
     )
 
 

@@ -123,11 +123,14 @@ def run(cfg: PipelineConfig, opts: RunOptions) -> RunReport:
         if judged_on:
             report.notes.append(judged_on)
         report.input.gzip_bytes = input_gzip.result()
+    staged = model.path
+    del model  # written: validation's processes need the memory more than this copy
     if opts.original is not None and report.output is not None:
         report.input = file_info(opts.original)
         report.compression_ratio = report.input.size_bytes / max(report.output.size_bytes, 1)
     if cfg.validation.enabled:
-        report.validation = _validate(cfg, opts, model.path)
+        sizes = report.input.size_bytes + report.output.size_bytes if report.output else None
+        report.validation = _validate(cfg, opts, staged, sizes)
     if searched is not None:
         report.search = searched
         report.notes.extend(searched["notes"])
@@ -155,14 +158,16 @@ def judged_on_calibration(cfg: PipelineConfig) -> tuple[PipelineConfig, str | No
     return cfg, None
 
 
-def _validate(cfg: PipelineConfig, opts: RunOptions, staged: Path) -> validate.Validation | None:
-    """Validate the staged output against the untouched input. When validation fails, the
-    error names the output as the user does and says whether it was written: a model
-    onnxruntime crashes on is kept (exit 3, like a failed gate), any other failure leaves
-    no output behind."""
+def _validate(
+    cfg: PipelineConfig, opts: RunOptions, staged: Path, disk_bytes: int | None
+) -> validate.Validation | None:
+    """Validate the staged output against the untouched input (`disk_bytes`: both models'
+    sizes on disk, when measured). When validation fails, the error names the output as the
+    user does and says whether it was written: a model onnxruntime crashes on is kept (exit 3,
+    like a failed gate), any other failure leaves no output behind."""
     try:
         reference = opts.original or opts.input_path
-        return validate.validate_pair(reference, staged, cfg.validation, opts.progress)
+        return validate.validate_pair(reference, staged, cfg.validation, opts.progress, disk_bytes)
     except McompressError as exc:
         exc.message = exc.message.replace(str(staged), str(opts.output))
         if isinstance(exc, GateError) and opts.outputs is not None:

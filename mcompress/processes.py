@@ -35,6 +35,17 @@ def _prctl_pdeathsig(signum: int) -> None:
             libc.prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
+def release_freed_memory() -> None:
+    """Give the memory freed so far back to the system (glibc's `malloc_trim`; nothing
+    elsewhere): onnxruntime frees what constant folding a packed model's weights took when
+    the session is made, but glibc keeps those pages (635 of a 694 MB peak on a pruned
+    90 MB encoder) until asked."""
+    libc = _libc()
+    with suppress(AttributeError):
+        if libc is not None:
+            libc.malloc_trim(0)
+
+
 def die_with_parent(parent: int, grace: float) -> None:
     """SIGTERM this process when `parent` is gone (even killed with SIGKILL): PR_SET_PDEATHSIG
     where Linux has it (the direct parent may be a fork server), and a thread polling `parent`

@@ -3,33 +3,23 @@ together they would need far more memory than either model alone.
 
 Holding both lets latency alternate between the models run by run. For a 2.5 GB model that
 doubles the memory validation needs (8 GB peak for a clustered MLP whose original runs in
-2.6 GB), so above `ONE_AT_A_TIME_BYTES` only the model in use is loaded: asking for the other
-releases it first. Each model's input and output names and types are kept from its first load,
-so checking them does not load it again.
+2.6 GB), so for large models only the model in use is loaded: asking for the other releases it
+first. Each model's input and output names and types are kept from its first load, so checking
+them does not load it again, and so is its peak memory (`model_server.ServedSession.peak`).
 """
 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# Both models' peaks (as validation measures them before any session) above which only one
-# session is held at a time.
-ONE_AT_A_TIME_BYTES = 1 << 30
 ONE_AT_A_TIME_NOTE = (
-    "the two models were loaded one at a time (together they need over 1 GiB), so latency "
+    "the two models were loaded one at a time (their files total over 256 MB), so latency "
     "ran one model after the other instead of interleaved"
 )
-
-
-def one_at_a_time(memory: dict[str, Any] | None) -> bool:
-    """Whether the measured peaks of the two models (`validate._memory`) add up to more than
-    ONE_AT_A_TIME_BYTES; False when they were not measured."""
-    if memory is None:
-        return False
-    return memory["original_peak_bytes"] + memory["compressed_peak_bytes"] > ONE_AT_A_TIME_BYTES
 
 
 class SessionPair:
@@ -42,8 +32,15 @@ class SessionPair:
         self._load = load
         self._held: dict[int, Any] = {}
         self._handles = (Handle(self, 0), Handle(self, 1))
-        if not alone:
-            self.session(0), self.session(1)
+        if not alone:  # both loads start before either is waited for (`model_server`)
+            try:
+                self._held = {0: load(0)}
+                self._held[1] = load(1)
+                for which in (0, 1):
+                    self._describe(which)
+            except BaseException:
+                self.close()
+                raise
 
     def __getitem__(self, which: int) -> Handle:
         return self._handles[which]
@@ -62,13 +59,25 @@ class SessionPair:
         first when one at a time)."""
         if which not in self._held:
             if self.alone and self._held:
-                self._held.clear()
-                gc.collect()
+                self.close()
             self._held[which] = self._load(which)
-            handle = self._handles[which]
-            handle.inputs = _copies(self._held[which].get_inputs())
-            handle.outputs = _copies(self._held[which].get_outputs())
+            self._describe(which)
         return self._held[which]
+
+    def _describe(self, which: int) -> None:
+        handle = self._handles[which]
+        handle.inputs = _copies(self._held[which].get_inputs())
+        handle.outputs = _copies(self._held[which].get_outputs())
+
+    def close(self) -> None:
+        """Release the sessions held (ending the processes serving them)."""
+        held = list(self._held.values())
+        self._held.clear()
+        for session in held:
+            if hasattr(session, "close"):
+                session.close()
+        del held
+        gc.collect()
 
 
 @dataclass(frozen=True)
@@ -93,6 +102,7 @@ class Handle:
         self.pair, self.which = pair, which
         self.inputs: list[NodeInfo] | None = None
         self.outputs: list[NodeInfo] | None = None
+        self.peak: int | None = None
 
     def get_inputs(self) -> list[NodeInfo]:
         if self.inputs is None:
@@ -107,4 +117,24 @@ class Handle:
         return self.outputs
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
-        return self.pair.session(self.which).run(*args, **kwargs)
+        session = self.pair.session(self.which)
+        outputs = session.run(*args, **kwargs)
+        self._note_peak(session)
+        return outputs
+
+    def timed_run(self, feed: dict[str, Any]) -> float:
+        """Milliseconds of one run of `feed` (measured by a served model's own process)."""
+        session = self.pair.session(self.which)
+        if hasattr(session, "timed_run"):
+            ms = float(session.timed_run(feed))
+        else:
+            start = time.perf_counter()
+            session.run(None, feed)
+            ms = (time.perf_counter() - start) * 1000
+        self._note_peak(session)
+        return ms
+
+    def _note_peak(self, session: Any) -> None:
+        """Keep the first peak memory a served session reports (its first load and run)."""
+        if self.peak is None:
+            self.peak = getattr(session, "peak", None)

@@ -336,14 +336,14 @@ def test_summary_names_the_output_behind_each_worst_figure() -> None:
 def test_onnxruntime_crashing_on_the_output_is_a_one_line_error_exit_3(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Sessions start in a child process first: a segfault there (onnxruntime mis-optimizing a
-    graph) becomes exit 3 naming the model, not a dead mcompress."""
-    from mcompress import performance
+    """Sessions live in child processes: a segfault there (onnxruntime mis-optimizing a graph)
+    becomes exit 3 naming the model, not a dead mcompress."""
+    from mcompress import model_server
 
     crash = (
-        "import os, signal, sys\nif 'out' in sys.argv[1]: os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "import os, signal, sys\nif 'out' in sys.argv[2]: os.kill(os.getpid(), signal.SIGSEGV)\n"
     )
-    monkeypatch.setattr(performance, "MEMORY_SCRIPT", crash + performance.MEMORY_SCRIPT)
+    monkeypatch.setattr(model_server, "BOOT", crash + model_server.BOOT)
     src = builders.save(builders.mlp(), tmp_path / "mlp.onnx")
     out = tmp_path / "out.onnx"
     result = runner.invoke(app, ["quantize", str(src), "-o", str(out)])
@@ -369,43 +369,44 @@ def test_models_with_different_input_names_are_one_line_exit_2(tmp_path: Path) -
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
-@pytest.mark.parametrize("limit", [0, 1 << 30])
+@pytest.mark.parametrize("alone", [True, False])
 def test_memory_is_measured_one_after_the_other_or_side_by_side_alike(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, limit: int
+    tmp_path: Path, alone: bool
 ) -> None:
-    """Small models' two measuring processes run at once, large ones in turn; both ways each
-    model gets its own peak: a 4x larger MLP needs more memory to load and run."""
-    from mcompress import performance
+    """Small models are served side by side, large ones in turn; both ways each model gets its
+    own peak: a 4x larger MLP needs more memory to load and run."""
+    from mcompress import performance, validate
     from mcompress.inputs import make_feeds
 
-    monkeypatch.setattr(performance, "SIDE_BY_SIDE_BYTES", limit)
     small = builders.save(builders.mlp(hidden=64), tmp_path / "small.onnx")
     large = builders.save(builders.mlp(hidden=16384), tmp_path / "large.onnx")
     feeds = make_feeds(small, data=None, samples=1, seed=0, input_shapes={})
-    found = performance.memory(small, large, feeds)
+    sessions = validate.open_sessions(small, large, alone)
+    for which in sessions.order():
+        sessions[which].run(None, feeds.feeds[0])
+    found = performance.memory(sessions)
+    sessions.close()
     assert found is not None
     assert found["compressed_peak_bytes"] > found["original_peak_bytes"] + (1 << 20)
 
 
-def test_a_crash_of_the_original_measured_alone_stops_before_the_compressed_model(
+def test_a_crash_of_the_original_served_alone_stops_before_the_compressed_model(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Measured one after the other (large models), the original's crash is the error at once:
+    """Served one after the other (large models), the original's crash is the error at once:
     the compressed model's process is not started (it would write a marker file)."""
-    from mcompress import performance
-    from mcompress.inputs import make_feeds
+    from mcompress import model_server, performance
 
     marker = tmp_path / "started"
     script = (
         "import os, pathlib, signal, sys\n"
-        "if sys.argv[1].endswith('orig.onnx'): os.kill(os.getpid(), signal.SIGSEGV)\n"
+        "if sys.argv[2].endswith('orig.onnx'): os.kill(os.getpid(), signal.SIGSEGV)\n"
         f"pathlib.Path({str(marker)!r}).touch()\n"
     )
-    monkeypatch.setattr(performance, "MEMORY_SCRIPT", script + performance.MEMORY_SCRIPT)
+    monkeypatch.setattr(model_server, "BOOT", script + model_server.BOOT)
     monkeypatch.setattr(performance, "SIDE_BY_SIDE_BYTES", 0)
     original = builders.save(builders.mlp(), tmp_path / "orig.onnx")
     compressed = builders.save(builders.mlp(), tmp_path / "out.onnx")
-    feeds = make_feeds(original, data=None, samples=1, seed=0, input_shapes={})
     with pytest.raises(ModelError, match="crashed .SIGSEGV. loading and running the original"):
-        performance.memory(original, compressed, feeds)
+        validate_pair(original, compressed, ValidateConfig(), lambda *a: None)
     assert not marker.exists()

@@ -72,7 +72,9 @@ def compare(
     report = RunReport(command="validate", input=before, output=after)
     report.compression_ratio = before.size_bytes / max(after.size_bytes, 1)
     with ProgressDisplay(quiet=quiet) as progress:
-        report.validation = validate.validate_pair(original, compressed, cfg, progress)
+        report.validation = validate.validate_pair(
+            original, compressed, cfg, progress, before.size_bytes + after.size_bytes
+        )
     report.gates = validate.evaluate_gates(cfg, report)
     report.seconds = time.perf_counter() - started
     return report
