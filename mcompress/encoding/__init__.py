@@ -39,7 +39,7 @@ from mcompress.encoding.plan import (
     tensor_stub,
 )
 from mcompress.graph import FreshNames, iter_graphs
-from mcompress.model_io import Model, load_model, read_array, saves_external, tensor_bytes
+from mcompress.model_io import Model, load_model, read_array, saves_external
 
 # Opset that has every op the node encodings use (BitShift and CumSum arrived in 11).
 MIN_OPSET = 11
@@ -48,13 +48,15 @@ MIN_OPSET = 11
 MIN_IR = 4
 
 # A model saved with external data (large: hundreds of MB and up) is packed only as far as
-# onnxruntime's load peak stays within this multiple of its dense weights. Constant folding
-# keeps every expansion's stored tensors, intermediates (a 32-bit index per element for a
-# codebook) and result until it ends; dense weights in external data are memory-mapped and
-# touched only afterwards, one by one, when MatMul pre-packs them. So the peak is the larger
-# of the dense weights and the sum over packed weights of what folding holds: fully packed,
-# K=256 clustering of a 2.5 GB MLP peaked at 2.2x the original's 2.55 GB; 12 of its 38
-# weights packed, at 1.0x. The rest stay dense. Smaller models are packed fully.
+# onnxruntime's load peak stays within this multiple of its dense weights. onnxruntime 1.32
+# constant-folds every expansion in one pass (graph order) and frees the intermediates only
+# when the pass ends (Graph::Resolve); each stored tensor in external data is read for the
+# node that uses it and dropped, and dense weights are memory-mapped and touched only after
+# the folding, when MatMul pre-packs them. So the peak is the larger of the dense weights and
+# the sum, over the packed weights, of each one's intermediates plus the weight: 2x the weight
+# for an 8-bit codebook (its int32 indices), 1x for float16 + Cast, ~5.5x for a bit-mask.
+# Measured (4 x 64 MB weights, peak RSS of a fresh session): dense 377 MB, codebooks 681 MB,
+# float16 + Cast 377 MB. No graph of standard ops folds with less (see benchmarks/README.md).
 LOAD_PEAK_LIMIT = 1.3
 
 
@@ -91,8 +93,7 @@ def pack(model: Model, *, min_elements: int = 64) -> Packing:
         note = f"weights left dense: packing needs opset >= {MIN_OPSET} and IR >= {MIN_IR}"
         return Packing(rows, 0, 0, 0, note)
     names = FreshNames(model.proto)
-    budget = load_budget(model)
-    over_budget = 0
+    budget = LoadBudget.of(model)
     # Innermost graphs first: editing a graph copies its nodes, and with them any subgraph.
     for graph in reversed(list(iter_graphs(model.proto.graph))):
         state = GraphState(graph, names)
@@ -111,40 +112,55 @@ def pack(model: Model, *, min_elements: int = 64) -> Packing:
             dense = tensor_cost(
                 tensor_stub(tensor.name, tensor.data_type, facts.shape), facts.nbytes
             )
-            plans = candidates(facts, state)
-            affordable = [p for p in plans if budget is None or _at_load(p, facts) <= budget]
-            best = min(affordable, key=Plan.cost, default=None)
-            if best is None or not worth(dense, best.cost()):
-                over_budget += len(affordable) < len(plans)
-                continue
-            graph_rows.append(facts.row(best.encoding, dense, best.cost()))
-            state.commit(best)
-            if budget is not None:
-                budget -= _at_load(best, facts)
+            plans = [p for p in candidates(facts, state) if worth(dense, p.cost())]
+            best = budget.choose(plans, facts.nbytes)
+            if best is not None:
+                graph_rows.append(facts.row(best.encoding, dense, best.cost()))
+                state.commit(best)
         state.finish()
         rows[:0] = graph_rows
     packing = Packing.of(rows, scanned)
-    if over_budget:
+    if budget.left_dense:
         packing.note = (
-            f"{over_budget} weights stored dense: unpacking them too at load would take "
-            f"onnxruntime's peak over {LOAD_PEAK_LIMIT:.1f}x the dense weights "
+            f"{budget.left_dense} weights stored dense: unpacking them too at load would "
+            f"take onnxruntime's peak over {LOAD_PEAK_LIMIT:.1f}x the dense weights "
             "(models with external data are packed only that far)"
         )
         model.notes.append(f"packing: {packing.note}")
     return packing
 
 
-def load_budget(model: Model) -> int | None:
-    """Bytes onnxruntime may hold while it folds the expansions of `model` (see
-    LOAD_PEAK_LIMIT); None (no limit) for a model saved without external data."""
-    if not saves_external(model):
-        return None
-    return int(LOAD_PEAK_LIMIT * tensor_bytes(model.proto))
+@dataclass
+class LoadBudget:
+    """What onnxruntime may hold while it folds the expansions of a model saved with external
+    data (`limit` None: no limit, a model saved inline): LOAD_PEAK_LIMIT x the dense bytes of
+    the weights seen so far, less what the packed ones hold. Each weight takes the smallest
+    form its share affords: a light form (float16 + Cast holds just the weight) packs every
+    weight, and what it leaves over upgrades some to heavier, smaller ones (a codebook)."""
 
+    limit: float | None
+    seen: int = 0
+    held: int = 0
+    left_dense: int = 0
 
-def _at_load(plan: Plan, facts: Facts) -> int:
-    """What folding `plan` holds at load: its stored tensors, intermediates and the weight."""
-    return plan.load_bytes + facts.nbytes
+    @classmethod
+    def of(cls, model: Model) -> LoadBudget:
+        return cls(LOAD_PEAK_LIMIT if saves_external(model) else None)
+
+    def choose(self, plans: list[Plan], nbytes: int) -> Plan | None:
+        """The smallest plan within the budget; None to store the weight dense. Folding a
+        plan holds its intermediates and the weight; a dense weight is touched only later."""
+        if self.limit is None:
+            return min(plans, key=Plan.cost, default=None)
+        self.seen += nbytes
+        allowance = self.limit * self.seen - self.held
+        affordable = [p for p in plans if p.load_bytes + nbytes <= allowance]
+        best = min(affordable, key=Plan.cost, default=None)
+        if best is None:
+            self.left_dense += bool(plans)
+            return None
+        self.held += best.load_bytes + nbytes
+        return best
 
 
 def unpack(model: Model) -> int:

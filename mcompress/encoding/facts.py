@@ -44,6 +44,9 @@ class Facts:
     # Else, per-channel clustering: (axis, [channels, K] distinct bit patterns per channel,
     # uint8 index of each element into its channel's row), when every channel has <= 256.
     channel_book: tuple[int, np.ndarray, np.ndarray] | None = None
+    # Every value is exactly a float16 (float32 tensors only): a codebook rounded to float16,
+    # or a float16 model widened again. Stored as float16, one Cast restores it.
+    half: bool = False
 
     @classmethod
     def of(cls, tensor: TensorProto, values: np.ndarray) -> Facts:
@@ -65,6 +68,8 @@ class Facts:
             # A bit-mask plus the non-zero values: what per-channel codes must beat.
             masked = bits.size // 8 + (bits.size - facts.zeros) * bits.itemsize
             facts.channel_book = _channel_codebook(bits, facts.shape, masked)
+        if tensor.data_type == TensorProto.FLOAT:
+            facts.half = _all_half(facts)
         return facts
 
     @property
@@ -190,6 +195,27 @@ def _per_channel_codes(values: np.ndarray, axis: int) -> tuple[np.ndarray, np.nd
     local = np.searchsorted(distinct, keys) - np.repeat(starts, keys.size // channels)
     codes = np.moveaxis(local.astype(np.uint8).reshape(moved.shape), 0, axis)
     return table, np.ascontiguousarray(codes).reshape(-1)
+
+
+def _all_half(facts: Facts) -> bool:
+    """Whether every value survives float32 -> float16 -> float32 bit for bit (NaNs do not
+    count: their payloads may not). A tensor with a codebook is decided by its codebook; any
+    other by a sample, then chunk by chunk."""
+    if facts.table is not None:
+        return _half_exact(facts.table)
+    if facts.channel_book is not None:
+        return _half_exact(facts.channel_book[1])
+    bits = facts.bits
+    if bits.size > SAMPLE and not _half_exact(bits[_spread(SAMPLE) % bits.size]):
+        return False
+    return all(_half_exact(bits[i : i + _CHUNK]) for i in range(0, bits.size, _CHUNK))
+
+
+def _half_exact(bits: np.ndarray) -> bool:
+    values = bits.view(np.float32)
+    with np.errstate(over="ignore"):
+        back = values.astype(np.float16).astype(np.float32)
+    return bool(np.array_equal(back.view(np.uint32), bits))
 
 
 def _hash_lookup(table: np.ndarray) -> Callable[[np.ndarray], np.ndarray] | None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from onnx import helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from mcompress.encoding.facts import Facts, code_bits
 from mcompress.encoding.plan import GraphState, Plan
@@ -165,6 +165,19 @@ def channel_codebook_plan(facts: Facts, state: GraphState) -> Plan:
     return plan
 
 
+def half_plan(facts: Facts, state: GraphState) -> Plan:
+    """Every element as the float16 it exactly is; one Cast widens it. At load onnxruntime
+    holds nothing but the weight: the Cast reads its input from the file and drops it."""
+    plan = state.plan("float16")
+
+    def halves() -> np.ndarray:
+        return facts.floats(facts.bits).astype(np.float16).reshape(facts.shape)
+
+    stored = plan.tensor("h", np.dtype(np.float16), facts.shape, halves)
+    plan.node("Cast", [stored], output=facts.name, to=TensorProto.FLOAT, out_bytes=facts.nbytes)
+    return plan
+
+
 def mask_plan(facts: Facts, state: GraphState, book: bool) -> Plan:
     """Packed bit-mask of the non-zeros; a CumSum over it numbers them for a Gather.
 
@@ -237,6 +250,8 @@ def candidates(facts: Facts, state: GraphState) -> list[Plan]:
     with_zeros = facts.nonzero is not None and facts.nnz > 0
     # A codebook that holds 0.0 (always first: its bit pattern sorts first) can code zeros too.
     books = [False, True] if facts.table is not None and facts.table[0] == 0 else [False]
+    if facts.half:
+        plans.append(half_plan(facts, state))
     if facts.table is not None:
         plans.append(codebook_plan(facts, state))
     if facts.channel_book is not None:

@@ -58,8 +58,10 @@ class Plan:
     data: list[tuple[TensorProto, Producer]] = field(default_factory=list)
     new_helpers: dict[tuple[Any, ...], TensorProto] = field(default_factory=dict)
     bytes: int = 0
-    # What onnxruntime holds at load beyond the dense weight: the stored tensors and every
-    # intermediate of the expansion (kept until constant folding ends).
+    # What onnxruntime holds at load beyond the weight itself: every intermediate of the
+    # expansion, kept until constant folding ends. Stored tensors are not counted: in a model
+    # with external data (the only one with a load budget) each is read for the node that
+    # uses it and dropped.
     load_bytes: int = 0
 
     def tensor(self, suffix: str, dtype: Any, shape: tuple[int, ...], make: Producer) -> str:
@@ -68,7 +70,6 @@ class Plan:
         self.data.append((stub, make))
         payload = element_count(shape) * np.dtype(dtype).itemsize
         self.bytes += tensor_cost(stub, payload)
-        self.load_bytes += payload
         return stub.name
 
     def const(self, key: str, values: np.ndarray) -> str:

@@ -18,7 +18,7 @@ import onnx
 from onnx import helper
 
 from mcompress.errors import NothingToDo
-from mcompress.model_io import Model
+from mcompress.model_io import Model, saves_external
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.cluster.config import Config
 from mcompress.passes.cluster.share import clustered, totals_of
@@ -47,10 +47,11 @@ def apply(model: Model, cfg: Config, ctx: PassContext) -> PassResult:
         return recovered.apply(model, cfg, ctx)
     candidates, skipped = find_candidates(model, cfg.min_elements, False, cfg.exclude)
     axes = _channel_axes(model, candidates) if cfg.per_channel else {}
+    half = saves_external(model)
     tensors: list[dict[str, Any]] = []
 
     def work(cand: Candidate) -> tuple[dict[str, Any] | None, str, np.ndarray | None]:
-        return clustered(cand, cfg.for_weight(cand.weight.name), axes.get(cand.key))
+        return clustered(cand, cfg.for_weight(cand.weight.name), axes.get(cand.key), half=half)
 
     workers = worker_count(sum(cand.weight.size for cand in candidates))
     results = in_order(work, candidates, workers)

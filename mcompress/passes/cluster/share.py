@@ -28,10 +28,11 @@ def cluster_weight(
 
 
 def clustered(
-    cand: Candidate, cfg: Config, axis: int | None
+    cand: Candidate, cfg: Config, axis: int | None, *, half: bool = False
 ) -> tuple[dict[str, Any] | None, str, np.ndarray | None]:
     """One weight clustered (per slice along `axis` when given), the model left as it is: its
-    stats row and new values, or why not. Safe to run on several weights at once.
+    stats row and new values, or why not. Safe to run on several weights at once. With `half`,
+    float32 centroids are rounded to float16 values (see `_table`).
 
     Large tensors are never sorted here: a random sample rules out "already has <= K values"
     and their distinct values before clustering are not counted (None in the stats)."""
@@ -48,14 +49,14 @@ def clustered(
     if axis is not None and data.ndim > 1:
         moved = np.moveaxis(data, axis, 0)
         results = [_kmeans(row, cfg) for row in moved.reshape(moved.shape[0], -1)]
-        tables = [_keep_off_zero(r.centroids, values.dtype) for r in results]
+        tables = [_table(r.centroids, values.dtype, half) for r in results]
         stacked = np.stack([t[r.labels] for t, r in zip(tables, results, strict=True)])
         new = np.moveaxis(stacked.reshape(moved.shape), 0, axis)
         before = int(np.unique(data).size) if data.size <= HISTOGRAM_ABOVE else None
     else:
         axis = None
         results = [_kmeans(data, cfg)]
-        tables = [_keep_off_zero(results[0].centroids, values.dtype)]
+        tables = [_table(results[0].centroids, values.dtype, half)]
         new = expand(tables[0], results[0].labels)
         before = results[0].distinct
     inertia = sum(r.inertia for r in results)
@@ -94,6 +95,18 @@ def _kmeans(values: np.ndarray, cfg: Config) -> KMeans1D:
     return kmeans1d(
         values, cfg.clusters, init=cfg.init, max_iter=cfg.max_iter, tol=cfg.tol, seed=cfg.seed
     )
+
+
+def _table(centroids: np.ndarray, dtype: np.dtype, half: bool) -> np.ndarray:
+    """The centroids as the weight's values. With `half` (a model saved with external data),
+    float32 centroids within float16's range are rounded to float16 values (a relative change
+    under 5e-4, far inside the clustering error) so the packed weight can be stored as float16
+    and restored by one Cast, which holds nothing but the weight when onnxruntime loads it
+    (a codebook's int32 indices double that: see `mcompress.encoding.LOAD_PEAK_LIMIT`)."""
+    finite = np.abs(centroids).max(initial=0.0) <= np.finfo(np.float16).max
+    if half and dtype == np.float32 and finite:
+        return _keep_off_zero(centroids, np.dtype(np.float16)).astype(np.float32)
+    return _keep_off_zero(centroids, dtype)
 
 
 def _keep_off_zero(centroids: np.ndarray, dtype: np.dtype) -> np.ndarray:
