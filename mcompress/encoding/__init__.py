@@ -48,15 +48,14 @@ MIN_OPSET = 11
 MIN_IR = 4
 
 # A model saved with external data (large: hundreds of MB and up) is packed only as far as
-# onnxruntime's load peak stays within this multiple of its dense weights. onnxruntime 1.32
+# onnxruntime's load peak stays within this multiple of its dense weights. onnxruntime
 # constant-folds every expansion in one pass (graph order) and frees the intermediates only
 # when the pass ends (Graph::Resolve); each stored tensor in external data is read for the
 # node that uses it and dropped, and dense weights are memory-mapped and touched only after
 # the folding, when MatMul pre-packs them. So the peak is the larger of the dense weights and
 # the sum, over the packed weights, of each one's intermediates plus the weight: 2x the weight
 # for an 8-bit codebook (its int32 indices), 1x for float16 + Cast, ~5.5x for a bit-mask.
-# Measured (4 x 64 MB weights, peak RSS of a fresh session): dense 377 MB, codebooks 681 MB,
-# float16 + Cast 377 MB. No graph of standard ops folds with less (see benchmarks/README.md).
+# Measurements, and the forms tried that fold no lighter: benchmarks/README.md.
 LOAD_PEAK_LIMIT = 1.3
 
 
