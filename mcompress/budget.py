@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mcompress import performance, validate
-from mcompress.config import PipelineConfig, SearchConfig
+from mcompress.config import PipelineConfig, SearchConfig, SearchGrid
 from mcompress.inputs import InputSet
 from mcompress.report import RunReport
 from mcompress.session_pair import SessionPair
@@ -148,8 +148,9 @@ def search(
             on_trial, deadline, objective=spec.objective, on_line=on_line,
         )  # fmt: skip
         baseline = _try(state, "baseline (no prune, no cluster)", None, None)
-        sparsity = _best_sparsity(state, spec.sparsity)
-        clusters = _best_clusters(state, spec.clusters, sparsity)
+        lists = grid(cfg)
+        sparsity = _best_sparsity(state, lists.sparsity)
+        clusters = _best_clusters(state, lists.clusters, sparsity)
         fitting = _fitting(state.trials, baseline)
         global_trials = len(state.trials)
         if refine is not None and not state.out_of_time():
@@ -203,13 +204,28 @@ def _objective(name: str) -> Callable[[Trial], float]:
 
 def planned_trials(cfg: PipelineConfig) -> int:
     """How many trials a search of `cfg` runs at most: the baseline and two bisections."""
-    spec = cfg.search or SearchConfig()
+    lists = grid(cfg)
     steps = [
         len(values).bit_length()
-        for values, kind in ((spec.sparsity, "prune"), (spec.clusters, "cluster"))
+        for values, kind in ((lists.sparsity, "prune"), (lists.clusters, "cluster"))
         if values and _has(cfg, kind)
     ]
     return 1 + sum(steps)
+
+
+def recovers(cfg: PipelineConfig) -> bool:
+    """Whether a pass of `cfg` recovers on calibration data: each trial is a recovery sweep."""
+    return any(
+        getattr(p, "calibration", None) is not None and getattr(p, "recover", False)
+        for p in cfg.passes
+    )
+
+
+def grid(cfg: PipelineConfig) -> SearchGrid:
+    """The sparsities and cluster counts the global stage bisects over: the search's
+    `with_calibration` lists when the passes recover and it has them, else its own."""
+    spec = cfg.search or SearchConfig()
+    return spec.with_calibration if spec.with_calibration and recovers(cfg) else spec
 
 
 def configure(cfg: PipelineConfig, sparsity: float | None, clusters: int | None) -> PipelineConfig:

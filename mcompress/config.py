@@ -106,8 +106,8 @@ def _pass_union() -> Any:
 PassConfigs: Any = _pass_union()
 
 
-class SearchConfig(BaseModel):
-    """A budget instead of a fixed recipe: the most compressing values that keep the gates."""
+class SearchGrid(BaseModel):
+    """The prune sparsities and cluster counts a budget search tries."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -120,17 +120,6 @@ class SearchConfig(BaseModel):
         default_factory=list,
         description="cluster counts tried for the cluster pass (the smallest that keeps the "
         "gates wins; none: the pass is dropped)",
-    )
-    time_budget: float | None = Field(
-        None, gt=0, description="seconds; the search stops there and keeps the best so far"
-    )
-    objective: Literal["size", "latency"] = Field(
-        "size", description="what the winner minimises among the candidates within the gates"
-    )
-    per_layer: bool = Field(
-        False,
-        description="then per layer, as `mcompress tune` does: more pruning and fewer shared "
-        "values for the layers that take them best, 4-bit blocks for MatMul weights",
     )
 
     @field_validator("sparsity")
@@ -146,6 +135,27 @@ class SearchConfig(BaseModel):
         if any(not 2 <= v <= 256 for v in values):
             raise ValueError("each cluster count must be 2..256")
         return sorted(set(values))
+
+
+class SearchConfig(SearchGrid):
+    """A budget instead of a fixed recipe: the most compressing values that keep the gates."""
+
+    time_budget: float | None = Field(
+        None, gt=0, description="seconds; the search stops there and keeps the best so far"
+    )
+    objective: Literal["size", "latency"] = Field(
+        "size", description="what the winner minimises among the candidates within the gates"
+    )
+    per_layer: bool = Field(
+        False,
+        description="then per layer, as `mcompress tune` does: more pruning and fewer shared "
+        "values for the layers that take them best, 4-bit blocks for MatMul weights",
+    )
+    with_calibration: SearchGrid | None = Field(
+        None,
+        description="the lists searched instead when the passes recover on calibration data "
+        "(each trial is then a recovery sweep: a coarser grid, which per_layer refines)",
+    )
 
 
 class PipelineConfig(BaseModel):

@@ -176,11 +176,7 @@ def preset_stage(cfg: PipelineConfig) -> budget.Refine | None:
     shared models without calibration."""
     if not (cfg.search and cfg.search.per_layer):
         return None
-    recovering = any(
-        getattr(p, "calibration", None) is not None and getattr(p, "recover", False)
-        for p in cfg.passes
-    )
-    return refine_quick if recovering else refine
+    return refine_quick if budget.recovers(cfg) else refine
 
 
 def _profiled(
