@@ -15,7 +15,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from mcompress import config, model_io, pipeline
-from mcompress.graph import iter_graphs
+from mcompress.graph import iter_graphs, model_names
 from mcompress.passes import quantize as quantize_pass
 from mcompress.passes.base import PassContext
 from mcompress.passes.quantize import int4_storage
@@ -231,6 +231,9 @@ def test_static_random_calibration_on_old_opset_upgrades_and_marks_synthetic(
     assert any("opset upgraded from 11 to 13" in n for n in report.passes[0].notes)
     x = np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32)
     assert cosine(run(out, {"x": x})[0], run(src, {"x": x})[0]) > 0.99
+    # what onnxruntime added has short names, not `<name>_QuantizeLinear_Output`
+    added = model_names(onnx.load(out)) - model_names(onnx.load(src))
+    assert len(added) == 57 and all(len(name) <= 3 for name in added)
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,9 @@ from typing import Any, Literal
 import onnx
 
 from mcompress import model_io
+from mcompress.compact_names import compact_names
 from mcompress.errors import McompressError, PassError
-from mcompress.graph import FreshNames, iter_graphs, temporary_node_names
+from mcompress.graph import FreshNames, iter_graphs, model_names, temporary_node_names
 from mcompress.model_io import Model
 from mcompress.passes.base import PassContext, PassResult
 from mcompress.passes.quantize import matmul as quantize_matmul
@@ -351,6 +352,7 @@ def _attempt(
     """Quantize `work/src.onnx` (onnxruntime step, then weight-only for the rest) to a file."""
     src = work / "src.onnx"
     proto = onnx.load(str(src), load_external_data=False)
+    before = model_names(proto)
     outcome = _Outcome()
     if step is not None:
         originals = {t.name: (t.tensor, t.axis) for t in find_targets(proto, cfg.exclude)}
@@ -372,6 +374,8 @@ def _attempt(
     )
     outcome.notes.extend(_int8_note(rows, cfg))
     outcome.rows.extend(rows)
+    # onnxruntime's names for what it adds were a third of a static QDQ CNN's file
+    compact_names(proto, before)
     result = Model(proto, src, work, True)
     external = model_io.tensor_bytes(proto) > IN_MEMORY_LIMIT
     outcome.notes.extend(model_io.save_model(result, work / _CANDIDATE, external=external))
