@@ -80,53 +80,80 @@ class SegmentRunner:
             self.original_weights[layer.bias.name] = np.array(layer.bias.array(), copy=True)
 
     def inputs(self, layer: Layer) -> Iterator[LayerInputs]:
-        """Move the cut to just before `layer` and yield its input, batch by batch."""
+        """Move the cut to just before `layer` and yield its input, batch by batch (the batches
+        that run it: all but those taking the other branch of an `If` both are walked for)."""
         self._advance(layer.position)
         probe = self.scope.probes.get(id(layer.node))
         if probe is not None:
-            yield from self._iterations(*probe)
+            yield from self._iterations(layer.node, *probe)
             return
         name = layer.node.input[0]
-        for i, batch in enumerate(self.compressed):
+        for i in self._running(layer.node):
             yield LayerInputs(
-                batch[name], None if self.original is None else self.original[i][name]
+                self.compressed[i][name], None if self.original is None else self.original[i][name]
             )
 
-    def _iterations(self, node: onnx.NodeProto, output: str) -> Iterator[LayerInputs]:
-        """Run the Loop/Scan probe `node` at the cut (which stays) and yield its `output`, a
-        body layer's input at every iteration, with the iterations folded into the batch."""
+    def _iterations(
+        self, layer: onnx.NodeProto, node: onnx.NodeProto, output: str
+    ) -> Iterator[LayerInputs]:
+        """Run the Loop/Scan probe `node` at the cut (which stays) and yield its `output`, the
+        body `layer`'s input at every iteration, with the iterations folded into the batch."""
         plan = self._plan([node], [output])
         differ = bool(plan.varying) or self.original is not None
-        for i, batch in enumerate(self.compressed):
-            xc = plan.run(batch, plan.current)[0]
+        for i in self._running(layer):
+            xc = plan.run(self.compressed[i], plan.current)[0]
             xo = None
             if differ:
                 xo = plan.run((self.original or self.compressed)[i], plan.before)[0]
             yield LayerInputs(_fold(xc), None if xo is None else _fold(xo))
 
-    def values(self, position: int, name: str) -> list[np.ndarray]:
+    def _running(self, node: onnx.NodeProto) -> list[int]:
+        """The calibration batches that run `node`."""
+        return [i for i in range(len(self.compressed)) if self.scope.runs(node, i)]
+
+    def values(self, position: int, name: str) -> list[np.ndarray | None]:
         """Move the cut to just before node `position` (which reads `name`) and return the
-        value of `name` in the compressed model for each batch."""
+        value of `name` in the compressed model for each batch (None for a batch that does not
+        run that node)."""
         self._advance(position)
+        running = set(self._running(self.nodes[position]))
         inits = self.scope.initializers()
         if name in inits:
             tensor, _ = inits[name]
-            return [read_array(tensor, self.model.base_dir)] * len(self.compressed)
-        return [batch[name] for batch in self.compressed]
+            value = read_array(tensor, self.model.base_dir)
+            return [value if i in running else None for i in range(len(self.compressed))]
+        return [b[name] if i in running else None for i, b in enumerate(self.compressed)]
 
     def _advance(self, stop: int) -> None:
         if stop <= self.cut:
             return
         nodes = self.nodes[self.cut : stop]
+        # Batches taking different branches of an If walked both ways run different nodes.
+        patterns: dict[tuple[bool, ...], _Segment] = {}
+        plans = []
+        for i in range(len(self.compressed)):
+            pattern = tuple(self.scope.runs(n, i) for n in nodes)
+            if pattern not in patterns:
+                patterns[pattern] = self._segment(
+                    [n for n, on in zip(nodes, pattern, strict=True) if on], stop
+                )
+            plans.append(patterns[pattern])
+        if any(p.varying for p in plans) or self.original is not None:
+            source = self.original if self.original is not None else self.compressed
+            self.original = [
+                self._step(p, b, p.before, stop) for p, b in zip(plans, source, strict=True)
+            ]
+        self.compressed = [
+            self._step(p, b, p.current, stop) for p, b in zip(plans, self.compressed, strict=True)
+        ]
+        self.cut = stop
+
+    def _segment(self, nodes: list[onnx.NodeProto], stop: int) -> _Segment:
+        """The plan running `nodes` to the values read at or after node `stop`."""
         produced = {o for n in nodes for o in n.output if o}
         outputs = sorted(n for n in produced if self.last_use.get(n, -1) >= stop)
         # Nodes whose values nothing after the cut reads (an inlined If's condition) do not run.
-        plan = self._plan(nodes, outputs)
-        source = self.original if self.original is not None else self.compressed
-        if plan.varying or self.original is not None:
-            self.original = [self._step(plan, b, plan.before, stop) for b in source]
-        self.compressed = [self._step(plan, b, plan.current, stop) for b in self.compressed]
-        self.cut = stop
+        return self._plan(nodes, outputs)
 
     def _plan(self, nodes: list[onnx.NodeProto], outputs: list[str]) -> _Segment:
         """A session running `nodes` from the values at the cut to `outputs`, with the weights
@@ -162,7 +189,8 @@ class SegmentRunner:
         feeds: list[str],
         outputs: list[str],
     ) -> Any:  # onnxruntime.InferenceSession
-        sample = self.compressed[0]
+        # A batch taking one branch of an If walked both ways holds only that branch's values.
+        sample = {n: next(b[n] for b in self.compressed if n in b) for n in feeds}
         inputs = [helper.make_tensor_value_info(n, _elem(sample[n]), None) for n in feeds]
         inputs += [helper.make_tensor_value_info(n, inits[n].data_type, None) for n in varying]
         constants = [self._tensor(inits[n]) for n in needed if n in inits and n not in varying]

@@ -49,6 +49,7 @@ def reach_bodies(model: Model, scope: Scope) -> None:
             continue
         walked = _lifted(node, lifted)
         scope.nodes[position] = walked
+        scope.guard([walked, *layers], node)
         scope.graphs.append(body)
         for inner in layers:
             scope.inner.append((position, inner))

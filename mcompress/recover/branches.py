@@ -4,8 +4,10 @@ Each `If` holding weighted layers has its condition read on every calibration ba
 before it run once, as in a recovery sweep). When every batch takes the same branch, that
 branch is inlined into the scope recovery walks (`mcompress.recover.scope`): its layers get
 statistics and reconstruction; the other branch's layers get none and are compressed without
-recovery, with the reason in the report. Branches nested in an inlined branch are decided in
-the next round. An `If` whose branch changes between batches stays whole (out of reach).
+recovery, with the reason in the report. When the batches take both, both branches are
+inlined, each run only by the batches that take it (in both models: the original's choice,
+so the compressed model's statistics follow the same path). Branches nested in an inlined
+branch are decided in the next round, on the batches that reach them.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from mcompress.recover.scope import (
     Scope,
     holds_layers,
     inline,
+    inline_both,
     layer_name,
     main_scope,
     weighted_nodes_in,
@@ -41,11 +44,7 @@ def taken_scope(model: Model, feeds: list[Batch]) -> Scope:
         taken = _conditions(model, batches(feeds, model), scope, pending)
         for node, values in zip(pending, taken, strict=True):
             settled.add(id(node))
-            reason = (
-                inline(scope, node, values.pop())
-                if len(values) == 1
-                else "the calibration batches take both of its branches"
-            )
+            reason = _inline(scope, node, values)
             if reason:
                 for inner in weighted_nodes_in(node):
                     scope.reasons[layer_name(inner)] = f"inside If '{node.name}': {reason}"
@@ -53,14 +52,25 @@ def taken_scope(model: Model, feeds: list[Batch]) -> Scope:
     return scope
 
 
+def _inline(scope: Scope, node: onnx.NodeProto, values: list[bool | None]) -> str | None:
+    """Walk the branches of `node` the batches take (`values`: each batch's); None when done,
+    else why not."""
+    seen = {v for v in values if v is not None}
+    if not seen:
+        return "no calibration batch reaches it"
+    if len(seen) == 1:
+        return inline(scope, node, seen.pop())
+    return inline_both(scope, node, values)
+
+
 def _conditions(
     model: Model, feeds: list[Batch], scope: Scope, nodes: list[onnx.NodeProto]
-) -> list[set[bool]]:
-    """The values each `If` node's condition takes over the calibration batches."""
+) -> list[list[bool | None]]:
+    """The branch each `If` node takes on each calibration batch (None: not reached)."""
     runner = SegmentRunner(model, feeds, scope)
     found = []
     for node in nodes:
         position = next(i for i, n in enumerate(scope.nodes) if n is node)
         values = runner.values(position, node.input[0])
-        found.append({bool(np.asarray(v).reshape(-1)[0]) for v in values})
+        found.append([None if v is None else bool(np.asarray(v).reshape(-1)[0]) for v in values])
     return found
