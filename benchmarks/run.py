@@ -22,7 +22,8 @@ loaded in onnxruntime and run once on the same input.
 Models (never committed): a generated MiniLM-L6-sized encoder (91 MB; 2 layers with --quick),
 the PyTorch-exported transformer of benchmarks/export_transformer.py when its file exists
 (--transformer), the shared classifier and VAD when ../shared/models exists, and with --big a
-generated 2.55 GB MLP with external data (38 x 64 MB; latency not measured there).
+generated 2.55 GB MLP with external data (38 x 64 MB; latency not measured there, the load peak
+of each output printed in MB beside the input's). --no-reference runs mcompress alone.
 """
 
 from __future__ import annotations
@@ -152,42 +153,45 @@ HEADER = (
 )
 
 
-def bench(name: str, src: Path, kinds: list[str], work: Path, rounds: int, timed: bool) -> None:
+def bench(
+    name: str, src: Path, kinds: list[str], work: Path, rounds: int, timed: bool, reference: bool
+) -> None:
     size_in = sum(p.stat().st_size for p in src.parent.glob(src.name + "*"))
     print(f"\n{name}: {size_in / 1e6:.1f} MB")
     print(HEADER)
+    src_load = float("nan")
     for kind in kinds:
         ours, theirs = work / f"{name}.{kind}.mc.onnx", work / f"{name}.{kind}.ref.onnx"
-        mc_cmd = [
-            sys.executable,
-            "-m",
-            "mcompress",
-            *PASSES[kind],
-            str(src),
-            "-o",
-            str(ours),
-        ]
+        mc_cmd = [sys.executable, "-m", "mcompress", *PASSES[kind], str(src), "-o", str(ours)]
         mc = measure([*mc_cmd, "--no-validate", "--force"], ours)
-        ref_cmd = [
-            sys.executable,
-            str(HERE / "reference.py"),
-            kind,
-            str(src),
-            str(theirs),
-        ]
-        ref = measure(ref_cmd, theirs)
+        ref = Run(float("nan"), float("nan"), 0, False)
+        if reference:
+            ref = measure(
+                [sys.executable, str(HERE / "reference.py"), kind, str(src), str(theirs)], theirs
+            )
         lat, err = [float("nan")] * 3, [float("nan")] * 3
         load = [float("nan")] * 3
         if timed and mc.ok and ref.ok:
             lat, err = latencies([src, ours, theirs], rounds)
             load = [float(load_peak(path)) for path in (src, ours, theirs)]
-        for k, (label, run) in enumerate((("mcompress", mc), ("reference", ref)), start=1):
+        elif mc.ok and not timed:
+            # No latency on the big model; the load peak of its input is measured once.
+            if src_load != src_load:
+                src_load = float(load_peak(src))
+            load = [src_load, float(load_peak(ours)), float("nan")]
+        rows = (("mcompress", mc), ("reference", ref)) if reference else (("mcompress", mc),)
+        for k, (label, run) in enumerate(rows, start=1):
             print(
                 f"  {kind if k == 1 else '':9s} {label:10s} {run.seconds:8.2f} "
                 f"{run.cpu_seconds:7.2f} {run.peak_bytes / 2**20:7.0f}MB "
                 f"{100 * run.size / size_in:6.1f}% {lat[k] / lat[0]:7.2f}x {err[k]:7.4f} "
                 f"{load[k] / load[0]:5.2f}x"
                 + (_ratios(mc, ref, lat, err, load) if k == 2 and mc.ok and ref.ok else "")
+            )
+        if not timed and mc.ok:
+            print(
+                f"  {'':9s} load peak: input {load[0] / 2**20:.0f} MB, "
+                f"output {load[1] / 2**20:.0f} MB"
             )
         if timed and ref.ok:
             full = measure([*mc_cmd, "--force"], ours)
@@ -269,6 +273,11 @@ def main() -> None:
         help="exported transformer (if present)",
     )
     parser.add_argument("--models", nargs="+", help="only these models (names as printed)")
+    parser.add_argument(
+        "--no-reference",
+        action="store_true",
+        help="mcompress only (the references take an hour on the big MLP: Lloyd, quantize_dynamic)",
+    )
     args = parser.parse_args()
     rounds = args.rounds or (10 if args.quick else 30)
     if args.latency:
@@ -291,10 +300,10 @@ def main() -> None:
                 if name == "encoder":
                     generate(src, f"encoder(path, layers={layers})")
                 if src.is_file():
-                    bench(name, src, args.passes, work, rounds, timed=True)
+                    bench(name, src, args.passes, work, rounds, True, not args.no_reference)
         if args.big or args.only_big:
             src = generate(work / "mlp.onnx", "big_mlp(path)")
-            bench("mlp-2.5GB", src, args.passes, work, rounds, timed=False)
+            bench("mlp-2.5GB", src, args.passes, work, rounds, False, not args.no_reference)
 
 
 def generate(path: Path, call: str) -> Path:
