@@ -41,6 +41,27 @@ def latency(
             if i % (WARMUP_RUNS + runs) >= WARMUP_RUNS:
                 times[which].append(ms)
         tick((len(times[0]) + len(times[1])) // 2)
+    return _summary(feed, runs, times)
+
+
+def latency_of_samples(
+    sessions: SessionPair, feeds: list[dict[str, np.ndarray]], runs: int
+) -> dict[str, Any] | None:
+    """`latency`'s figures from the runs validation already made, every sample through both
+    models in turn (which runs first alternating; timed in the process serving each model):
+    after WARMUP_RUNS samples, the next `runs`. None unless every sample has the first one's
+    shapes and each model ran (timed) that many: then `latency` runs its own."""
+    times = [handle.run_ms for handle in sessions]
+    shapes = [{k: v.shape for k, v in feed.items()} for feed in feeds]
+    if any(len(t) != len(feeds) for t in times) or len(feeds) < WARMUP_RUNS + runs:
+        return None
+    if any(s != shapes[0] for s in shapes):
+        return None
+    chosen = [t[WARMUP_RUNS : WARMUP_RUNS + runs] for t in times]
+    return _summary(feeds[0], runs, chosen)
+
+
+def _summary(feed: dict[str, np.ndarray], runs: int, times: list[list[float]]) -> dict[str, Any]:
     stats = [
         {"median_ms": statistics.median(t), "p90_ms": float(np.percentile(t, 90))} for t in times
     ]

@@ -32,12 +32,10 @@ class SessionPair:
         self._load = load
         self._held: dict[int, Any] = {}
         self._handles = (Handle(self, 0), Handle(self, 1))
-        if not alone:  # both loads start before either is waited for (`model_server`)
+        if not alone:  # both start; each is described when first used (`model_server`)
             try:
                 self._held = {0: load(0)}
                 self._held[1] = load(1)
-                for which in (0, 1):
-                    self._describe(which)
             except BaseException:
                 self.close()
                 raise
@@ -61,13 +59,11 @@ class SessionPair:
             if self.alone and self._held:
                 self.close()
             self._held[which] = self._load(which)
-            self._describe(which)
-        return self._held[which]
-
-    def _describe(self, which: int) -> None:
         handle = self._handles[which]
-        handle.inputs = _copies(self._held[which].get_inputs())
-        handle.outputs = _copies(self._held[which].get_outputs())
+        if handle.inputs is None or handle.outputs is None:
+            handle.inputs = _copies(self._held[which].get_inputs())
+            handle.outputs = _copies(self._held[which].get_outputs())
+        return self._held[which]
 
     def close(self) -> None:
         """Release the sessions held (ending the processes serving them)."""
@@ -103,6 +99,7 @@ class Handle:
         self.inputs: list[NodeInfo] | None = None
         self.outputs: list[NodeInfo] | None = None
         self.peak: int | None = None
+        self.run_ms: list[float] = []
 
     def get_inputs(self) -> list[NodeInfo]:
         if self.inputs is None:
@@ -117,9 +114,12 @@ class Handle:
         return self.outputs
 
     def run(self, *args: Any, **kwargs: Any) -> Any:
+        """The session's run; a served model's time of it is kept in `run_ms`."""
         session = self.pair.session(self.which)
         outputs = session.run(*args, **kwargs)
         self._note_peak(session)
+        if getattr(session, "last_ms", None) is not None:
+            self.run_ms.append(session.last_ms)
         return outputs
 
     def timed_run(self, feed: dict[str, Any]) -> float:

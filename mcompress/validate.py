@@ -58,22 +58,26 @@ def validate_pair(
     both models' files and external data, when the caller has measured them."""
     if not cfg.enabled:
         return None
-    inputs = feeds_for(Path(original), cfg)
-    processes.release_freed_memory()  # what the pass and the input sizes' probes freed
     if disk_bytes is None:
         disk_bytes = sum(model_io.disk_size(path) for path in (original, compressed))
     alone = not performance.side_by_side(disk_bytes)
     sessions = open_sessions(Path(original), Path(compressed), alone)
     try:
-        total = len(inputs.feeds) + cfg.latency_runs
+        inputs = feeds_for(Path(original), cfg)  # while the models' processes start
+        processes.release_freed_memory()  # what the pass and the input sizes' probes freed
+        samples = len(inputs.feeds)
+        total = samples + cfg.latency_runs
         found = compare_outputs(sessions, inputs, cfg, lambda i: progress("validating", i, total))
         if sessions.alone:
             found.notes.append(ONE_AT_A_TIME_NOTE)
         found.memory = performance.memory(sessions)
-        found.latency = performance.latency(
-            sessions, inputs.feeds[0], cfg.latency_runs,
-            lambda i: progress("validating", len(inputs.feeds) + i, total),
-        )  # fmt: skip
+        found.latency = performance.latency_of_samples(sessions, inputs.feeds, cfg.latency_runs)
+        if found.latency is None:
+            found.latency = performance.latency(
+                sessions, inputs.feeds[0], cfg.latency_runs,
+                lambda i: progress("validating", samples + i, total),
+            )  # fmt: skip
+        progress("validating", total, total)
         if not inputs.synthetic:
             found.latency["data_batch"] = performance.batch_latency(
                 sessions, inputs.feeds, cfg.latency_runs, found.notes
@@ -190,26 +194,34 @@ def _run_all(
     """results[model][output][sample] for both models over every feed, and the recurrent
     state outputs ({output: input}). A state input left at zeros (not given by the data) is
     fed each model's own state from the previous sample, so the feeds run as one sequence and
-    an error in the state shows in the outputs it feeds. Each model runs all feeds in turn."""
+    an error in the state shows in the outputs it feeds (`_schedule` gives the order)."""
     results: list[list[list[np.ndarray]]] = [[[] for _ in pairs[0]] for _ in sessions]
     states: dict[str, str] | None = None
-    for step, which in enumerate(sessions.order()):
-        role, session = ROLES[which], sessions[which]
-        for i, feed in enumerate(feeds):
-            own = dict(feed)
-            for out, inp in (states or {}).items():
-                if i and not own[inp].any():
-                    own[inp] = results[which][pairs[0].index(out)][-1]
-            own = runtime.typed_feed(session, own)
-            for k, value in enumerate(_run(session, role, own, i, pairs[which])):
-                results[which][k].append(np.asarray(value))
-            if states is None:
-                states = fidelity.state_outputs(
-                    {name: list(v.shape) for name, v in feed.items() if v.dtype.kind == "f"},
-                    {name: list(results[which][k][0].shape) for k, name in enumerate(pairs[0])},
-                )
-            tick((step * len(feeds) + i + 2) // 2)
+    for done, (which, i) in enumerate(_schedule(sessions, len(feeds))):
+        role, session, feed = ROLES[which], sessions[which], feeds[i]
+        own = dict(feed)
+        for out, inp in (states or {}).items():
+            if i and not own[inp].any():
+                own[inp] = results[which][pairs[0].index(out)][-1]
+        own = runtime.typed_feed(session, own)
+        for k, value in enumerate(_run(session, role, own, i, pairs[which])):
+            results[which][k].append(np.asarray(value))
+        if states is None:
+            states = fidelity.state_outputs(
+                {name: list(v.shape) for name, v in feed.items() if v.dtype.kind == "f"},
+                {name: list(results[which][k][0].shape) for k, name in enumerate(pairs[0])},
+            )
+        tick((done + 2) // 2)
     return results, states or {}
+
+
+def _schedule(sessions: SessionPair, samples: int) -> list[tuple[int, int]]:
+    """(model, sample) in the order they run: held together, the models take turns sample by
+    sample, which goes first alternating (their run times are latency samples, see
+    `performance.latency_of_samples`); one at a time, all of one model's samples first."""
+    if sessions.alone:
+        return [(which, i) for which in sessions.order() for i in range(samples)]
+    return [(which, i) for i in range(samples) for which in ((0, 1), (1, 0))[i % 2]]
 
 
 def _run(

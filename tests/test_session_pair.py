@@ -102,7 +102,7 @@ def test_side_by_side_the_original_loads_once_the_compressed_model_has(
 ) -> None:
     """Both processes start at once, but the original's load is asked for only after the
     compressed model answered that it loaded: a packed model's load peak and the original's
-    never add up."""
+    never add up. Nothing loads before it is used (the caller makes its inputs meanwhile)."""
     from tests import builders
 
     events: list[tuple[str, str]] = []
@@ -122,6 +122,8 @@ def test_side_by_side_the_original_loads_once_the_compressed_model_has(
     original = builders.save(builders.mlp(), tmp_path / "a.onnx")
     compressed = builders.save(builders.mlp(), tmp_path / "b.onnx")
     pair = validate.open_sessions(original, compressed)
+    assert events == []  # both processes started; neither loads before it is used
+    pair[0].get_inputs()
     pair.close()
     assert events[:4] == [
         ("load", "compressed"),
