@@ -61,10 +61,10 @@ def validate_pair(
     if disk_bytes is None:
         disk_bytes = sum(model_io.disk_size(path) for path in (original, compressed))
     alone = not performance.side_by_side(disk_bytes)
+    inputs = feeds_for(Path(original), cfg)
+    processes.release_freed_memory()  # what the pass and the input sizes' probes freed
     sessions = open_sessions(Path(original), Path(compressed), alone)
     try:
-        inputs = feeds_for(Path(original), cfg)  # while the models' processes start
-        processes.release_freed_memory()  # what the pass and the input sizes' probes freed
         samples = len(inputs.feeds)
         total = samples + cfg.latency_runs
         found = compare_outputs(sessions, inputs, cfg, lambda i: progress("validating", i, total))
